@@ -1,0 +1,59 @@
+"""One signature, one dispatcher.
+
+Every implementation of the update is a function with the signature of
+:func:`adamlab.optim.single_tensor.single_tensor_update`::
+
+    update(rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
+           lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad,
+           maximize, bias_correction, capturable, grad_scale=None, found_inf=None)
+
+``rule`` is ``"adam"`` or ``"yogi"``. Implementations are registered by name in
+:data:`IMPLEMENTATIONS`; optional ones (fused kernels) are imported lazily on first use,
+so a machine that cannot build them still runs everything else.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+# name -> "module:function", imported on first use
+IMPLEMENTATIONS: dict[str, str] = {
+    "single_tensor": "adamlab.optim.single_tensor:single_tensor_update",
+    "foreach": "adamlab.optim.multi_tensor:multi_tensor_update",
+}
+
+_loaded: dict[str, Callable[..., None]] = {}
+
+
+def get_implementation(name: str) -> Callable[..., None]:
+    """The update function registered as ``name`` (imported on first use)."""
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"Unknown implementation: {name!r} (expected one of {sorted(IMPLEMENTATIONS)})")
+    if name not in _loaded:
+        module, _, attr = IMPLEMENTATIONS[name].partition(":")
+        _loaded[name] = getattr(importlib.import_module(module), attr)
+    return _loaded[name]
+
+
+def adam_family_update(
+    rule: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    implementation: str,
+    **hyper: Any,
+) -> None:
+    """Run one step of ``rule`` over the given tensors with the named implementation."""
+    if rule not in ("adam", "yogi"):
+        raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
+    get_implementation(implementation)(
+        rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **hyper
+    )

@@ -1,0 +1,116 @@
+"""The multi-tensor implementation: ``torch._foreach_*`` over lists grouped by device and dtype.
+
+Same signature and same math as :mod:`adamlab.optim.single_tensor`; a handful of
+kernel launches per group instead of a handful per parameter. Per-parameter step
+counts may differ (a parameter that joins late starts at t = 1), so every per-step
+scalar is a list with one entry per tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from adamlab.optim._coefficients import coefficients
+
+
+def second_moment_foreach_(rule: str, s: list[Tensor], grads: list[Tensor], beta2: float, cs: list, recursive: bool) -> None:
+    """Update every s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
+    if rule == "adam":
+        if recursive:  # ŝ ← ŝ + ρ_t (g² - ŝ)
+            torch._foreach_lerp_(s, torch._foreach_mul(grads, grads), [c.w2 for c in cs])
+        else:  # s ← β2 s + (1-β2) g²
+            torch._foreach_mul_(s, beta2)
+            torch._foreach_addcmul_(s, grads, grads, 1 - beta2)
+        return
+    g2 = torch._foreach_mul(grads, grads)
+    if recursive:  # ŝ ← ŝ + ρ_t (sgn(g² - c_{t-1} ŝ) g² - β2^{t-1} ŝ)
+        direction = torch._foreach_sub(g2, torch._foreach_mul(s, [c.c2_prev for c in cs]))
+        torch._foreach_sign_(direction)
+        torch._foreach_mul_(direction, g2)
+        torch._foreach_sub_(direction, torch._foreach_mul(s, [c.beta2_prev for c in cs]))
+        torch._foreach_mul_(direction, [c.w2 for c in cs])
+        torch._foreach_add_(s, direction)
+    else:  # s ← s - (1-β2) sgn(s - g²) g²
+        direction = torch._foreach_sub(s, g2)
+        torch._foreach_sign_(direction)
+        torch._foreach_mul_(direction, g2)
+        torch._foreach_add_(s, direction, alpha=-(1 - beta2))
+
+
+def _as_real(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) if torch.is_complex(t) else t for t in tensors]
+
+
+def multi_tensor_update(
+    rule: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: Any,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    maximize: bool,
+    bias_correction: Any,
+    capturable: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    if grad_scale is not None or found_inf is not None:
+        raise RuntimeError("the foreach implementation does not take grad_scale/found_inf")
+    if not params:
+        return
+    recursive = bias_correction == "recursive"
+    tensorlists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(tensorlists)
+    for (g_params, g_grads, g_exp_avgs, g_exp_avg_sqs, g_max, g_steps), _ in grouped.values():
+        if maximize:
+            g_grads = torch._foreach_neg(g_grads)  # a new list: p.grad stays untouched
+        if g_steps[0].is_cpu:
+            torch._foreach_add_(g_steps, torch.tensor(1.0, device="cpu"), alpha=1.0)
+        else:
+            torch._foreach_add_(g_steps, 1)
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                torch._foreach_mul_(g_params, 1 - lr * weight_decay)
+            elif maximize:  # g_grads is already our own copy
+                torch._foreach_add_(g_grads, g_params, alpha=weight_decay)
+            else:
+                g_grads = torch._foreach_add(g_grads, g_params, alpha=weight_decay)
+
+        g_params, g_grads = _as_real(g_params), _as_real(g_grads)
+        g_exp_avgs, g_exp_avg_sqs, g_max = _as_real(g_exp_avgs), _as_real(g_exp_avg_sqs), _as_real(g_max or [])
+
+        # capturable: per-tensor 0-dim device tensors; else floats read from host, as torch does
+        cs = [
+            coefficients(t if capturable else t.item(), lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
+            for t in g_steps
+        ]
+
+        torch._foreach_lerp_(g_exp_avgs, g_grads, [c.w1 for c in cs])
+        second_moment_foreach_(rule, g_exp_avg_sqs, g_grads, beta2, cs, recursive)
+        del g_grads
+        if amsgrad:
+            torch._foreach_maximum_(g_max, g_exp_avg_sqs)
+            denom = torch._foreach_sqrt(g_max)
+        else:
+            denom = torch._foreach_sqrt(g_exp_avg_sqs)
+        if not all(isinstance(c.bc2_sqrt, float) and c.bc2_sqrt == 1.0 for c in cs):
+            torch._foreach_div_(denom, [c.bc2_sqrt for c in cs])
+        torch._foreach_add_(denom, eps)
+        if capturable or isinstance(lr, Tensor):
+            torch._foreach_div_(denom, [-c.step_size for c in cs])
+            torch._foreach_addcdiv_(g_params, g_exp_avgs, denom)
+        else:
+            torch._foreach_addcdiv_(g_params, g_exp_avgs, denom, [-c.step_size for c in cs])

@@ -1,0 +1,327 @@
+"""``adamlab.Adam`` and ``adamlab.Yogi``: drop-in ``torch.optim.Optimizer`` subclasses.
+
+The classes validate, gather and dispatch; they hold no math. The math lives in the
+implementations registered in :mod:`adamlab.optim.functional`, each tested against the
+float64 oracle :mod:`adamlab.reference`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from adamlab.optim.functional import IMPLEMENTATIONS, adam_family_update
+from adamlab.validation import validate_betas, validate_hyperparameters
+
+_STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+class _AdamFamily(Optimizer):
+    """Shared machinery of :class:`Adam` and :class:`Yogi`; ``_rule`` names the update."""
+
+    _rule: ClassVar[str]
+    _default_initial_accumulator_value: ClassVar[float]
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool | str = True,
+        initial_accumulator_value: float | None = None,
+    ) -> None:
+        if initial_accumulator_value is None:
+            initial_accumulator_value = self._default_initial_accumulator_value
+        validate_hyperparameters(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            bias_correction=bias_correction,
+        )
+        if differentiable:
+            raise ValueError(
+                f"{type(self).__name__} does not support differentiable=True "
+                "(no implementation keeps the autograd graph through the update)"
+            )
+        if fused and foreach:
+            raise ValueError("fused=True and foreach=True cannot be set together")
+        defaults = dict(
+            lr=lr,
+            betas=validate_betas(betas),
+            eps=float(eps),
+            weight_decay=float(weight_decay),
+            amsgrad=bool(amsgrad),
+            maximize=bool(maximize),
+            foreach=foreach,
+            capturable=bool(capturable),
+            differentiable=False,
+            fused=fused,
+            decoupled_weight_decay=bool(decoupled_weight_decay),
+            bias_correction=bias_correction,
+            initial_accumulator_value=float(initial_accumulator_value),
+        )
+        params = list(params) if not isinstance(params, Tensor) else [params]
+        if len(params) == 0:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay"):
+                group.setdefault(key, False)
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group.setdefault("bias_correction", True)
+            group.setdefault("initial_accumulator_value", self._default_initial_accumulator_value)
+            for p in group["params"]:
+                p_state = self.state.get(p, {})
+                if p_state and not torch.is_tensor(p_state["step"]):
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+                if p_state and (group["capturable"] or group["fused"]):
+                    p_state["step"] = p_state["step"].to(p.device)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its own hyperparameters are validated like the constructor's."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        keys = ("lr", "betas", "eps", "weight_decay", "initial_accumulator_value", "bias_correction")
+        validate_hyperparameters(**{k: param_group[k] for k in keys if k in param_group})
+        if "betas" in param_group:
+            param_group["betas"] = validate_betas(param_group["betas"])
+        super().add_param_group(param_group)
+
+    # ---- state ---------------------------------------------------------------------------
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """The one function that creates a parameter's state (lazily, at its first step).
+
+        Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim float32
+        tensor (on the CPU, or on the parameter's device when capturable or fused);
+        ``exp_avg`` (v) is zeros like p; ``exp_avg_sq`` (s) is filled with
+        ``initial_accumulator_value`` (s0); ``max_exp_avg_sq`` (AMSGrad) starts equal to s.
+        """
+        state = self.state[p]
+        on_device = group["capturable"] or group["fused"]
+        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.full_like(
+            p, group["initial_accumulator_value"], memory_format=torch.preserve_format
+        )
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
+        return state
+
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p] if len(self.state[p]) else self._init_state(p, group)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            if group["amsgrad"]:
+                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
+            steps.append(state["step"])
+        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+
+    # ---- dispatch ------------------------------------------------------------------------
+    def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
+        """The one place that picks an implementation for a group."""
+        if group["fused"]:
+            device = params[0].device.type
+            name = "fused_cuda" if device == "cuda" else f"fused_{device}"
+            if name not in IMPLEMENTATIONS:
+                raise RuntimeError(
+                    f"fused=True is not available for {device} tensors in this build of adamlab; "
+                    "use foreach=True (or leave fused unset)"
+                )
+            return name
+        if group["foreach"] is False:
+            return "single_tensor"
+        return "foreach"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform a single optimization step (optionally re-evaluating ``closure``)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            tensors = self._gather(group)
+            if not tensors[0]:
+                continue
+            beta1, beta2 = group["betas"]
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and not group["capturable"]:
+                lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
+            adam_family_update(
+                self._rule,
+                *tensors,
+                implementation=self._implementation(group, tensors[0]),
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled_weight_decay=group["decoupled_weight_decay"],
+                amsgrad=group["amsgrad"],
+                maximize=group["maximize"],
+                bias_correction=group["bias_correction"],
+                capturable=group["capturable"],
+            )
+        return loss
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict (from adamlab or ``torch.optim.Adam``), checking it all first.
+
+        Wrong group or parameter counts, a parameter's state with missing keys, or a state
+        tensor whose shape differs from its parameter's raise ``ValueError`` naming the
+        parameter, before anything is changed: nothing is half-loaded.
+        """
+        _check_state_dict(self, state_dict)
+        super().load_state_dict(state_dict)
+
+
+def _check_state_dict(opt: Optimizer, state_dict: Any) -> None:
+    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+        raise ValueError("optimizer state_dict must be a dict with keys 'state' and 'param_groups'")
+    saved_groups = state_dict["param_groups"]
+    if len(saved_groups) != len(opt.param_groups):
+        raise ValueError(
+            f"state_dict has {len(saved_groups)} parameter group(s), the optimizer has {len(opt.param_groups)}"
+        )
+    for gi, (group, saved) in enumerate(zip(opt.param_groups, saved_groups)):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(
+                f"parameter group {gi}: state_dict has {len(saved['params'])} parameter(s), "
+                f"the optimizer has {len(group['params'])}"
+            )
+        amsgrad = saved.get("amsgrad", False)
+        for pi, (p, key) in enumerate(zip(group["params"], saved["params"])):
+            p_state = state_dict["state"].get(key)
+            if p_state is None:
+                continue  # a parameter that has not stepped yet
+            name = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
+            needed = _STATE_KEYS + (("max_exp_avg_sq",) if amsgrad else ())
+            missing = [k for k in needed if k not in p_state]
+            if missing:
+                raise ValueError(f"state_dict entry for {name} is missing {missing}")
+            for k in needed[1:]:
+                value = p_state[k]
+                if not torch.is_tensor(value) or value.shape != p.shape:
+                    got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                    raise ValueError(f"state_dict entry {k!r} for {name} has shape {got}")
+
+
+_DOC_COMMON = """
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate η, a float or a 0-dim tensor (default: {lr}).
+        betas: (β1, β2), decay rates of v and s (default: (0.9, 0.999)).
+        eps: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: {eps}).
+        weight_decay: λ (default: 0). Added to the gradient (L2) unless
+            ``decoupled_weight_decay=True``, which shrinks θ by ηλθ first (AdamW).
+        amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form).
+        foreach: ``None`` (default) or ``True`` uses the multi-tensor implementation,
+            ``False`` the single-tensor loop.
+        maximize: ascend the objective instead of descending it.
+        capturable: keep the step count on the parameter's device and compute every
+            per-step scalar there (no host synchronization; needed for CUDA graphs).
+        differentiable: not supported; ``True`` raises ``ValueError``.
+        fused: use a fused kernel where this build has one for the parameters' device;
+            where none exists ``fused=True`` raises ``RuntimeError`` at the first step.
+        decoupled_weight_decay: see ``weight_decay``.
+        bias_correction: ``True`` (divide v and s by 1-β^t, t from 1), ``False``, or
+            ``"recursive"`` (state holds the debiased v̂ and ŝ; see
+            :func:`adamlab.reference.second_moment`).
+        initial_accumulator_value: s0, the value s starts from (default: {s0}).
+
+    State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim float32 tensor),
+    ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad).
+"""
+
+
+class Adam(_AdamFamily):
+    """Adam (Kingma & Ba, 2015), a drop-in for ``torch.optim.Adam``.
+
+    For t = 1, 2, ...::
+
+        v ← β1 v + (1 - β1) g
+        s ← β2 s + (1 - β2) g²
+        θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)
+
+    Defaults are torch's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, s0 = 0. With the
+    defaults (and ``bias_correction=True``) it follows ``torch.optim.Adam`` to float32
+    rounding, and ``decoupled_weight_decay=True`` follows ``torch.optim.AdamW``. The
+    chapter's from-scratch Adam is ``Adam(params, lr=0.01, eps=1e-6)``.
+    """ + _DOC_COMMON.format(lr="1e-3", eps="1e-8", s0="0")
+
+    _rule = "adam"
+    _default_initial_accumulator_value = 0.0
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+
+
+class Yogi(_AdamFamily):
+    """Yogi (Zaheer, Reddi, Sachan, Kale & Kumar, NeurIPS 2018).
+
+    Adam with one line changed, the second moment moves additively, by at most
+    (1 - β2)·g² per step, towards g²::
+
+        v ← β1 v + (1 - β1) g
+        s ← s - (1 - β2) · sgn(s - g²) · g²
+        θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)
+
+    Defaults: lr 1e-2, betas (0.9, 0.999), eps 1e-3, s0 = 1e-6, bias correction on —
+    the conventions of TF-Addons, optax (``optax.yogi``) and the paper author's code.
+    The *Dive into Deep Learning* chapter's from-scratch Yogi starts from s = 0:
+    ``Yogi(params, lr=0.01, eps=1e-3, initial_accumulator_value=0.0)``.
+    """ + _DOC_COMMON.format(lr="1e-2", eps="1e-3", s0="1e-6")
+
+    _rule = "yogi"
+    _default_initial_accumulator_value = 1e-6
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-2,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)

@@ -1,0 +1,95 @@
+"""The readable implementation: one parameter at a time, in place, in the parameter's dtype.
+
+It mirrors ``torch.optim.adam._single_tensor_adam`` operation for operation where the
+math is Adam's, so that ``adamlab.Adam(foreach=False)`` equals ``torch.optim.Adam`` to
+the last bit on CPU. Caller-owned tensors (``p.grad``) are never written: every
+transformation of the gradient (maximize, L2 weight decay) makes a new tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamlab.optim._coefficients import Coefficients, coefficients
+
+
+def second_moment_(rule: str, s: Tensor, grad: Tensor, beta2: float, c: Coefficients, recursive: bool) -> None:
+    """Update s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
+    if rule == "adam":
+        if recursive:  # ŝ ← ŝ + ρ_t (g² - ŝ)
+            s.lerp_(grad * grad, c.w2)
+        else:  # s ← β2 s + (1-β2) g²
+            s.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        return
+    g2 = grad * grad
+    if recursive:  # ŝ ← ŝ + ρ_t (sgn(g² - c_{t-1} ŝ) g² - β2^{t-1} ŝ)
+        direction = torch.sign(g2 - s * c.c2_prev).mul_(g2).sub_(s * c.beta2_prev)
+        s.add_(direction.mul_(c.w2))
+    else:  # s ← s - (1-β2) sgn(s - g²) g²
+        s.addcmul_(torch.sign(s - g2), g2, value=-(1 - beta2))
+
+
+def single_tensor_update(
+    rule: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: Any,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    maximize: bool,
+    bias_correction: Any,
+    capturable: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    if grad_scale is not None or found_inf is not None:
+        raise RuntimeError("the single-tensor implementation does not take grad_scale/found_inf")
+    recursive = bias_correction == "recursive"
+    for i, param in enumerate(params):
+        grad = -grads[i] if maximize else grads[i]
+        exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
+        max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
+
+        step_t += 1
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                param.mul_(1 - lr * weight_decay)
+            else:
+                grad = grad.add(param, alpha=weight_decay)
+
+        if torch.is_complex(param):  # as torch: real and imaginary parts are independent
+            param, grad = torch.view_as_real(param), torch.view_as_real(grad)
+            exp_avg, exp_avg_sq = torch.view_as_real(exp_avg), torch.view_as_real(exp_avg_sq)
+            if max_exp_avg_sq is not None:
+                max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
+
+        # capturable: keep t on the device (no host sync); else read it as a float, as torch does
+        step = step_t if capturable else step_t.item()
+        c = coefficients(step, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
+
+        exp_avg.lerp_(grad, c.w1)
+        second_moment_(rule, exp_avg_sq, grad, beta2, c, recursive)
+        if max_exp_avg_sq is not None:
+            torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            denom = max_exp_avg_sq.sqrt()
+        else:
+            denom = exp_avg_sq.sqrt()
+        if not (isinstance(c.bc2_sqrt, float) and c.bc2_sqrt == 1.0):
+            denom.div_(c.bc2_sqrt)
+        denom.add_(eps)
+        if isinstance(c.step_size, Tensor):
+            param.addcdiv_(exp_avg, denom.div_(-c.step_size))
+        else:
+            param.addcdiv_(exp_avg, denom, value=-c.step_size)

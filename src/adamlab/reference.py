@@ -1,0 +1,173 @@
+"""The float64 reference: one step of Adam and of Yogi, in the chapter's notation.
+
+This module is the oracle. It is slow on purpose and written to be read next to
+*Dive into Deep Learning*, section 11.10 ("Adam"); every fast implementation in
+adamlab (the torch loop, foreach, fused CPU, Triton, Keras, Gluon) is tested step by
+step against it, parameters and every state tensor.
+
+Notation (the chapter's, with the torch state key each maps to)::
+
+    t   step count, starting at 1 on the first update       state["step"]
+    v   leaky average of the gradient (first moment)         state["exp_avg"]
+    s   leaky average of the squared gradient (second moment) state["exp_avg_sq"]
+    η   learning rate ``lr``;  β1, β2 ``beta1``, ``beta2``;  ε ``eps``
+
+One step, with every convention named::
+
+    g ← -g                                      if maximize
+    g ← g + λθ                                  if weight decay is "L2" (coupled)
+    θ ← θ - ηλθ                                 if weight decay is decoupled (AdamW)
+    v ← β1 v + (1 - β1) g
+    s ← β2 s + (1 - β2) g²                      Adam
+    s ← s - (1 - β2) sgn(s - g²) g²             Yogi  (the only line that differs)
+    v̂ ← v / (1 - β1^t),  ŝ ← s / (1 - β2^t)     if bias_correction is True
+    θ ← θ - η v̂ / (√ŝ + ε)                      ε *after* the square root
+
+Conventions, each an explicit keyword:
+
+* **ε placement** — after the square root, as in Kingma & Ba (2015) Algorithm 1,
+  PyTorch and optax. Keras/TensorFlow's Adam adds an "ε-hat" to √s *before* the bias
+  correction of the step size (``θ ← θ - η_t v / (√s + ε̂)`` with
+  ``η_t = η √(1-β2^t)/(1-β1^t)``), which equals ε = ε̂·√(1-β2^t) here: the two agree
+  only when ε = 0.
+* **bias correction** — ``True`` (divide by 1 - β^t, t from 1), ``False`` (use v and
+  s as they are: the start-up bias towards v0 = s0 = 0 the chapter describes), or
+  ``"recursive"`` (keep the *debiased* estimates in the state and update them with
+  step-dependent weights, so no division by 1 - β^t happens at step time; see
+  :func:`first_moment` and :func:`second_moment`).
+* **initial second moment s0** — ``s0``. The chapter starts from s = 0; TF-Addons,
+  optax and the Yogi paper's author start Yogi from 1e-6. v always starts at 0 (optax
+  also starts Yogi's v at 1e-6; the difference fades as β1^t).
+* **AMSGrad** — PyTorch's form: keep the running maximum of the *raw* s, then
+  bias-correct it. With ``bias_correction="recursive"`` the maximum is taken of the
+  debiased estimate (the state holds nothing else).
+* **weight decay** — ``decoupled_weight_decay=False`` adds λθ to the gradient (L2, as
+  ``torch.optim.Adam``); ``True`` shrinks θ by ηλθ before the update (AdamW).
+* **maximize** — ascend instead of descend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Union
+
+import numpy as np
+
+Rule = Literal["adam", "yogi"]
+BiasCorrection = Union[bool, Literal["recursive"]]
+
+RULES: tuple[str, ...] = ("adam", "yogi")
+
+
+@dataclass(frozen=True)
+class State:
+    """Optimizer state of one parameter. ``t`` counts completed steps."""
+
+    t: int
+    v: np.ndarray
+    s: np.ndarray
+    s_max: np.ndarray | None = None
+
+
+def init_state(theta: np.ndarray, *, s0: float = 0.0, amsgrad: bool = False) -> State:
+    """The state before the first step: t = 0, v = 0, s = s0 (and max(s) = s0)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    s = np.full_like(theta, s0)
+    return State(t=0, v=np.zeros_like(theta), s=s, s_max=s.copy() if amsgrad else None)
+
+
+def first_moment(v: np.ndarray, g: np.ndarray, t: int, beta1: float, bias_correction: BiasCorrection) -> np.ndarray:
+    """v ← β1 v + (1 - β1) g; the recursive form keeps v̂ directly.
+
+    Recursive form: v̂_t = v̂_{t-1} + (g_t - v̂_{t-1}) · (1 - β1)/(1 - β1^t). It equals
+    v_t/(1 - β1^t) when v_0 = 0, and its first step returns g_1 whatever v_0 is.
+    """
+    if bias_correction == "recursive":
+        return v + (g - v) * ((1.0 - beta1) / (1.0 - beta1**t))
+    return beta1 * v + (1.0 - beta1) * g
+
+
+def second_moment(
+    rule: Rule, s: np.ndarray, g: np.ndarray, t: int, beta2: float, bias_correction: BiasCorrection
+) -> np.ndarray:
+    """The one place where Adam and Yogi differ.
+
+    Adam: s ← β2 s + (1 - β2) g²          (a leaky average: s moves by (1-β2)(g² - s))
+    Yogi: s ← s - (1 - β2) sgn(s - g²) g²  (an additive step: s moves by at most (1-β2) g²)
+
+    Recursive form (state holds ŝ), with c_t = 1 - β2^t and ρ_t = (1 - β2)/c_t:
+
+    Adam: ŝ_t = ŝ_{t-1} + ρ_t (g² - ŝ_{t-1})
+    Yogi: ŝ_t = ŝ_{t-1} + ρ_t (sgn(g² - c_{t-1} ŝ_{t-1}) g² - β2^{t-1} ŝ_{t-1})
+
+    Both follow from c_t ŝ_t = s_t and the raw update; the Yogi sign compares g² with
+    the *raw* s_{t-1} = c_{t-1} ŝ_{t-1}, which is why its form keeps the β2^{t-1} term.
+    They equal the standard debiasing exactly when s0 = 0, and both give ŝ_1 = g².
+    """
+    g2 = g * g
+    if bias_correction == "recursive":
+        rho = (1.0 - beta2) / (1.0 - beta2**t)
+        if rule == "adam":
+            return s + rho * (g2 - s)
+        c_prev = 1.0 - beta2 ** (t - 1)
+        return s + rho * (np.sign(g2 - c_prev * s) * g2 - beta2 ** (t - 1) * s)
+    if rule == "adam":
+        return beta2 * s + (1.0 - beta2) * g2
+    return s - (1.0 - beta2) * np.sign(s - g2) * g2
+
+
+def step(
+    rule: Rule,
+    theta: np.ndarray,
+    g: np.ndarray,
+    state: State,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled_weight_decay: bool = False,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    bias_correction: BiasCorrection = True,
+) -> tuple[np.ndarray, State]:
+    """One step of ``rule`` ("adam" or "yogi") in float64. Pure: inputs are not modified.
+
+    Returns the new parameters and the new :class:`State`.
+    """
+    if rule not in RULES:
+        raise ValueError(f"Invalid rule: {rule!r} (expected one of {RULES})")
+    theta = np.asarray(theta, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64)
+    t = state.t + 1
+    if maximize:
+        g = -g
+    if weight_decay != 0.0:
+        if decoupled_weight_decay:
+            theta = theta * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * theta
+    v = first_moment(state.v, g, t, beta1, bias_correction)
+    s = second_moment(rule, state.s, g, t, beta2, bias_correction)
+    s_max = None
+    if amsgrad:
+        s_max = np.maximum(state.s_max if state.s_max is not None else s, s)
+    s_used = s_max if amsgrad else s
+    if bias_correction is True:
+        v_hat = v / (1.0 - beta1**t)
+        s_hat = s_used / (1.0 - beta2**t)
+    else:  # False: no correction; "recursive": the state already holds v̂ and ŝ
+        v_hat, s_hat = v, s_used
+    theta = theta - lr * v_hat / (np.sqrt(s_hat) + eps)
+    return theta, replace(state, t=t, v=v, s=s, s_max=s_max)
+
+
+def adam_step(theta: np.ndarray, g: np.ndarray, state: State, **hyper) -> tuple[np.ndarray, State]:
+    """One Adam step; see :func:`step`."""
+    return step("adam", theta, g, state, **hyper)
+
+
+def yogi_step(theta: np.ndarray, g: np.ndarray, state: State, **hyper) -> tuple[np.ndarray, State]:
+    """One Yogi step; see :func:`step`."""
+    return step("yogi", theta, g, state, **hyper)
