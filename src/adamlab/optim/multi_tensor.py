@@ -17,7 +17,9 @@ from torch.optim.optimizer import Optimizer
 from adamlab.optim._coefficients import coefficients
 
 
-def second_moment_foreach_(rule: str, s: list[Tensor], grads: list[Tensor], beta2: float, cs: list, recursive: bool) -> None:
+def second_moment_foreach_(
+    rule: str, s: list[Tensor], grads: list[Tensor], beta2: float, cs: list, recursive: bool
+) -> None:
     """Update every s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
     if rule == "adam":
         if recursive:  # ŝ ← ŝ + ρ_t (g² - ŝ)
@@ -75,6 +77,10 @@ def multi_tensor_update(
     tensorlists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps]
     grouped = Optimizer._group_tensors_by_device_and_dtype(tensorlists)
     for (g_params, g_grads, g_exp_avgs, g_exp_avg_sqs, g_max, g_steps), _ in grouped.values():
+        owned = g_params
+        if g_exp_avgs[0].dtype != g_params[0].dtype:  # state_dtype: math in the state's dtype
+            g_params = [p.to(g_exp_avgs[0].dtype) for p in g_params]
+            g_grads = [g.to(g_exp_avgs[0].dtype) for g in g_grads]
         if maximize:
             g_grads = torch._foreach_neg(g_grads)  # a new list: p.grad stays untouched
         if g_steps[0].is_cpu:
@@ -94,7 +100,9 @@ def multi_tensor_update(
 
         # capturable: per-tensor 0-dim device tensors; else floats read from host, as torch does
         cs = [
-            coefficients(t if capturable else t.item(), lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
+            coefficients(
+                t if capturable else t.item(), lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
+            )
             for t in g_steps
         ]
 
@@ -114,3 +122,7 @@ def multi_tensor_update(
             torch._foreach_addcdiv_(g_params, g_exp_avgs, denom)
         else:
             torch._foreach_addcdiv_(g_params, g_exp_avgs, denom, [-c.step_size for c in cs])
+        if owned[0].dtype != g_exp_avgs[0].dtype:
+            torch._foreach_copy_(
+                owned, [torch.view_as_complex(p) if o.is_complex() else p for o, p in zip(owned, g_params)]
+            )

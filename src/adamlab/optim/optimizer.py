@@ -43,7 +43,11 @@ class _AdamFamily(Optimizer):
         decoupled_weight_decay: bool = False,
         bias_correction: bool | str = True,
         initial_accumulator_value: float | None = None,
+        state_dtype: torch.dtype | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
+        if state_dtype is not None and (not isinstance(state_dtype, torch.dtype) or not state_dtype.is_floating_point):
+            raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
         if initial_accumulator_value is None:
             initial_accumulator_value = self._default_initial_accumulator_value
         validate_hyperparameters(
@@ -75,22 +79,36 @@ class _AdamFamily(Optimizer):
             decoupled_weight_decay=bool(decoupled_weight_decay),
             bias_correction=bias_correction,
             initial_accumulator_value=float(initial_accumulator_value),
+            state_dtype=state_dtype,
+            skip_nonfinite=bool(skip_nonfinite),
         )
         params = list(params) if not isinstance(params, Tensor) else [params]
         if len(params) == 0:
             raise ValueError(f"{type(self).__name__} got an empty parameter list")
         super().__init__(params, defaults)
+        if fused:
+            # torch.amp.GradScaler then hands us grad_scale/found_inf (as attributes) instead
+            # of unscaling p.grad itself and syncing on found_inf; fused kernels use them.
+            self._step_supports_amp_scaling = True
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay"):
+            for key in (
+                "amsgrad",
+                "maximize",
+                "capturable",
+                "differentiable",
+                "decoupled_weight_decay",
+                "skip_nonfinite",
+            ):
                 group.setdefault(key, False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("bias_correction", True)
             group.setdefault("initial_accumulator_value", self._default_initial_accumulator_value)
+            group.setdefault("state_dtype", None)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
@@ -116,13 +134,17 @@ class _AdamFamily(Optimizer):
         tensor (on the CPU, or on the parameter's device when capturable or fused);
         ``exp_avg`` (v) is zeros like p; ``exp_avg_sq`` (s) is filled with
         ``initial_accumulator_value`` (s0); ``max_exp_avg_sq`` (AMSGrad) starts equal to s.
+        The moments have p's dtype unless the group's ``state_dtype`` names another.
         """
         state = self.state[p]
         on_device = group["capturable"] or group["fused"]
+        dtype = group["state_dtype"] or p.dtype
+        if p.is_complex() and not dtype.is_complex:
+            dtype = p.dtype
         state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.full_like(
-            p, group["initial_accumulator_value"], memory_format=torch.preserve_format
+            p, group["initial_accumulator_value"], dtype=dtype, memory_format=torch.preserve_format
         )
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
@@ -176,10 +198,24 @@ class _AdamFamily(Optimizer):
             lr = group["lr"]
             if isinstance(lr, Tensor) and not group["capturable"]:
                 lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
+            implementation = self._implementation(group, tensors[0])
+            grad_scale = getattr(self, "grad_scale", None)  # set by GradScaler (fused only)
+            found_inf = getattr(self, "found_inf", None)
+            if group["skip_nonfinite"]:
+                own = _nonfinite(tensors[1])
+                found_inf = own if found_inf is None else torch.maximum(found_inf, own.to(found_inf.device))
+            if found_inf is not None and not implementation.startswith("fused"):
+                # Unfused paths cannot mask the update on the device: decide on the host
+                # (one sync; free on CPU). Fused kernels skip without synchronizing.
+                if found_inf.item():
+                    continue
+                found_inf = None
             adam_family_update(
                 self._rule,
                 *tensors,
-                implementation=self._implementation(group, tensors[0]),
+                implementation=implementation,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
                 lr=lr,
                 beta1=beta1,
                 beta2=beta2,
@@ -203,6 +239,12 @@ class _AdamFamily(Optimizer):
         """
         _check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
+
+
+def _nonfinite(grads: list[Tensor]) -> Tensor:
+    """A 0-dim float32 tensor: 1.0 if any gradient holds inf or NaN, else 0.0 (no host sync)."""
+    flags = [torch.logical_not(torch.isfinite(g).all()) for g in grads]
+    return torch.stack([f.to(flags[0].device) for f in flags]).any().float()
 
 
 def _check_state_dict(opt: Optimizer, state_dict: Any) -> None:
@@ -258,6 +300,11 @@ _DOC_COMMON = """
             ``"recursive"`` (state holds the debiased v̂ and ŝ; see
             :func:`adamlab.reference.second_moment`).
         initial_accumulator_value: s0, the value s starts from (default: {s0}).
+        state_dtype: dtype of v and s (default: the parameter's). ``torch.float32``
+            for bf16/fp16 parameters keeps the moments, and the math, in fp32.
+        skip_nonfinite: skip the whole step of a group (parameters, state and step
+            count unchanged) when any gradient holds inf or NaN. Off by default: like
+            torch, non-finite gradients then propagate into the parameters.
 
     State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim float32 tensor),
     ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad).

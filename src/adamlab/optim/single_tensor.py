@@ -57,10 +57,15 @@ def single_tensor_update(
     if grad_scale is not None or found_inf is not None:
         raise RuntimeError("the single-tensor implementation does not take grad_scale/found_inf")
     recursive = bias_correction == "recursive"
-    for i, param in enumerate(params):
-        grad = -grads[i] if maximize else grads[i]
+    for i, owned in enumerate(params):
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
+        grad = grads[i]
+        param = owned
+        if exp_avg.dtype != owned.dtype:  # state_dtype: do the math in the state's dtype
+            param, grad = owned.to(exp_avg.dtype), grad.to(exp_avg.dtype)
+        if maximize:
+            grad = -grad
 
         step_t += 1
         if weight_decay != 0:
@@ -93,3 +98,5 @@ def single_tensor_update(
             param.addcdiv_(exp_avg, denom.div_(-c.step_size))
         else:
             param.addcdiv_(exp_avg, denom, value=-c.step_size)
+        if exp_avg.dtype != owned.dtype:
+            owned.copy_(param.view_as(owned) if not owned.is_complex() else torch.view_as_complex(param))
