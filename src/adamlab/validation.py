@@ -75,10 +75,10 @@ def validate_hyperparameters(
         validate_lr(lr)
     if betas is not None:
         validate_betas(betas)
-    for name, label, value in (
-        ("eps", "epsilon value", eps),
-        ("weight_decay", "weight_decay value", weight_decay),
-        ("initial_accumulator_value", "initial_accumulator_value (s0)", initial_accumulator_value),
+    for label, value in (
+        ("epsilon value", eps),
+        ("weight_decay value", weight_decay),
+        ("initial_accumulator_value (s0)", initial_accumulator_value),
     ):
         if value is None:
             continue
