@@ -1,0 +1,1 @@
+"""Internals of the chapter-exercise experiments (issue 4)."""

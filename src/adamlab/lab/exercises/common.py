@@ -1,0 +1,61 @@
+"""Small pieces the exercise commands share: one-line errors and figures.
+
+Result files, the output-folder check and versions come from :mod:`adamlab.lab.results`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from adamlab.lab.data import LabInputError
+from adamlab.lab.results import atomic_write, check_output_dir, versions, write_json
+
+__all__ = [
+    "LabInputError",
+    "check_output_dir",
+    "figure",
+    "input_errors",
+    "save_figure",
+    "versions",
+    "write_json",
+]
+
+
+@contextmanager
+def input_errors(name: str) -> Iterator[None]:
+    """``with input_errors("sweep"):`` — a bad input becomes one stderr line and exit code 2.
+
+    Catches :class:`LabInputError` and the ``ValueError`` that validation raises; nothing
+    else (a bug should still show its traceback).
+    """
+    try:
+        yield
+    except (LabInputError, ValueError) as err:
+        click.echo(f"adamlab {name}: error: {err}", err=True)
+        raise SystemExit(2) from None
+
+
+def figure(rows: int, cols: int, *, width: float = 5.0, height: float = 3.4) -> tuple[Any, Any]:
+    """A matplotlib figure with a grid of axes (created without pyplot's global state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def figure_bytes(fig: Any, fmt: str = "png") -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110)
+    return buf.getvalue()
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write the figure atomically in the format its suffix names."""
+    return atomic_write(path, figure_bytes(fig, path.suffix.lstrip(".")))

@@ -1,0 +1,279 @@
+"""Projected online Adam/Yogi on one scalar, fast: 10^6 steps in milliseconds.
+
+The counterexamples of Reddi, Kale & Kumar (ICLR 2018) are online problems on the
+interval [lo, hi] with *linear* losses f_t(x) = g_t·x, so the gradient sequence g_1..g_T
+does not depend on the iterates and can be drawn up front. What remains is a scalar
+recursion, one step of :func:`adamlab.reference.step` followed by a projection::
+
+    η_t = α / √t
+    x_{t+1} = clip(step(x_t, g_t, η_t), lo, hi)
+
+That recursion is sequential (the projection and Yogi's sign make it nonlinear), and a
+Python loop pays ~20 µs a step. Two backends run it, with one signature:
+
+* ``"c"``: the same arithmetic, operation for operation and in the same order as
+  :func:`adamlab.reference.step`, in a 60-line C function compiled on first use with the
+  system C compiler (``$CC`` or ``cc``, ``-O2 -ffp-contract=off`` so that no fused
+  multiply-add changes a rounding) and loaded with :mod:`ctypes`. The shared library is
+  cached under ``$ADAMLAB_CACHE`` (default ``~/.cache/adamlab``). No new Python
+  dependency; about 5 ms per 10^6 steps.
+* ``"reference"``: calls :func:`adamlab.reference.step` itself each step: the oracle,
+  slow, and the fallback when no C compiler is available.
+
+``"auto"`` picks ``"c"`` and falls back to ``"reference"`` when compiling fails. The
+tests run both in lock step and compare every iterate bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adamlab import reference
+
+BACKENDS = ("auto", "c", "reference")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """One optimizer in one library convention (the keywords of :func:`adamlab.reference.step`)."""
+
+    name: str
+    rule: str  # "adam" or "yogi"
+    eps: float
+    s0: float = 0.0
+    amsgrad: bool = False
+    bias_correction: bool | str = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Each optimizer as adamlab's torch classes define it by default (Adam: torch's
+# conventions; Yogi: TF-Addons/optax/the paper author's s0 = 1e-6, ε = 1e-3), and Yogi
+# as the chapter writes it (s0 = 0) without bias correction (the Yogi paper's Algorithm 2).
+ADAM = Convention("adam", "adam", eps=1e-8)
+AMSGRAD = Convention("amsgrad", "adam", eps=1e-8, amsgrad=True)
+YOGI = Convention("yogi", "yogi", eps=1e-3, s0=1e-6)
+YOGI_PLAIN = Convention("yogi(s0=0,no-bc)", "yogi", eps=1e-3, s0=0.0, bias_correction=False)
+CONVENTIONS = (ADAM, AMSGRAD, YOGI, YOGI_PLAIN)
+
+
+_C_SOURCE = r"""
+#include <math.h>
+
+/* One projected Adam/Yogi trajectory on a scalar; see adamlab/lab/exercises/online1d.py.
+   Every expression mirrors adamlab.reference.step, in the same order of operations.
+   x[0] = x0 and x[t] is the iterate after step t (t = 1..T). */
+static double sgn(double a) { return a > 0.0 ? 1.0 : (a < 0.0 ? -1.0 : a); }
+
+int adamlab_online1d(int yogi, int amsgrad, int bias, long T, const double *g,
+                     double alpha, double beta1, double beta2, double eps, double s0,
+                     double x0, double lo, double hi, double *x)
+{
+    double v = 0.0, s = s0, smax = s0, th = x0;
+    x[0] = th;
+    for (long i = 0; i < T; ++i) {
+        double t = (double)(i + 1);
+        double gi = g[i];
+        double g2 = gi * gi;
+        double lr = alpha / sqrt(t);
+        if (bias == 2) {  /* "recursive": the state holds the debiased estimates */
+            v = v + (gi - v) * ((1.0 - beta1) / (1.0 - pow(beta1, t)));
+            double rho = (1.0 - beta2) / (1.0 - pow(beta2, t));
+            if (yogi) {
+                double c_prev = 1.0 - pow(beta2, t - 1.0);
+                s = s + rho * (sgn(g2 - c_prev * s) * g2 - pow(beta2, t - 1.0) * s);
+            } else {
+                s = s + rho * (g2 - s);
+            }
+        } else {
+            v = beta1 * v + (1.0 - beta1) * gi;
+            if (yogi) s = s - (1.0 - beta2) * sgn(s - g2) * g2;  /* the one line that differs */
+            else s = beta2 * s + (1.0 - beta2) * g2;
+        }
+        double s_used = s;
+        if (amsgrad) { smax = (smax >= s || isnan(smax)) ? smax : s; s_used = smax; }
+        double v_hat = v, s_hat = s_used;
+        if (bias == 1) {
+            v_hat = v / (1.0 - pow(beta1, t));
+            s_hat = s_used / (1.0 - pow(beta2, t));
+        }
+        th = th - lr * v_hat / (sqrt(s_hat) + eps);
+        th = th < lo ? lo : (th > hi ? hi : th);  /* projection onto [lo, hi] */
+        x[i + 1] = th;
+    }
+    return 0;
+}
+"""
+
+_FLAGS = ("-O2", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
+_LIB: Any = None
+_LIB_ERROR: str | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ADAMLAB_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "adamlab"
+
+
+def _build() -> Any:
+    """Compile (once per source/flags/compiler, cached on disk) and load the C kernel."""
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler found ({compiler!r}; set $CC)")
+    key = hashlib.sha1("\0".join((_C_SOURCE, compiler, *_FLAGS, sys.platform)).encode()).hexdigest()[:16]
+    suffix = ".dll" if sys.platform == "win32" else ".so"
+    for directory in (_cache_dir(), Path(tempfile.gettempdir()) / "adamlab-cache"):
+        lib_path = directory / f"online1d-{key}{suffix}"
+        if not lib_path.exists():
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=directory) as tmp:
+                    src = Path(tmp) / "online1d.c"
+                    src.write_text(_C_SOURCE)
+                    out = Path(tmp) / f"online1d{suffix}"
+                    cmd = [compiler, *_FLAGS, "-o", str(out), str(src), "-lm"]
+                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                    if done.returncode != 0:
+                        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
+                    os.replace(out, lib_path)  # atomic: concurrent builders are harmless
+            except OSError:
+                continue  # unwritable cache: try the next directory
+        lib = ctypes.CDLL(str(lib_path))
+        fn = lib.adamlab_online1d
+        dbl, ptr = ctypes.c_double, ctypes.POINTER(ctypes.c_double)
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long, ptr, *([dbl] * 8), ptr]
+        fn.restype = ctypes.c_int
+        return fn
+    raise RuntimeError("no writable cache directory for the compiled kernel")
+
+
+def c_kernel() -> Any:
+    """The compiled kernel, or raise RuntimeError saying why it is unavailable."""
+    global _LIB, _LIB_ERROR
+    if _LIB is None and _LIB_ERROR is None:
+        try:
+            _LIB = _build()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            _LIB_ERROR = str(err)
+    if _LIB is None:
+        raise RuntimeError(f"the C backend is unavailable: {_LIB_ERROR}")
+    return _LIB
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"`` → ``"c"`` when the kernel builds here, else ``"reference"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Invalid backend: {backend!r} (expected one of {BACKENDS})")
+    if backend == "auto":
+        try:
+            c_kernel()
+            return "c"
+        except RuntimeError:
+            return "reference"
+    if backend == "c":
+        c_kernel()  # raise now, with the reason, if the user asked for it explicitly
+    return backend
+
+
+def trajectory(
+    conv: Convention,
+    g: np.ndarray,
+    *,
+    alpha: float,
+    beta1: float,
+    beta2: float,
+    x0: float = 1.0,
+    lo: float = -1.0,
+    hi: float = 1.0,
+    backend: str = "auto",
+) -> np.ndarray:
+    """Iterates x_1 = x0, x_2, ..., x_{T+1} (length T + 1) of projected ``conv`` on gradients ``g``.
+
+    The step size at step t is α/√t; after each step x is clipped to [lo, hi].
+    """
+    g = np.ascontiguousarray(g, dtype=np.float64)
+    if g.ndim != 1:
+        raise ValueError(f"Invalid gradients: expected a 1-D array, got shape {g.shape}")
+    backend = resolve_backend(backend)
+    if backend == "c":
+        x = np.empty(g.size + 1, dtype=np.float64)
+        bias = {True: 1, False: 0, "recursive": 2}[conv.bias_correction]
+        ptr = ctypes.POINTER(ctypes.c_double)
+        c_kernel()(
+            int(conv.rule == "yogi"),
+            int(conv.amsgrad),
+            bias,
+            g.size,
+            g.ctypes.data_as(ptr),
+            alpha,
+            beta1,
+            beta2,
+            conv.eps,
+            conv.s0,
+            x0,
+            lo,
+            hi,
+            x.ctypes.data_as(ptr),
+        )
+        return x
+    return _reference_trajectory(conv, g, alpha=alpha, beta1=beta1, beta2=beta2, x0=x0, lo=lo, hi=hi)
+
+
+def _reference_trajectory(
+    conv: Convention, g: np.ndarray, *, alpha: float, beta1: float, beta2: float, x0: float, lo: float, hi: float
+) -> np.ndarray:
+    """The oracle: :func:`adamlab.reference.step` once per step, then the projection."""
+    x = np.empty(g.size + 1, dtype=np.float64)
+    theta = np.array(x0, dtype=np.float64)
+    state = reference.init_state(theta, s0=conv.s0, amsgrad=conv.amsgrad)
+    x[0] = x0
+    for i in range(g.size):
+        t = i + 1
+        theta, state = reference.step(
+            conv.rule,
+            theta,
+            np.array(g[i]),
+            state,
+            lr=alpha / math.sqrt(t),
+            beta1=beta1,
+            beta2=beta2,
+            eps=conv.eps,
+            amsgrad=conv.amsgrad,
+            bias_correction=conv.bias_correction,
+        )
+        theta = np.clip(theta, lo, hi)
+        x[t] = theta
+    return x
+
+
+def regret(
+    x: np.ndarray, g: np.ndarray, *, lo: float = -1.0, hi: float = 1.0, mean_gradient: float | None = None
+) -> np.ndarray:
+    """R_t for t = 1..T (length T), for linear losses f_t(x) = g_t·x on [lo, hi].
+
+    Online (``mean_gradient=None``): R_t = Σ_{τ≤t} g_τ x_τ − min_{x∈[lo,hi]} Σ_{τ≤t} g_τ x.
+    Stochastic: the regret of the *expected* loss F(x) = E[g]·x, R_t = Σ_{τ≤t} F(x_τ) − t·min F,
+    which is what the stochastic theorem bounds from below.
+    """
+    played = x[:-1]
+    if mean_gradient is None:
+        cum_g = np.cumsum(g)
+        return np.cumsum(g * played) - np.minimum(lo * cum_g, hi * cum_g)
+    t = np.arange(1, played.size + 1, dtype=np.float64)
+    return np.cumsum(mean_gradient * played) - t * min(lo * mean_gradient, hi * mean_gradient)
