@@ -24,6 +24,7 @@ from torch import Tensor
 IMPLEMENTATIONS: dict[str, str] = {
     "single_tensor": "adamlab.optim.single_tensor:single_tensor_update",
     "foreach": "adamlab.optim.multi_tensor:multi_tensor_update",
+    "fused_cpu": "adamlab.optim.fused_cpu:fused_cpu_update",
 }
 
 _loaded: dict[str, Callable[..., None]] = {}

@@ -1,0 +1,304 @@
+"""The fused CPU implementation: one C++ call per step for all tensors of a group.
+
+Same signature and math as :mod:`adamlab.optim.single_tensor`. The kernel
+(``csrc/fused_cpu.cpp``) takes a table of data pointers and sizes, advances every
+tensor's step count, and streams each element once -- θ, g, v, s in; θ, v, s out --
+with fp32 math (fp64 for fp64 tensors), split into chunks across tensors and run on
+torch's OpenMP threads. Many small tensors cost one call, not one dispatch each.
+
+Why a plain C ABI loaded with ctypes (and not a torch C++ extension, numba or
+``torch.compile``): it builds from source in about 2 s with the system C++ compiler
+(torch headers alone take tens of seconds), the build is cached per machine, loading it
+takes milliseconds, and it needs nothing to be installed. Measurements are in
+``benchmarks/RESULTS.md``.
+
+The library is built on first use into ``$ADAMLAB_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/adamlab`` or ``~/.cache/adamlab``) under a file lock, keyed by the
+source, the compiler and this CPU's features (it is compiled with ``-march=native``).
+Where no compiler works, :func:`load` raises ``RuntimeError`` -- only when someone asks
+for ``fused=True`` on CPU tensors; everything else runs as before.
+
+AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never
+written); a nonzero ``found_inf`` skips the whole step, step counts included, as
+torch's fused Adam does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_BIAS_CORRECTION_CODES = {False: 0, True: 1, "recursive": 2}
+_ABI_VERSION = 1
+
+# Flag sets tried in order: the first that compiles is used (e.g. a compiler without
+# -march=native or without OpenMP still gives a working, if slower, kernel).
+_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+_FLAG_SETS = [
+    [*_BASE_FLAGS, "-march=native", "-fopenmp"],
+    [*_BASE_FLAGS, "-fopenmp"],
+    [*_BASE_FLAGS, "-march=native"],
+    _BASE_FLAGS,
+]
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+
+
+def cache_dir() -> Path:
+    """Where built kernels are cached: ``$ADAMLAB_CACHE_DIR``, else the user cache dir."""
+    if os.environ.get("ADAMLAB_CACHE_DIR"):
+        return Path(os.environ["ADAMLAB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "adamlab"
+
+
+def _source() -> bytes:
+    return resources.files("adamlab.optim").joinpath("csrc/fused_cpu.cpp").read_bytes()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_features() -> str:
+    """This CPU's instruction-set flags (the cache key of a -march=native build)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(source: bytes, compiler: str, target: Path) -> None:
+    """Compile ``source`` into ``target`` with the first flag set that works (atomic rename)."""
+    errors = []
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "fused_cpu.cpp"
+        src.write_bytes(source)
+        out = Path(tmp) / target.name
+        for flags in _FLAG_SETS:
+            proc = subprocess.run([compiler, *flags, str(src), "-o", str(out)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                os.replace(out, target)
+                return
+            errors.append(f"$ {compiler} {' '.join(flags)}\n{proc.stderr.strip()[-2000:]}")
+    raise RuntimeError("could not compile the fused CPU kernel:\n" + "\n".join(errors))
+
+
+def library_path() -> Path:
+    """The path of the cached shared library for this source, compiler and CPU."""
+    compiler = _compiler() or "none"
+    key = hashlib.sha256(
+        b"\0".join([_source(), compiler.encode(), _cpu_features().encode(), platform.machine().encode()])
+    ).hexdigest()[:16]
+    return cache_dir() / f"fused_cpu-{key}.so"
+
+
+def load() -> ctypes.CDLL:
+    """Build (once per machine) and load the kernel; ``RuntimeError`` says why if it cannot."""
+    global _lib, _error
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _error is None:
+            try:
+                _lib = _load()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                _error = str(e)
+        if _lib is None:
+            raise RuntimeError(
+                f"fused=True on CPU needs adamlab's C++ kernel, which is not available here: {_error}\n"
+                "Install a C++ compiler with OpenMP (e.g. g++), or use foreach=True."
+            )
+        return _lib
+
+
+def _load() -> ctypes.CDLL:
+    if platform.system() == "Windows":
+        raise RuntimeError("the fused CPU kernel is built with a POSIX C++ compiler; Windows is not supported")
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
+    path = library_path()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build per machine, however many processes start
+            if not path.exists():
+                _build(_source(), compiler, path)
+    lib = ctypes.CDLL(str(path))
+    if lib.adamlab_fused_abi_version() != _ABI_VERSION:
+        raise RuntimeError(f"{path} has a different ABI version; delete it to rebuild")
+    p = ctypes.c_void_p
+    lib.adamlab_fused_step.restype = ctypes.c_int
+    lib.adamlab_fused_step.argtypes = [
+        ctypes.c_int64, p, p, p, p, p, p, p,  # n, numel, params, grads, exp_avgs, exp_avg_sqs, max, steps
+        ctypes.c_int, ctypes.c_int, ctypes.c_int,  # param dtype, state dtype, yogi
+        *[ctypes.c_double] * 5,  # lr, beta1, beta2, eps, weight_decay
+        *[ctypes.c_int] * 4,  # decoupled, amsgrad, maximize, bias_correction
+        ctypes.c_double,  # inv_grad_scale
+    ]  # fmt: skip
+    return lib
+
+
+def is_available() -> bool:
+    """Whether the kernel builds and loads on this machine (builds it if needed)."""
+    try:
+        load()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _pointers(tensors: list[Tensor]) -> Any:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _is_plain(p: Tensor, g: Tensor, v: Tensor, s: Tensor, m: Tensor | None, t: Tensor) -> bool:
+    """Whether the kernel can walk these tensors' memory directly, element i for element i."""
+    return (
+        p.is_contiguous()
+        and g.is_contiguous()
+        and v.is_contiguous()
+        and s.is_contiguous()
+        and (m is None or m.is_contiguous())
+        and g.dtype == p.dtype
+        and t.dtype == torch.float32
+        and t.is_cpu
+    )
+
+
+def fused_cpu_update(
+    rule: str,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: Any,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    maximize: bool,
+    bias_correction: Any,
+    capturable: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
+) -> None:
+    if not params:
+        return
+    lib = load()
+    # On the CPU reading these scalars costs nothing (no device to synchronize with).
+    if found_inf is not None and float(found_inf) != 0.0:
+        return  # skip the whole step, step counts included, as torch's fused Adam does
+    inv_grad_scale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
+    hyper = (
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        int(bool(decoupled_weight_decay)),
+        int(bool(amsgrad)),
+        int(bool(maximize)),
+        _BIAS_CORRECTION_CODES[bias_correction],
+        inv_grad_scale,
+    )
+    yogi = {"adam": 0, "yogi": 1}[rule]
+    maxes: list[Tensor | None] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
+
+    # Group by (param dtype, state dtype): one kernel call each (almost always one).
+    groups: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    for i, (p, v) in enumerate(zip(params, exp_avgs)):
+        if not p.is_cpu:
+            raise RuntimeError(f"the fused CPU implementation got a tensor on {p.device}")
+        groups.setdefault((p.dtype, v.dtype), []).append(i)
+
+    for (p_dtype, s_dtype), idx in groups.items():
+        if p_dtype.is_complex:  # as torch: real and imaginary parts are independent
+            p_dtype, s_dtype = p_dtype.to_real(), s_dtype.to_real()
+            as_real = torch.view_as_real
+        else:
+            as_real = None
+        if p_dtype not in _DTYPE_CODES or s_dtype not in _DTYPE_CODES:
+            raise RuntimeError(
+                f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state"
+            )
+        plain, odd = [], []
+        for i in idx:
+            (
+                plain if _is_plain(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], state_steps[i]) else odd
+            ).append(i)
+        if odd:
+            _update_odd(
+                lib, odd, params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps, p_dtype, s_dtype, yogi, hyper
+            )
+        if not plain:
+            continue
+        sel = [(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], state_steps[i]) for i in plain]
+        if as_real is not None:
+            sel = [
+                (as_real(p), as_real(g), as_real(v), as_real(s), m if m is None else as_real(m), t)
+                for p, g, v, s, m, t in sel
+            ]
+        _call(lib, sel, p_dtype, s_dtype, yogi, hyper)
+
+
+def _call(
+    lib: ctypes.CDLL, sel: list[tuple], p_dtype: torch.dtype, s_dtype: torch.dtype, yogi: int, hyper: tuple
+) -> None:
+    """One kernel call over ``sel``: (param, grad, exp_avg, exp_avg_sq, max or None, step) tuples."""
+    ps, gs, vs, ss, ms, ts = zip(*sel)
+    n = len(ps)
+    numel = (ctypes.c_int64 * n)(*[p.numel() for p in ps])
+    maxes = _pointers(ms) if ms[0] is not None else None
+    rc = lib.adamlab_fused_step(
+        n, numel, _pointers(ps), _pointers(gs), _pointers(vs), _pointers(ss), maxes, _pointers(ts),
+        _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype], yogi, *hyper,
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
+
+
+def _update_odd(lib, idx, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dtype, yogi, hyper) -> None:
+    """Non-contiguous tensors, a gradient of another dtype, a non-float32 step: update
+    contiguous copies, then write them back (rare; correctness over speed)."""
+    for i in idx:
+        real = torch.view_as_real if params[i].is_complex() else (lambda x: x)
+        owned = [params[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], steps[i]]
+        p, v, s, m = (None if x is None else real(x).contiguous() for x in owned[:4])
+        g = real(grads[i]).to(p.dtype).contiguous()
+        t = steps[i].to(device="cpu", dtype=torch.float32).clone()
+        _call(lib, [(p, g, v, s, m, t)], p_dtype, s_dtype, yogi, hyper)
+        for dst, src in zip(owned, (p, v, s, m, t)):
+            if dst is not None:
+                target = real(dst) if dst is not steps[i] else dst
+                if target.data_ptr() != src.data_ptr():
+                    target.copy_(src)
