@@ -1,0 +1,213 @@
+"""The ``adamlab`` command: the chapter by default, more lab commands as subcommands.
+
+    adamlab                      the chapter's five runs (same as ``adamlab chapter``)
+    adamlab chapter [OPTIONS]    ... with options
+    adamlab train [OPTIONS]      one run: --trainer scratch|concise --optimizer NAME
+
+Subcommands are loaded lazily from :data:`COMMANDS` (``name -> "module:attribute"``), so
+``adamlab --help`` imports neither torch nor matplotlib, and another lab module plugs in
+with one line. A command module builds its command with :func:`standard_options` (every
+lab command takes ``--json``, ``--out``, ``--seed``, ``--quiet``) and raises
+:class:`~adamlab.lab.data.LabInputError` for bad input.
+
+Errors: one line on stderr, exit code 2, no traceback, and nothing written to ``--out``
+(everything is validated before anything is written). The progress bar shows only when
+stdout is a terminal and neither ``--quiet`` nor ``--json`` is given.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Any
+
+import click
+
+from adamlab.lab.data import LabInputError
+
+# Subcommands: name -> "module:attribute" of a click.Command. Imported on first use.
+COMMANDS: dict[str, str] = {
+    "chapter": "adamlab.lab.cli:chapter_command",
+    "train": "adamlab.lab.cli:train_command",
+}
+DEFAULT_OUT = "adamlab-results"
+EXIT_BAD_INPUT = 2
+
+
+class LabGroup(click.Group):
+    """A click group whose subcommands are imported lazily from :data:`COMMANDS`, and whose
+    errors are one line on stderr with exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, _, attr = COMMANDS[name].partition(":")
+            return getattr(import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, prog_name or "adamlab", standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            code = e.exit_code
+        except click.exceptions.Abort:
+            _fail("aborted", 130)
+        except (click.ClickException, LabInputError) as e:
+            message = e.format_message() if isinstance(e, click.ClickException) else str(e)
+            _fail(message, EXIT_BAD_INPUT)
+        except OSError as e:  # e.g. the disk filled up while writing results
+            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"adamlab: error: {' '.join(str(message).split())}", err=True)
+    sys.exit(code)
+
+
+def standard_options(command: Any) -> Any:
+    """``--json``, ``--out DIR``, ``--seed``, ``--quiet``: the options every lab command has."""
+    for option in reversed(
+        [
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of init and data order."),
+            click.option("--out", type=click.Path(), default=DEFAULT_OUT, show_default=True, help="Output folder."),
+            click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout."),
+            click.option("--quiet", is_flag=True, help="Print nothing but errors."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def training_options(command: Any) -> Any:
+    """Options of the commands that train: hyperparameters, data, checkpoints."""
+    for option in reversed(
+        [
+            click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate."),
+            click.option("--batch-size", type=int, default=10, show_default=True, help="Minibatch size."),
+            click.option("--epochs", type=int, default=None, help="Epochs [book: 2 scratch, 4 concise]."),
+            click.option("--data", type=str, default=None, help="Your own delimited file; last column the target."),
+            click.option("--plot-format", type=str, default="png", show_default=True, help="png or svg."),
+            click.option("--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (OUT/checkpoints)."),
+            click.option("--resume", is_flag=True, help="Resume from the checkpoints in OUT."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _chapter_options(command: Any) -> Any:
+    command = click.option(
+        "--optimizer",
+        "optimizers",
+        multiple=True,
+        help="Only these runs: adam, yogi, or an optimizer name (torch.optim.Adam, adamlab.Yogi, ...). Repeatable.",
+    )(command)
+    return training_options(standard_options(command))
+
+
+def run_chapter(*, as_json: bool, quiet: bool, **options: Any) -> None:
+    """Run :func:`adamlab.lab.chapter.chapter` and report it as the options ask."""
+    from adamlab.lab.chapter import chapter
+
+    show_progress = sys.stdout.isatty() and not (quiet or as_json)
+    with _progress(show_progress) as on_start:
+        result = chapter(on_start=on_start, **options)
+    if as_json:
+        click.echo(result.to_json())
+    elif not quiet:
+        for line in result.book_lines():
+            click.echo(line)
+        click.echo()
+        click.echo(result.table())
+        click.echo(f"wrote {result.files['plot']} and {result.files['results']}")
+
+
+class _progress:
+    """A rich progress bar with one task per run, or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import Progress
+
+        self.bar = Progress(transient=True)
+        self.bar.start()
+
+        def on_start(config: Any, index: int):
+            task = self.bar.add_task(config.name, total=1)
+
+            def progress(step: int, total: int) -> None:
+                self.bar.update(task, completed=step, total=total)
+
+            return progress
+
+        return on_start
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+@click.group(cls=LabGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_chapter_options
+@click.pass_context
+def cli(ctx: click.Context, **options: Any) -> None:
+    """adamlab: reproduce the "Adam" section of Dive into Deep Learning (ch. 11).
+
+    With no command, runs the chapter: scratch Adam, torch.optim.Adam, adamlab.Adam,
+    scratch Yogi and adamlab.Yogi on the airfoil data; prints the book's lines and a
+    table; writes OUT/loss.png and OUT/results.json.
+    """
+    if ctx.invoked_subcommand is None:
+        run_chapter(**options)
+
+
+@click.command("chapter")
+@_chapter_options
+def chapter_command(**options: Any) -> None:
+    """The chapter's five runs (what `adamlab` with no command does)."""
+    run_chapter(**options)
+
+
+@click.command("train")
+@click.option("--trainer", type=str, default="scratch", show_default=True, help="scratch or concise.")
+@click.option("--optimizer", type=str, default=None, help="adam|yogi (scratch); torch.optim.Adam, adamlab.Yogi, ...")
+@training_options
+@standard_options
+def train_command(trainer: str, optimizer: str | None, **options: Any) -> None:
+    """One run of either trainer (defaults: scratch adam, the book's epochs)."""
+    from adamlab.lab.data import load
+    from adamlab.lab.train import DEFAULT_EPOCHS, RunConfig
+
+    if trainer not in DEFAULT_EPOCHS:
+        raise LabInputError(f"unknown trainer {trainer!r} (expected scratch or concise)")
+    optimizer = optimizer or ("adam" if trainer == "scratch" else "torch.optim.Adam")
+    data = load(options["data"])
+    source = None if data.source.startswith("bundled:") else data.source
+    config = RunConfig(
+        trainer,
+        optimizer,
+        options["lr"],
+        options["batch_size"],
+        options["epochs"] or DEFAULT_EPOCHS[trainer],
+        options["seed"],
+        source,
+    )
+    options["data"] = data
+    run_chapter(configs=[config], **options)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``adamlab`` script."""
+    cli.main(argv, prog_name="adamlab")
+
+
+if __name__ == "__main__":
+    main()
