@@ -25,6 +25,7 @@ IMPLEMENTATIONS: dict[str, str] = {
     "single_tensor": "adamlab.optim.single_tensor:single_tensor_update",
     "foreach": "adamlab.optim.multi_tensor:multi_tensor_update",
     "fused_cpu": "adamlab.optim.fused_cpu:fused_cpu_update",
+    "fused_cuda": "adamlab.optim.triton_fused:fused_cuda_update",
 }
 
 _loaded: dict[str, Callable[..., None]] = {}

@@ -1,0 +1,335 @@
+"""The Triton kernel (``fused=True`` on CUDA) against the float64 reference, step by step.
+
+Every test runs on two backends: ``interpreter`` (CPU tensors under Triton's interpreter,
+in the normal suite; skipped when Triton is not installed) and ``cuda`` (the compiled
+kernel; skipped without a GPU, run by ``benchmarks/gpu_check.sh``). Sizes are small: the
+interpreter runs a launch in about a tenth of a second.
+
+What the checks catch: a wrong formula or flag (parameters *and* every state tensor
+compared with :func:`adamlab.reference.step` after each step, from the kernel's own state
+before it), an unwritten element (every element must move), a write out of bounds (guard
+zones around unaligned views), an update applied twice (the step count and the lock-step
+comparison over several launches), GradScaler handling, and a stale address table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from adamlab import reference
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_CUDA = torch.cuda.is_available()
+
+BACKENDS = [
+    pytest.param(
+        "interpreter", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
+    ),
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not (HAS_TRITON and HAS_CUDA), reason="needs a CUDA GPU and triton"),
+    ),
+]
+
+# a tensor that is not a whole number of chunks, an empty one, one chunk exactly, and 2-D
+SHAPES = [(3, 5), (1030,), (0,), (1024,), (7, 300)]
+
+CASES = {
+    "default": {},
+    "amsgrad": dict(amsgrad=True),
+    "l2": dict(weight_decay=0.1),
+    "decoupled_maximize": dict(weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+    "no_bias_correction": dict(bias_correction=False),
+    "recursive": dict(bias_correction="recursive"),
+    "recursive_amsgrad_l2": dict(bias_correction="recursive", amsgrad=True, weight_decay=0.05),
+    "lr_tensor": dict(lr_tensor=True),
+}
+
+TOLERANCE = {torch.float32: dict(rtol=2e-6, atol=2e-7), torch.bfloat16: dict(rtol=1e-2, atol=1e-5)}
+TOLERANCE[torch.float16] = dict(rtol=2e-3, atol=1e-6)
+
+
+def _update(backend):
+    from adamlab.optim import triton_fused
+
+    return triton_fused.interpreted_update if backend == "interpreter" else triton_fused.fused_cuda_update
+
+
+def _device(backend):
+    return "cpu" if backend == "interpreter" else "cuda"
+
+
+def _hyper(rule, case):
+    hyper = dict(
+        lr=0.01 if rule == "yogi" else 0.003,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-3 if rule == "yogi" else 1e-8,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+        amsgrad=False,
+        maximize=False,
+        bias_correction=True,
+    )
+    hyper.update({k: v for k, v in case.items() if k != "lr_tensor"})
+    return hyper
+
+
+def _f64(t):
+    return t.detach().double().cpu().numpy()
+
+
+class Run:
+    """Parameters, gradients and state for one test, with the reference stepped alongside."""
+
+    def __init__(self, backend, rule, case, p_dtype=torch.float32, s_dtype=None, shapes=SHAPES, seed=0):
+        self.backend, self.rule, self.case = backend, rule, case
+        self.device = _device(backend)
+        self.hyper = _hyper(rule, case)
+        self.gen = torch.Generator().manual_seed(seed)
+        s_dtype = s_dtype or p_dtype
+        self.p_dtype, self.s_dtype = p_dtype, s_dtype
+        s0 = 1e-6 if rule == "yogi" else 0.0
+        self.params = [self._randn(s).to(p_dtype) for s in shapes]
+        self.exp_avgs = [torch.zeros(s, dtype=s_dtype, device=self.device) for s in shapes]
+        self.exp_avg_sqs = [torch.full(s, s0, dtype=s_dtype, device=self.device) for s in shapes]
+        self.maxes = [t.clone() for t in self.exp_avg_sqs] if self.hyper["amsgrad"] else []
+        self.steps = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in shapes]
+
+    def _randn(self, shape, scale=1.0):
+        return (torch.randn(shape, generator=self.gen, dtype=torch.float64) * scale).to(self.device)
+
+    def grads(self, scale=1.0):
+        return [self._randn(p.shape, scale).to(self.p_dtype) for p in self.params]
+
+    def snapshot(self):
+        return [
+            (
+                _f64(p),
+                reference.State(
+                    t=int(self.steps[i].item()),
+                    v=_f64(self.exp_avgs[i]),
+                    s=_f64(self.exp_avg_sqs[i]),
+                    s_max=_f64(self.maxes[i]) if self.maxes else None,
+                ),
+            )
+            for i, p in enumerate(self.params)
+        ]
+
+    def step(self, grads, **extra):
+        hyper = dict(self.hyper)
+        if self.case.get("lr_tensor"):
+            hyper["lr"] = torch.tensor(hyper["lr"], device=self.device)
+        _update(self.backend)(
+            self.rule,
+            self.params,
+            grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            self.maxes,
+            self.steps,
+            capturable=bool(self.case.get("lr_tensor")),
+            **hyper,
+            **extra,
+        )
+
+    def check(self, before, grads, tol=None):
+        """Each tensor equals one reference step from ``before``, and every element moved."""
+        tol = tol or TOLERANCE[self.p_dtype]
+        s_tol = TOLERANCE[self.s_dtype]
+        for i, (theta, state) in enumerate(before):
+            want_theta, want = reference.step(self.rule, theta, _f64(grads[i]), state, **self.hyper)
+            name = f"tensor {i} {tuple(self.params[i].shape)}"
+            assert int(self.steps[i].item()) == want.t, f"{name}: step count"
+            got = _f64(self.params[i])
+            np.testing.assert_allclose(got, want_theta, **tol, err_msg=f"{name}: parameter")
+            np.testing.assert_allclose(_f64(self.exp_avgs[i]), want.v, **s_tol, err_msg=f"{name}: exp_avg")
+            np.testing.assert_allclose(_f64(self.exp_avg_sqs[i]), want.s, **s_tol, err_msg=f"{name}: exp_avg_sq")
+            if self.maxes:
+                np.testing.assert_allclose(_f64(self.maxes[i]), want.s_max, **s_tol, err_msg=f"{name}: max_exp_avg_sq")
+            if self.p_dtype == torch.float32:  # an element the kernel skipped would keep its old value
+                assert np.all(got != theta), f"{name}: some parameter elements were not written"
+                assert np.all(_f64(self.exp_avgs[i]) != state.v), f"{name}: some exp_avg elements were not written"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("rule", ["adam", "yogi"])
+def test_matches_reference_step_by_step(backend, rule, case):
+    run = Run(backend, rule, CASES[case], seed=zlib.crc32(f"{rule}{case}".encode()) % 1000)
+    for _ in range(3):
+        before = run.snapshot()
+        grads = run.grads()
+        run.step(grads)
+        run.check(before, grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "p_dtype,s_dtype",
+    [(torch.bfloat16, None), (torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float16, None)],
+)
+@pytest.mark.parametrize("rule", ["adam", "yogi"])
+def test_low_precision_params(backend, rule, p_dtype, s_dtype):
+    """bf16/fp16 parameters, state in the same dtype or float32; the math is float32."""
+    run = Run(backend, rule, {}, p_dtype=p_dtype, s_dtype=s_dtype, shapes=[(5, 7), (1100,)])
+    for _ in range(2):
+        before = run.snapshot()
+        grads = run.grads()
+        run.step(grads)
+        run.check(before, grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_scale_unscales_inside_the_kernel(backend):
+    run = Run(backend, "yogi", {"amsgrad": True})
+    scale = 1024.0
+    for _ in range(2):
+        before = run.snapshot()
+        grads = run.grads()
+        scaled = [g * scale for g in grads]
+        kept = [g.clone() for g in scaled]
+        run.step(
+            scaled,
+            grad_scale=torch.tensor(scale, device=run.device),
+            found_inf=torch.tensor(0.0, device=run.device),
+        )
+        run.check(before, grads)
+        for g, k in zip(scaled, kept):  # the caller's gradients are never written
+            assert torch.equal(g, k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_found_inf_skips_everything(backend):
+    run = Run(backend, "adam", {"amsgrad": True, "weight_decay": 0.1, "decoupled_weight_decay": True})
+    run.step(run.grads())
+    saved = [t.clone() for t in run.params + run.exp_avgs + run.exp_avg_sqs + run.maxes + run.steps]
+    grads = run.grads()
+    grads[1][3] = float("inf")
+    run.step(grads, grad_scale=torch.tensor(2.0, device=run.device), found_inf=torch.tensor(1.0, device=run.device))
+    after = run.params + run.exp_avgs + run.exp_avg_sqs + run.maxes + run.steps
+    for a, b in zip(after, saved):
+        assert torch.equal(a, b), "a skipped step changed parameters, state or step count"
+    # and the next finite step is step 2, as if the skipped one never happened
+    before = run.snapshot()
+    grads = run.grads()
+    run.step(grads)
+    run.check(before, grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unaligned_views_and_guard_zones(backend):
+    """Tensors at odd offsets of one buffer: the unaligned path, and nothing written outside."""
+    device = _device(backend)
+    sizes, guard = [5, 1029, 1, 2048], 3
+    total = sum(sizes) + guard * (len(sizes) + 1)
+    gen = torch.Generator().manual_seed(3)
+    buffers = {k: torch.full((total,), 12345.0, dtype=torch.float32, device=device) for k in ("p", "g", "v", "s")}
+    views = {k: [] for k in buffers}
+    offset = guard
+    for n in sizes:
+        for k, buf in buffers.items():
+            views[k].append(buf[offset : offset + n])
+        offset += n + guard
+    for p, g, v, s in zip(views["p"], views["g"], views["v"], views["s"]):
+        p.copy_(torch.randn(p.shape, generator=gen))
+        g.copy_(torch.randn(g.shape, generator=gen))
+        v.zero_()
+        s.fill_(1e-6)
+    steps = [torch.zeros((), device=device) for _ in sizes]
+    hyper = _hyper("yogi", {})
+    expected = [
+        reference.step("yogi", _f64(p), _f64(g), reference.init_state(_f64(p), s0=1e-6), **hyper)
+        for p, g in zip(views["p"], views["g"])
+    ]
+    _update(backend)("yogi", views["p"], views["g"], views["v"], views["s"], [], steps, capturable=False, **hyper)
+    for (theta, state), p, v, s in zip(expected, views["p"], views["v"], views["s"]):
+        np.testing.assert_allclose(_f64(p), theta, **TOLERANCE[torch.float32])
+        np.testing.assert_allclose(_f64(v), state.v, **TOLERANCE[torch.float32])
+        np.testing.assert_allclose(_f64(s), state.s, **TOLERANCE[torch.float32])
+    mask = torch.ones(total, dtype=torch.bool, device=device)
+    offset = guard
+    for n in sizes:
+        mask[offset : offset + n] = False
+        offset += n + guard
+    for k, buf in buffers.items():
+        assert torch.all(buf[mask] == 12345.0), f"the kernel wrote outside the tensors ({k})"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_gradient_buffers_and_repeated_launches(backend):
+    """Fresh gradient tensors every step (zero_grad(set_to_none=True)) refresh the table; the
+    counters that decide who writes the step count are back at zero after every launch."""
+    from adamlab.optim import triton_fused
+
+    run = Run(backend, "yogi", {"bias_correction": "recursive"})
+    for k in range(4):
+        before = run.snapshot()
+        grads = run.grads()
+        run.step(grads)
+        run.check(before, grads)
+        plan = triton_fused._plans[id(run.steps[0])]
+        assert all(int(launch.counters.abs().sum()) == 0 for launch in plan.launches)
+        assert all(int(s.item()) == k + 1 for s in run.steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_dtypes_in_one_call(backend):
+    """fp32 and bf16 parameters in one group: one launch per dtype, both right."""
+    run = Run(backend, "adam", {}, shapes=[(9,), (1025,)])
+    run.params[1] = run.params[1].to(torch.bfloat16)
+    before = run.snapshot()
+    grads = run.grads()
+    grads[1] = grads[1].to(torch.bfloat16)
+    run.step(grads)
+    for i, dtype in enumerate((torch.float32, torch.bfloat16)):
+        assert run.params[i].dtype == dtype
+        theta, want = reference.step("adam", before[i][0], _f64(grads[i]), before[i][1], **run.hyper)
+        np.testing.assert_allclose(_f64(run.params[i]), theta, **TOLERANCE[dtype])
+        np.testing.assert_allclose(_f64(run.exp_avg_sqs[i]), want.s, **TOLERANCE[torch.float32])
+
+
+def test_fused_cuda_rejects_cpu_tensors():
+    from adamlab.optim import triton_fused
+
+    p = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        triton_fused.fused_cuda_update(
+            "adam", [p], [p], [p], [p], [], [torch.zeros(())], **_hyper("adam", {}), capturable=False
+        )
+
+
+def test_missing_triton_gives_a_clear_error(monkeypatch):
+    from adamlab.optim import triton_fused
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError
+    monkeypatch.setattr(triton_fused, "_modules", {})
+    with pytest.raises(RuntimeError, match="needs Triton"):
+        triton_fused._kernel_module(interpret=True)
+
+
+def test_adamlab_runs_without_triton():
+    """With Triton missing, adamlab imports, steps, and resolves fused_cuda; only a launch raises."""
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None  # as if not installed: import triton raises ImportError\n"
+        "import torch, adamlab\n"
+        "from adamlab.optim import functional, triton_fused\n"
+        "p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)\n"
+        "adamlab.Yogi([p]).step()\n"
+        "update = functional.get_implementation('fused_cuda')\n"
+        "try:\n"
+        "    triton_fused._kernel_module(interpret=False)\n"
+        "except RuntimeError as e:\n"
+        "    assert 'needs Triton' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('no error without triton')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
