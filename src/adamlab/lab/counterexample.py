@@ -34,6 +34,7 @@ from typing import Any
 import click
 import numpy as np
 
+from adamlab.lab.cli import standard_options
 from adamlab.lab.exercises import online1d
 from adamlab.lab.exercises.common import (
     LabInputError,
@@ -367,7 +368,8 @@ def counterexample(
     stochastic version, for Adam, AMSGrad, Yogi and Yogi with s0 = 0 and no bias
     correction. Prints a table, writes counterexample.json (with the curves) and
     counterexample.png (x_t and R_t/t on a log time axis) to --out. --json prints, for each
-    problem and optimizer, the final x and the average regret R_T/T.""",
+    problem and optimizer, the final x and the average regret R_T/T. --seed is the first
+    seed of the stochastic problem.""",
 )
 @click.option(
     "--problem",
@@ -380,7 +382,6 @@ def counterexample(
 )
 @click.option("--steps", type=int, default=None, help="Horizon T for every problem [default: 10^6].")
 @click.option("--C", "C", type=float, default=None, help="Theorem 1's large gradient C [default: 3].")
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed of the stochastic problem.")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds of the stochastic problem.")
 @click.option(
     "--backend",
@@ -389,10 +390,8 @@ def counterexample(
     show_default=True,
     help="c: compiled kernel; reference: adamlab.reference.step per step (slow).",
 )
-@click.option("--out", type=click.Path(file_okay=False), default="adamlab-results", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
-@click.option("--quiet", is_flag=True, help="Print nothing but errors (and --json).")
+@standard_options
 def command(
     problem_names: tuple[str, ...],
     steps: int | None,

@@ -5,7 +5,7 @@ Result files, the output-folder check and versions come from :mod:`adamlab.lab.r
 
 from __future__ import annotations
 
-import io
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +13,15 @@ from typing import Any
 
 import click
 
+from adamlab.lab import plots
 from adamlab.lab.data import LabInputError
-from adamlab.lab.results import atomic_write, check_output_dir, versions, write_json
+from adamlab.lab.results import check_output_dir, versions, write_json
 
 __all__ = [
     "LabInputError",
     "check_output_dir",
     "figure",
+    "figure_data_uri",
     "input_errors",
     "save_figure",
     "versions",
@@ -50,12 +52,12 @@ def figure(rows: int, cols: int, *, width: float = 5.0, height: float = 3.4) -> 
     return fig, axes
 
 
-def figure_bytes(fig: Any, fmt: str = "png") -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=110)
-    return buf.getvalue()
-
-
 def save_figure(fig: Any, path: Path) -> Path:
-    """Write the figure atomically in the format its suffix names."""
-    return atomic_write(path, figure_bytes(fig, path.suffix.lstrip(".")))
+    """Write the figure atomically in the format its suffix names (png or svg)."""
+    return plots.save_figure(fig, path, path.suffix.lstrip("."))
+
+
+def figure_data_uri(fig: Any, fmt: str = "png") -> str:
+    """The figure as a ``data:`` URI, for a self-contained HTML page."""
+    mime = {"png": "image/png", "svg": "image/svg+xml"}[fmt]
+    return f"data:{mime};base64,{base64.b64encode(plots.figure_bytes(fig, fmt)).decode()}"
