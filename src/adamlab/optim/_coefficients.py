@@ -17,8 +17,8 @@ class Coefficients(NamedTuple):
     w2: Any  # weight of the s update: 1-β2, or ρ_t = (1-β2)/(1-β2^t) for "recursive"
     step_size: Any  # η/(1-β1^t) with bias correction, else η
     bc2_sqrt: Any  # √(1-β2^t) with bias correction, else 1
-    beta2_prev: Any  # β2^(t-1): recursive Yogi only
-    c2_prev: Any  # 1-β2^(t-1): recursive Yogi only
+    keep2: Any  # c_{t-1}/c_t with c_t = 1-β2^t: recursive Yogi only
+    c2_prev: Any  # c_{t-1} = 1-β2^(t-1): recursive Yogi only
 
 
 def coefficients(step: Any, *, lr: Any, beta1: float, beta2: float, bias_correction: Any) -> Coefficients:
@@ -26,14 +26,14 @@ def coefficients(step: Any, *, lr: Any, beta1: float, beta2: float, bias_correct
         # β^t in float32 loses ~t·3e-8 relative accuracy; do the scalar math in float64.
         step = step.double()
     if bias_correction == "recursive":
-        beta2_prev = beta2 ** (step - 1)
+        c2, c2_prev = 1 - beta2**step, 1 - beta2 ** (step - 1)
         return Coefficients(
             w1=(1 - beta1) / (1 - beta1**step),
-            w2=(1 - beta2) / (1 - beta2**step),
+            w2=(1 - beta2) / c2,
             step_size=lr,
             bc2_sqrt=1.0,
-            beta2_prev=beta2_prev,
-            c2_prev=1 - beta2_prev,
+            keep2=c2_prev / c2,
+            c2_prev=c2_prev,
         )
     if bias_correction:
         bias_correction1 = 1 - beta1**step

@@ -29,12 +29,12 @@ def second_moment_foreach_(
             torch._foreach_addcmul_(s, grads, grads, 1 - beta2)
         return
     g2 = torch._foreach_mul(grads, grads)
-    if recursive:  # ŝ ← ŝ + ρ_t (sgn(g² - c_{t-1} ŝ) g² - β2^{t-1} ŝ)
+    if recursive:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
         direction = torch._foreach_sub(g2, torch._foreach_mul(s, [c.c2_prev for c in cs]))
         torch._foreach_sign_(direction)
         torch._foreach_mul_(direction, g2)
-        torch._foreach_sub_(direction, torch._foreach_mul(s, [c.beta2_prev for c in cs]))
         torch._foreach_mul_(direction, [c.w2 for c in cs])
+        torch._foreach_mul_(s, [c.keep2 for c in cs])
         torch._foreach_add_(s, direction)
     else:  # s ← s - (1-β2) sgn(s - g²) g²
         direction = torch._foreach_sub(s, g2)

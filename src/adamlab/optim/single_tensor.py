@@ -25,9 +25,9 @@ def second_moment_(rule: str, s: Tensor, grad: Tensor, beta2: float, c: Coeffici
             s.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         return
     g2 = grad * grad
-    if recursive:  # ŝ ← ŝ + ρ_t (sgn(g² - c_{t-1} ŝ) g² - β2^{t-1} ŝ)
-        direction = torch.sign(g2 - s * c.c2_prev).mul_(g2).sub_(s * c.beta2_prev)
-        s.add_(direction.mul_(c.w2))
+    if recursive:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
+        direction = torch.sign(g2 - s * c.c2_prev).mul_(g2)
+        s.mul_(c.keep2).add_(direction.mul_(c.w2))
     else:  # s ← s - (1-β2) sgn(s - g²) g²
         s.addcmul_(torch.sign(s - g2), g2, value=-(1 - beta2))
 

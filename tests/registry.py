@@ -1,0 +1,128 @@
+"""The test registry: optimizer x implementation x case x dtype.
+
+Every test of numerics runs off these tables, so a new implementation is one line in
+:data:`IMPLEMENTATIONS`. An implementation that this machine cannot run (a fused kernel
+that is not built here) is listed anyway and skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import adamlab
+from adamlab import reference
+from adamlab.optim.functional import IMPLEMENTATIONS as REGISTERED
+
+OPTIMIZERS: dict[str, type] = {"adam": adamlab.Adam, "yogi": adamlab.Yogi}
+
+
+def _registered(name: str) -> Callable[[], str | None]:
+    """Availability check for an optional implementation: None if usable, else the reason."""
+
+    def check() -> str | None:
+        if name not in REGISTERED:
+            return f"implementation {name!r} is not registered in this build"
+        try:
+            from adamlab.optim.functional import get_implementation
+
+            get_implementation(name)
+        except Exception as exc:  # a kernel that cannot build here: skip, don't fail
+            return f"implementation {name!r} unavailable here: {exc}"
+        return None
+
+    return check
+
+
+@dataclass(frozen=True)
+class Impl:
+    kwargs: dict[str, Any]
+    unavailable: Callable[[], str | None] = field(default=lambda: None)
+    device: str = "cpu"
+
+
+IMPLEMENTATIONS: dict[str, Impl] = {
+    "single_tensor": Impl(dict(foreach=False)),
+    "foreach": Impl(dict(foreach=True)),
+    "single_capturable": Impl(dict(foreach=False, capturable=True)),
+    "foreach_capturable": Impl(dict(foreach=True, capturable=True)),
+    "fused_cpu": Impl(dict(fused=True), _registered("fused_cpu")),
+}
+
+# per-step tolerances (rtol, atol relative to the step size) when the implementation and the
+# reference start a step from identical values
+DTYPES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (2e-6, 2e-6),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (4e-3, 4e-3),
+}
+
+# Flag cases: every combination of the conventions an implementation must honour.
+WEIGHT_DECAY_MODES = {
+    "none": {},
+    "l2": dict(weight_decay=0.1),
+    "decoupled": dict(weight_decay=0.1, decoupled_weight_decay=True),
+}
+FLAG_CASES: list[dict[str, Any]] = [
+    dict(amsgrad=amsgrad, maximize=maximize, bias_correction=bc, **WEIGHT_DECAY_MODES[wd])
+    for amsgrad, maximize, bc, wd in itertools.product(
+        [False, True], [False, True], [True, False, "recursive"], WEIGHT_DECAY_MODES
+    )
+]
+
+
+def case_id(flags: dict[str, Any]) -> str:
+    return "-".join(f"{k}={v}" for k, v in flags.items()) or "defaults"
+
+
+def require(impl_name: str) -> Impl:
+    impl = IMPLEMENTATIONS[impl_name]
+    reason = impl.unavailable()
+    if reason:
+        pytest.skip(reason)
+    return impl
+
+
+def reference_hyper(group: dict[str, Any]) -> dict[str, Any]:
+    """The reference's keyword arguments for an optimizer param group."""
+    lr = group["lr"]
+    return dict(
+        lr=float(lr),
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+        amsgrad=group["amsgrad"],
+        maximize=group["maximize"],
+        bias_correction=group["bias_correction"],
+    )
+
+
+def to64(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.to(torch.float64).numpy().copy()
+
+
+def state_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> reference.State:
+    """An optimizer's state for ``p`` as a reference State (float64 copies)."""
+    st = opt.state[p]
+    return reference.State(
+        t=int(st["step"].item()),
+        v=to64(st["exp_avg"]),
+        s=to64(st["exp_avg_sq"]),
+        s_max=to64(st["max_exp_avg_sq"]) if "max_exp_avg_sq" in st else None,
+    )
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str) -> None:
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
