@@ -19,6 +19,7 @@ from adamlab.lab.results import check_output_dir, versions, write_json
 
 __all__ = [
     "LabInputError",
+    "Progress",
     "check_output_dir",
     "figure",
     "figure_data_uri",
@@ -61,3 +62,34 @@ def figure_data_uri(fig: Any, fmt: str = "png") -> str:
     """The figure as a ``data:`` URI, for a self-contained HTML page."""
     mime = {"png": "image/png", "svg": "image/svg+xml"}[fmt]
     return f"data:{mime};base64,{base64.b64encode(plots.figure_bytes(fig, fmt)).decode()}"
+
+
+class Progress:
+    """A rich progress bar over ``total`` units of work, or nothing at all.
+
+    Shown only when ``enabled`` and stdout is a terminal (the lab's convention: silent
+    under ``--quiet``/``--json`` and in pipes). ``advance()`` is cheap when disabled.
+    """
+
+    def __init__(self, description: str, total: int, *, enabled: bool = True) -> None:
+        import sys
+
+        self.enabled = enabled and sys.stdout.isatty()
+        self.description, self.total = description, total
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.progress import Progress as RichProgress
+
+            self.bar = RichProgress(transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        if self.enabled:
+            self.bar.update(self.task, advance=n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.stop()

@@ -1,0 +1,181 @@
+"""The whole chapter-11 family on the airfoil data — ``adamlab compare``.
+
+Source: *Dive into Deep Learning*, chapter 11 (§11.5 minibatch SGD through §11.10
+Adam/Yogi), each optimizer with the hyperparameters its section uses, on the same data
+and protocol (batch 10, 2 epochs as ``d2l.train_ch11``, loss recorded every 200
+examples). The loss-vs-time figure follows §11.5, which plots loss against seconds on a
+log axis. Conventions and implementations: :mod:`adamlab.lab.exercises.family`.
+
+Each run goes through the lab's concise trainer (:func:`adamlab.lab.train.train_concise`).
+Seconds at a recorded point are the run's training time scaled by the fraction of steps
+done (the trainer times the whole run; every step costs the same).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from adamlab.lab.cli import standard_options
+from adamlab.lab.data import LabData, least_squares_floor, load
+from adamlab.lab.exercises.common import (
+    LabInputError,
+    Progress,
+    check_output_dir,
+    figure,
+    input_errors,
+    save_figure,
+    versions,
+    write_json,
+)
+from adamlab.lab.exercises.family import FAMILY, member
+
+SOURCE = "Dive into Deep Learning, ch. 11 (sections 11.5-11.10), the book's hyperparameters"
+
+
+@dataclass
+class CompareResult:
+    runs: list[Any]  # RunResult, in FAMILY order
+    names: list[str]
+    floor: float
+    config: dict[str, Any]
+    data: dict[str, Any]
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "optimizer": name,
+                "book": FAMILY[name].book,
+                "implementation": FAMILY[name].implementation,
+                "final_loss": run.final_loss,
+                "gap_to_floor": run.final_loss - self.floor,
+                "sec_per_epoch": run.sec_per_epoch,
+            }
+            for name, run in zip(self.names, self.runs)
+        ]
+
+    def table(self) -> str:
+        lines = [f"{'optimizer':<10} {'final loss':>10} {'gap to floor':>12} {'sec/epoch':>9}  book"]
+        for r in self.rows():
+            lines.append(
+                f"{r['optimizer']:<10} {r['final_loss']:>10.4f} {r['gap_to_floor']:>12.4f}"
+                f" {r['sec_per_epoch']:>9.4f}  {r['book']}"
+            )
+        lines.append(f"{'floor':<10} {self.floor:>10.4f}  (least squares, float64)")
+        return "\n".join(lines)
+
+    def seconds(self, run: Any) -> list[float]:
+        """Training seconds at each recorded point (uniform cost per step)."""
+        total_epochs = run.epochs[-1]
+        return [run.train_seconds * e / total_epochs for e in run.epochs]
+
+    def plot(self) -> Any:
+        fig, axes = figure(1, 2, width=5.6, height=3.8)
+        for name, run in zip(self.names, self.runs):
+            axes[0, 0].plot(run.epochs, run.losses, marker=".", ms=3, lw=1.2, label=name)
+            axes[0, 1].plot(self.seconds(run), run.losses, marker=".", ms=3, lw=1.2, label=name)
+        for ax in axes[0]:
+            ax.axhline(self.floor, color="k", ls="--", lw=0.8, label=f"floor {self.floor:.4f}")
+            ax.set_ylabel("loss (½ MSE, full data)")
+            ax.grid(alpha=0.3)
+        axes[0, 0].set(xlabel="epoch", title="the chapter-11 family on airfoil")
+        axes[0, 1].set(xlabel="training time (s)", xscale="log", title="loss vs time (as in §11.5)")
+        axes[0, 0].legend(fontsize="small")
+        return fig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": "compare",
+            "source": SOURCE,
+            "config": self.config,
+            "seed": self.config["seed"],
+            "floor": self.floor,
+            "data": self.data,
+            "versions": self.versions,
+            "table": self.rows(),
+            "runs": [
+                run.to_dict() | {"optimizer": n, "seconds": self.seconds(run)} for n, run in zip(self.names, self.runs)
+            ],
+        }
+
+
+def compare(
+    optimizers: tuple[str, ...] | None = None,
+    *,
+    epochs: int = 2,
+    batch_size: int = 10,
+    seed: int = 0,
+    data: LabData | str | Path | None = None,
+    progress: Progress | None = None,
+) -> CompareResult:
+    """Train every member of the family (or ``optimizers``) with the book's hyperparameters."""
+    from adamlab.lab.train import RunConfig, run
+
+    names = list(dict.fromkeys(optimizers or FAMILY))
+    lab_data = data if isinstance(data, LabData) else load(data)
+    source = None if lab_data.source.startswith("bundled:") else lab_data.source
+    configs = [RunConfig("concise", member(n).target, member(n).lr, batch_size, epochs, seed, source) for n in names]
+    for c in configs:
+        c.validate(lab_data)
+    floor = least_squares_floor(lab_data)
+    runs = []
+    for config in configs:
+        runs.append(run(config, lab_data))
+        if progress is not None:
+            progress.advance()
+    cfg = {"optimizers": names, "epochs": epochs, "batch_size": batch_size, "seed": seed, "data": source}
+    return CompareResult(runs, names, floor, cfg, lab_data.describe())
+
+
+@click.command(
+    "compare",
+    help=f"""The chapter-11 optimizers on the airfoil data ({SOURCE}).
+
+    Minibatch SGD (lr 0.05), momentum (lr 0.01, beta 0.9), Adagrad (lr 0.1, eps 1e-6
+    inside the root), RMSProp (lr 0.01, gamma 0.9, eps 1e-6 inside), Adadelta (rho 0.9,
+    eps 1e-5), Adam (lr 0.01) and Yogi (lr 0.01, eps 1e-3), batch 10, 2 epochs. Prints
+    a table (final loss, gap to the least-squares floor, sec/epoch); writes compare.json
+    and compare.png (loss vs epoch, and vs seconds on a log axis).""",
+)
+@click.option("--optimizer", "optimizers", multiple=True, help=f"Only these (repeatable): {', '.join(FAMILY)}.")
+@click.option("--epochs", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@standard_options
+def command(
+    optimizers: tuple[str, ...],
+    epochs: int,
+    batch_size: int,
+    data: str | None,
+    fmt: str,
+    seed: int,
+    out: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    with input_errors("compare"):
+        for name in optimizers:
+            member(name)
+        if epochs < 1:
+            raise LabInputError(f"--epochs must be >= 1, got {epochs}")
+        if batch_size < 1:
+            raise LabInputError(f"--batch-size must be >= 1, got {batch_size}")
+        lab_data = load(data)
+        out_dir = check_output_dir(out)
+        names = optimizers or tuple(FAMILY)
+        with Progress("compare", len(names), enabled=not (quiet or as_json)) as bar:
+            result = compare(names, epochs=epochs, batch_size=batch_size, seed=seed, data=lab_data, progress=bar)
+    doc = result.to_dict()
+    write_json(out_dir / "compare.json", doc)
+    fig_path = save_figure(result.plot(), out_dir / f"compare.{fmt}")
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+    elif not quiet:
+        click.echo(result.table())
+        click.echo(f"wrote {out_dir / 'compare.json'} and {fig_path}")
