@@ -34,7 +34,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from array import array
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -172,24 +174,6 @@ def is_available() -> bool:
     return True
 
 
-def _pointers(tensors: list[Tensor]) -> Any:
-    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
-
-
-def _is_plain(p: Tensor, g: Tensor, v: Tensor, s: Tensor, m: Tensor | None, t: Tensor) -> bool:
-    """Whether the kernel can walk these tensors' memory directly, element i for element i."""
-    return (
-        p.is_contiguous()
-        and g.is_contiguous()
-        and v.is_contiguous()
-        and s.is_contiguous()
-        and (m is None or m.is_contiguous())
-        and g.dtype == p.dtype
-        and t.dtype == torch.float32
-        and t.is_cpu
-    )
-
-
 def fused_cpu_update(
     rule: str,
     params: list[Tensor],
@@ -234,55 +218,71 @@ def fused_cpu_update(
     yogi = {"adam": 0, "yogi": 1}[rule]
     maxes: list[Tensor | None] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
 
-    # Group by (param dtype, state dtype): one kernel call each (almost always one).
-    groups: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
-    for i, (p, v) in enumerate(zip(params, exp_avgs)):
-        if not p.is_cpu:
-            raise RuntimeError(f"the fused CPU implementation got a tensor on {p.device}")
-        groups.setdefault((p.dtype, v.dtype), []).append(i)
+    # The common case -- one dtype pair, everything contiguous -- is checked list by list
+    # (a few C-level calls per tensor); anything else goes tensor by tensor.
+    p_dtypes, s_dtypes = set(map(_dtype, params)), set(map(_dtype, exp_avgs))
+    if (
+        len(p_dtypes) == 1
+        and len(s_dtypes) == 1
+        and set(map(_dtype, grads)) == p_dtypes
+        and all(map(_is_cpu, params))
+        and _all_plain(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps)
+    ):
+        groups = {(p_dtypes.pop(), s_dtypes.pop()): (list(range(len(params))), [])}
+    else:
+        groups = {}
+        for i, (p, v) in enumerate(zip(params, exp_avgs)):
+            if not p.is_cpu:
+                raise RuntimeError(f"the fused CPU implementation got a tensor on {p.device}")
+            plain, odd = groups.setdefault((p.dtype, v.dtype), ([], []))
+            args = (p, grads[i], v, exp_avg_sqs[i], maxes[i], state_steps[i])
+            (plain if _all_plain(*[[x] if x is not None else [] for x in args]) else odd).append(i)
 
-    for (p_dtype, s_dtype), idx in groups.items():
+    for (p_dtype, s_dtype), (plain, odd) in groups.items():
         if p_dtype.is_complex:  # as torch: real and imaginary parts are independent
             p_dtype, s_dtype = p_dtype.to_real(), s_dtype.to_real()
-            as_real = torch.view_as_real
-        else:
-            as_real = None
         if p_dtype not in _DTYPE_CODES or s_dtype not in _DTYPE_CODES:
             raise RuntimeError(
                 f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state"
             )
-        plain, odd = [], []
-        for i in idx:
-            (
-                plain if _is_plain(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], state_steps[i]) else odd
-            ).append(i)
         if odd:
             _update_odd(
                 lib, odd, params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps, p_dtype, s_dtype, yogi, hyper
             )
-        if not plain:
-            continue
-        sel = [(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], state_steps[i]) for i in plain]
-        if as_real is not None:
-            sel = [
-                (as_real(p), as_real(g), as_real(v), as_real(s), m if m is None else as_real(m), t)
-                for p, g, v, s, m, t in sel
+        if plain:
+            tables = [
+                [lst[i] for i in plain] if len(plain) < len(params) else list(lst)
+                for lst in (params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps)
             ]
-        _call(lib, sel, p_dtype, s_dtype, yogi, hyper)
+            if params[plain[0]].is_complex():
+                tables[:5] = [[x if x is None else torch.view_as_real(x) for x in t] for t in tables[:5]]
+            _call(lib, *tables, p_dtype, s_dtype, yogi, hyper)
 
 
-def _call(
-    lib: ctypes.CDLL, sel: list[tuple], p_dtype: torch.dtype, s_dtype: torch.dtype, yogi: int, hyper: tuple
-) -> None:
-    """One kernel call over ``sel``: (param, grad, exp_avg, exp_avg_sq, max or None, step) tuples."""
-    ps, gs, vs, ss, ms, ts = zip(*sel)
-    n = len(ps)
-    numel = (ctypes.c_int64 * n)(*[p.numel() for p in ps])
-    maxes = _pointers(ms) if ms[0] is not None else None
-    rc = lib.adamlab_fused_step(
-        n, numel, _pointers(ps), _pointers(gs), _pointers(vs), _pointers(ss), maxes, _pointers(ts),
-        _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype], yogi, *hyper,
-    )  # fmt: skip
+_dtype = attrgetter("dtype")
+_is_cpu = attrgetter("is_cpu")
+
+
+def _all_plain(params, grads, exp_avgs, exp_avg_sqs, maxes, steps) -> bool:
+    """Whether the kernel can walk these tensors' memory directly, element i for element i."""
+    return (
+        all(map(Tensor.is_contiguous, params))
+        and all(map(Tensor.is_contiguous, grads))
+        and all(map(Tensor.is_contiguous, exp_avgs))
+        and all(map(Tensor.is_contiguous, exp_avg_sqs))
+        and all(map(Tensor.is_contiguous, maxes))
+        and set(map(_dtype, steps)) <= {torch.float32}
+        and all(map(_is_cpu, steps))
+    )
+
+
+def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dtype, yogi: int, hyper: tuple) -> None:
+    """One kernel call over the given (contiguous, CPU) tensors: tables of sizes and pointers."""
+    numel = array("q", map(Tensor.numel, params))
+    lists = (params, grads, exp_avgs, exp_avg_sqs, maxes if maxes[0] is not None else [], steps)
+    tables = [array("Q", map(Tensor.data_ptr, lst)) for lst in lists]
+    addresses = [t.buffer_info()[0] if len(t) else None for t in (numel, *tables)]
+    rc = lib.adamlab_fused_step(len(params), *addresses, _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype], yogi, *hyper)
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
 
@@ -296,7 +296,7 @@ def _update_odd(lib, idx, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_
         p, v, s, m = (None if x is None else real(x).contiguous() for x in owned[:4])
         g = real(grads[i]).to(p.dtype).contiguous()
         t = steps[i].to(device="cpu", dtype=torch.float32).clone()
-        _call(lib, [(p, g, v, s, m, t)], p_dtype, s_dtype, yogi, hyper)
+        _call(lib, [p], [g], [v], [s], [m], [t], p_dtype, s_dtype, yogi, hyper)
         for dst, src in zip(owned, (p, v, s, m, t)):
             if dst is not None:
                 target = real(dst) if dst is not steps[i] else dst

@@ -1,0 +1,322 @@
+"""The fused CPU kernel (``fused=True`` on CPU tensors) against the float64 reference.
+
+Step by step for 200 steps, parameters and every state tensor:
+* float64 parameters run free against the reference (the kernel does fp64 math for them),
+  so every convention must agree to ~1e-10 over the whole trajectory;
+* float32 / bf16 / fp16 parameters (state in the parameter's dtype or in fp32): before
+  each step the reference is synced to the kernel's values, so each step is compared
+  with one step of exact math at the storage dtype's rounding.
+Then: against the foreach path, the awkward tensors (empty, 0-dim, non-contiguous,
+complex, mixed dtypes, late joiners, large enough for the threaded path), GradScaler,
+and failing soft where no compiler exists.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import adamlab
+from adamlab import reference
+from adamlab.optim import fused_cpu
+
+pytestmark = pytest.mark.skipif(not fused_cpu.is_available(), reason="fused CPU kernel cannot be built here")
+
+OPTIMIZERS = {"adam": adamlab.Adam, "yogi": adamlab.Yogi}
+WEIGHT_DECAY = {
+    "none": {},
+    "l2": dict(weight_decay=0.1),
+    "decoupled": dict(weight_decay=0.1, decoupled_weight_decay=True),
+}
+FLAGS = [
+    dict(amsgrad=amsgrad, maximize=maximize, bias_correction=bc, **WEIGHT_DECAY[wd])
+    for amsgrad, maximize, bc, wd in itertools.product(
+        [False, True], [False, True], [True, False, "recursive"], WEIGHT_DECAY
+    )
+]
+# Fewer flag combinations for the low-precision dtypes: the dtype is what is under test there.
+FEW_FLAGS = [
+    FLAGS[0],
+    FLAGS[-1],
+    dict(bias_correction="recursive", weight_decay=0.1),
+    dict(amsgrad=True, maximize=True),
+]
+SHAPES = [(3, 2), (), (0,), (37,)]
+STEPS = 200
+
+
+def flag_id(flags: dict[str, Any]) -> str:
+    return "-".join(f"{k}={v}" for k, v in flags.items()) or "defaults"
+
+
+def to64(t: torch.Tensor) -> np.ndarray:
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.to(torch.float64).numpy().copy()
+
+
+def hyper_of(group: dict[str, Any]) -> dict[str, Any]:
+    return dict(
+        lr=float(group["lr"]),
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+        amsgrad=group["amsgrad"],
+        maximize=group["maximize"],
+        bias_correction=group["bias_correction"],
+    )
+
+
+def state_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> reference.State:
+    st = opt.state[p]
+    return reference.State(
+        t=int(st["step"].item()),
+        v=to64(st["exp_avg"]),
+        s=to64(st["exp_avg_sq"]),
+        s_max=to64(st["max_exp_avg_sq"]) if "max_exp_avg_sq" in st else None,
+    )
+
+
+def close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str) -> None:
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def make(rule: str, dtype: torch.dtype, shapes, seed: int, **kwargs: Any):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
+    return params, OPTIMIZERS[rule](params, fused=True, **kwargs), gen
+
+
+def grad_scale_of(k: int) -> float:
+    return 10.0 ** ((k % 9) - 6)  # gradients spanning 1e-6 .. 1e2
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=flag_id)
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_float64_trajectory_matches_reference(rule: str, flags: dict) -> None:
+    params, opt, gen = make(rule, torch.float64, SHAPES, seed=1, lr=0.05, **flags)
+    group = opt.param_groups[0]
+    hyper = hyper_of(group)
+    thetas = [to64(p) for p in params]
+    states = [reference.init_state(t, s0=group["initial_accumulator_value"], amsgrad=flags["amsgrad"]) for t in thetas]
+    for k in range(STEPS):
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64) * grad_scale_of(k)
+            thetas[i], states[i] = reference.step(rule, thetas[i], to64(p.grad), states[i], **hyper)
+        opt.step()
+    for i, p in enumerate(params):
+        got = state_of(opt, p)
+        assert got.t == states[i].t == STEPS
+        close(to64(p), thetas[i], 1e-10, 1e-12, f"param {i}")
+        close(got.v, states[i].v, 1e-10, 1e-14, f"exp_avg {i}")
+        close(got.s, states[i].s, 1e-10, 1e-20, f"exp_avg_sq {i}")
+        if flags["amsgrad"]:
+            close(got.s_max, states[i].s_max, 1e-10, 1e-20, f"max_exp_avg_sq {i}")
+
+
+# storage dtype -> relative tolerance of one step (a few units in the last place)
+RTOL = {torch.float32: 4e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+# (the float64 trajectories above cover every flag combination; here the dtype is under test)
+LOW_PRECISION_CASES = [(torch.float32, None, f) for f in FLAGS[::6]] + [
+    (dtype, state_dtype, f)
+    for dtype in (torch.bfloat16, torch.float16)
+    for state_dtype in (None, torch.float32)
+    for f in FEW_FLAGS
+]
+
+
+@pytest.mark.parametrize(
+    "dtype,state_dtype,flags",
+    LOW_PRECISION_CASES,
+    ids=[f"{str(d)[6:]}-state={str(s)[6:]}-{flag_id(f)}" for d, s, f in LOW_PRECISION_CASES],
+)
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_each_step_matches_reference(rule: str, dtype: torch.dtype, state_dtype, flags: dict) -> None:
+    """Each step from the kernel's own values equals one exact step, to the storage dtype's rounding."""
+    params, opt, gen = make(rule, dtype, SHAPES, seed=2, lr=0.01, state_dtype=state_dtype, **flags)
+    group = opt.param_groups[0]
+    hyper = hyper_of(group)
+    p_rtol = RTOL[dtype]
+    s_rtol = RTOL[state_dtype or dtype]
+    # below the smallest normal number a value keeps only absolute precision
+    p_tiny, s_tiny = (torch.finfo(d).tiny * torch.finfo(d).eps for d in (dtype, state_dtype or dtype))
+    for k in range(STEPS):
+        before = []
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=gen, dtype=torch.float64) * grad_scale_of(k) * 1e-2).to(dtype)
+            st = state_of(opt, p) if opt.state[p] else None
+            if st is None:
+                st = reference.init_state(to64(p), s0=group["initial_accumulator_value"], amsgrad=group["amsgrad"])
+            before.append((to64(p), st))
+        opt.step()
+        for i, p in enumerate(params):
+            theta, st = before[i]
+            g = to64(p.grad)
+            theta, want = reference.step(rule, theta, g, st, **hyper)
+            got = state_of(opt, p)
+            where = f"param {i}, step {k + 1}"
+            assert got.t == want.t == k + 1
+            # Rounding is relative to the operands, not the result (v ← v + w(g - v) can
+            # cancel): the absolute slack scales with the largest input of each update.
+            g_max = np.abs(g).max(initial=0.0) * (1 + hyper["weight_decay"])
+            v_scale = np.abs(st.v).max(initial=0.0) + g_max
+            s_scale = np.abs(st.s).max(initial=0.0) + g_max**2
+            close(to64(p), theta, p_rtol, hyper["lr"] * p_rtol + p_tiny, where)
+            close(got.v, want.v, s_rtol, s_rtol * v_scale + s_tiny, f"exp_avg, {where}")
+            close(got.s, want.s, s_rtol, s_rtol * s_scale + s_tiny, f"exp_avg_sq, {where}")
+            if group["amsgrad"]:
+                close(got.s_max, want.s_max, s_rtol, s_rtol * s_scale + s_tiny, f"max_exp_avg_sq, {where}")
+
+
+def _run_pair(rule: str, shapes, steps: int, **kwargs: Any):
+    """The fused and the foreach optimizer on identical parameters and gradients."""
+    gen = torch.Generator().manual_seed(3)
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    fused = [t.clone().requires_grad_() for t in init]
+    foreach = [t.clone().requires_grad_() for t in init]
+    opt_f = OPTIMIZERS[rule](fused, fused=True, **kwargs)
+    opt_e = OPTIMIZERS[rule](foreach, foreach=True, **kwargs)
+    for _ in range(steps):
+        for a, b in zip(fused, foreach):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        opt_f.step()
+        opt_e.step()
+    return fused, foreach, opt_f, opt_e
+
+
+def _assert_same_state(fused, foreach, opt_f, opt_e, rtol: float, atol: float) -> None:
+    for i, (a, b) in enumerate(zip(fused, foreach)):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, i=i: f"param {i}: {m}")
+        for key, value in opt_e.state[b].items():
+            torch.testing.assert_close(
+                opt_f.state[a][key], value, rtol=rtol, atol=atol, msg=lambda m, k=key, i=i: f"{k} of param {i}: {m}"
+            )
+
+
+@pytest.mark.parametrize("flags", FEW_FLAGS[:2], ids=flag_id)
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_matches_foreach_on_large_tensors(rule: str, flags: dict) -> None:
+    """Tensors large enough for the threaded, chunked path (chunks span tensor boundaries)."""
+    shapes = [(70_001,), (3, 5), (40_000,), (1,)]
+    fused, foreach, opt_f, opt_e = _run_pair(rule, shapes, 20, lr=1e-3, **flags)
+    _assert_same_state(fused, foreach, opt_f, opt_e, rtol=1e-4, atol=1e-6)
+
+
+def test_awkward_tensors_match_foreach() -> None:
+    """Non-contiguous, complex, mixed dtypes in one group, a late joiner, a step without some grads."""
+    gen = torch.Generator().manual_seed(4)
+
+    def make_params():
+        g = torch.Generator().manual_seed(5)
+        return [
+            torch.randn(6, 4, generator=g).t().requires_grad_(),  # non-contiguous
+            torch.randn(3, dtype=torch.complex64, generator=g).requires_grad_(),
+            torch.randn(5, dtype=torch.float64, generator=g).requires_grad_(),
+            torch.randn(2, 2, generator=g).requires_grad_(),  # joins late
+            torch.randn(0, generator=g).requires_grad_(),
+        ]
+
+    fused, foreach = make_params(), make_params()
+    opt_f = adamlab.Yogi(fused, fused=True, amsgrad=True, weight_decay=0.01)
+    opt_e = adamlab.Yogi(foreach, foreach=True, amsgrad=True, weight_decay=0.01)
+    for k in range(20):
+        for i, (a, b) in enumerate(zip(fused, foreach)):
+            if (i == 3 and k < 7) or (i == 2 and k % 5 == 0):
+                a.grad = b.grad = None
+                continue
+            a.grad = torch.randn(a.shape, dtype=a.dtype, generator=gen)
+            if i == 0:
+                a.grad = a.grad.t().contiguous().t()  # a non-contiguous gradient too
+            b.grad = a.grad.clone()
+        opt_f.step()
+        opt_e.step()
+    assert opt_f.state[fused[3]]["step"].item() == 13
+    _assert_same_state(fused, foreach, opt_f, opt_e, rtol=2e-6, atol=1e-7)
+
+
+def test_never_writes_the_gradient_and_takes_a_tensor_lr() -> None:
+    p = torch.randn(100, requires_grad=True)
+    p.grad = torch.randn(100)
+    grad = p.grad.clone()
+    opt = adamlab.Adam([p], lr=torch.tensor(0.01), fused=True, maximize=True, weight_decay=0.1)
+    opt.step()
+    assert torch.equal(p.grad, grad)
+    assert opt.state[p]["step"].dtype == torch.float32 and opt.state[p]["step"].item() == 1
+
+
+def _scaled_run(params, opt, scaler, grads):
+    for g_list in grads:
+        opt.zero_grad()
+        loss = sum((p * g).sum() for p, g in zip(params, g_list))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_grad_scaler_unscales_in_the_kernel_and_skips_on_inf(rule: str) -> None:
+    gen = torch.Generator().manual_seed(6)
+    grads = [[torch.randn(7, generator=gen), torch.randn(3, 3, generator=gen)] for _ in range(6)]
+    grads[3][1][1, 1] = float("inf")  # step 4 must be skipped entirely
+    init = [torch.randn(7, generator=gen), torch.randn(3, 3, generator=gen)]
+
+    scaled = [t.clone().requires_grad_() for t in init]
+    opt = OPTIMIZERS[rule](scaled, fused=True)
+    assert opt._step_supports_amp_scaling
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    _scaled_run(scaled, opt, scaler, grads)
+    assert scaler.get_scale() < 2.0**10  # the inf was seen and the scale backed off
+
+    plain = [t.clone().requires_grad_() for t in init]
+    ref = OPTIMIZERS[rule](plain, foreach=True)
+    for i, g_list in enumerate(grads):
+        if i == 3:
+            continue  # the skipped step: no update, no step count
+        for p, g in zip(plain, g_list):
+            p.grad = g.clone()
+        ref.step()
+    for a, b in zip(scaled, plain):
+        assert opt.state[a]["step"].item() == ref.state[b]["step"].item() == 5
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+        torch.testing.assert_close(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"], rtol=2e-6, atol=1e-12)
+
+
+def test_grad_scale_and_found_inf_passed_directly() -> None:
+    from adamlab.optim.fused_cpu import fused_cpu_update
+
+    p, g = torch.randn(50), torch.randn(50)
+    v, s, t = torch.zeros(50), torch.zeros(50), torch.zeros(())
+    hyper = dict(
+        lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+        amsgrad=False, maximize=False, bias_correction=True, capturable=False,
+    )  # fmt: skip
+    before = p.clone()
+    fused_cpu_update("adam", [p], [g * 8], [v], [s], [], [t], **hyper, found_inf=torch.tensor(1.0))
+    assert torch.equal(p, before) and t.item() == 0 and not v.any()
+    fused_cpu_update("adam", [p], [g * 8], [v], [s], [], [t], **hyper, grad_scale=torch.tensor(8.0))
+    q, v2, s2, t2 = before.clone(), torch.zeros(50), torch.zeros(50), torch.zeros(())
+    fused_cpu_update("adam", [q], [g], [v2], [s2], [], [t2], **hyper, found_inf=torch.tensor(0.0))
+    assert torch.equal(p, q) and torch.equal(v, v2) and torch.equal(s, s2) and t.item() == t2.item() == 1
+
+
+def test_fails_soft_without_a_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """No compiler: fused=True raises a clear RuntimeError; every other path still works."""
+    monkeypatch.setattr(fused_cpu, "_lib", None)
+    monkeypatch.setattr(fused_cpu, "_error", None)
+    monkeypatch.setattr(fused_cpu, "_compiler", lambda: None)
+    monkeypatch.setenv("ADAMLAB_CACHE_DIR", str(tmp_path))
+    assert not fused_cpu.is_available()
+    p = torch.randn(4, requires_grad=True)
+    p.grad = torch.randn(4)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        adamlab.Yogi([p], fused=True).step()
+    adamlab.Yogi([p], foreach=True).step()
+    adamlab.Yogi([p], foreach=False).step()
