@@ -1,0 +1,388 @@
+"""Exercise 1: the learning rate — ``adamlab sweep``.
+
+Source: *Dive into Deep Learning* §11.10, exercise 1 ("Adjust the learning rate and
+observe and analyze the experimental results"); the section's summary names larger
+minibatches as a remedy for high-variance gradients, hence the second axis.
+
+A log grid of learning rates (default 1e-4 … 1, 13 points) for Adam and Yogi, with SGD,
+momentum, RMSProp and Adagrad for context (each in the book's convention, see
+:mod:`adamlab.lab.exercises.family`), several seeds per point, on the airfoil data with
+the lab's concise trainer. A second axis repeats Adam and Yogi at larger batch sizes.
+
+A run *diverged* when its final loss is not finite or exceeds :data:`DIVERGED_LOSS`
+(twice the loss of predicting 0 on the standardized target). Diverged runs are kept and
+marked, never dropped. The table names each optimizer's *stable range* (every seed
+converged at every lr in it: the widest contiguous block of the grid) and its *useful
+range* (median final loss within :data:`NEAR_FLOOR` of the least-squares floor).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import click
+import numpy as np
+
+from adamlab.lab.cli import standard_options
+from adamlab.lab.data import LabData, least_squares_floor, load
+from adamlab.lab.exercises.common import (
+    LabInputError,
+    Progress,
+    check_output_dir,
+    figure,
+    input_errors,
+    save_figure,
+    versions,
+    write_json,
+)
+from adamlab.lab.exercises.family import member
+
+SOURCE = "Dive into Deep Learning, section 11.10, exercise 1 (learning rate); the summary's larger minibatches"
+DIVERGED_LOSS = 1.0  # ½-MSE; predicting 0 on the standardized target scores 0.5
+NEAR_FLOOR = 0.01  # "useful": median final loss within this of the floor
+DEFAULT_OPTIMIZERS = ("adam", "yogi", "sgd", "momentum", "rmsprop", "adagrad")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid; configuration as data."""
+
+    optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
+    lr_min: float = 1e-4
+    lr_max: float = 1.0
+    points: int = 13
+    seeds: int = 2
+    seed: int = 0
+    epochs: int = 1
+    batch_size: int = 10
+    batch_sizes: tuple[int, ...] = (50, 250)  # the second axis (Adam and Yogi), besides batch_size
+    batch_optimizers: tuple[str, ...] = ("adam", "yogi")
+    data: str | None = None
+
+    @classmethod
+    def full(cls, **overrides: Any) -> SweepConfig:
+        """The long version: 25 points, 5 seeds, 2 epochs, batch sizes 2 … 1500."""
+        base = dict(points=25, seeds=5, epochs=2, batch_sizes=(2, 50, 250, 1500))
+        return cls(**(base | overrides))
+
+    def lrs(self) -> list[float]:
+        return [float(x) for x in np.geomspace(self.lr_min, self.lr_max, self.points)]
+
+    def validate(self) -> SweepConfig:
+        for name in (*self.optimizers, *self.batch_optimizers):
+            member(name)
+        if not (self.lr_min > 0 and self.lr_max >= self.lr_min and math.isfinite(self.lr_max)):
+            raise LabInputError(f"need 0 < --lr-min <= --lr-max, got {self.lr_min} and {self.lr_max}")
+        for name in ("points", "seeds", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise LabInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if any(b < 1 for b in self.batch_sizes):
+            raise LabInputError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        return self
+
+    def tasks(self) -> list[tuple[str, float, int, int]]:
+        """(optimizer, lr, batch size, seed) for every run, main axis first."""
+        seeds = range(self.seed, self.seed + self.seeds)
+        out = [(o, lr, self.batch_size, s) for o in self.optimizers for lr in self.lrs() for s in seeds]
+        extra = [b for b in self.batch_sizes if b != self.batch_size]
+        out += [(o, lr, b, s) for b in extra for o in self.batch_optimizers for lr in self.lrs() for s in seeds]
+        return out
+
+
+_DATA: dict[str | None, LabData] = {}
+
+
+def _train(task: tuple[str, float, int, int], epochs: int, data: str | None) -> dict[str, Any]:
+    """One run (in a worker process or in this one); a plain dict comes back."""
+    from adamlab.lab.train import RunConfig, run
+
+    name, lr, batch_size, seed = task
+    if data not in _DATA:
+        _DATA[data] = load(data)
+    result = run(RunConfig("concise", member(name).target, lr, batch_size, epochs, seed, data), _DATA[data])
+    losses = [x if math.isfinite(x) else None for x in result.losses]
+    final = result.final_loss
+    return {
+        "optimizer": name,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "final_loss": final if math.isfinite(final) else None,
+        "diverged": not math.isfinite(final) or final > DIVERGED_LOSS,
+        "sec_per_epoch": result.sec_per_epoch,
+        "epochs": result.epochs,
+        "losses": losses,
+    }
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one thread per process: the processes are the parallelism
+
+
+@dataclass
+class SweepResult:
+    config: SweepConfig
+    runs: list[dict[str, Any]]
+    floor: float
+    data: dict[str, Any]
+    jobs: int
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def points(self, optimizer: str, batch_size: int) -> list[dict[str, Any]]:
+        """Per lr: median/min/max final loss over seeds, and how many seeds diverged."""
+        rows = []
+        for lr in self.config.lrs():
+            mine = [r for r in self.runs if r["optimizer"] == optimizer and r["batch_size"] == batch_size]
+            mine = [r for r in mine if r["lr"] == lr]
+            if not mine:
+                continue
+            ok = np.array([r["final_loss"] for r in mine if not r["diverged"]], dtype=float)
+            rows.append(
+                {
+                    "lr": lr,
+                    "runs": len(mine),
+                    "diverged": sum(r["diverged"] for r in mine),
+                    "median": float(np.median(ok)) if ok.size else None,
+                    "min": float(ok.min()) if ok.size else None,
+                    "max": float(ok.max()) if ok.size else None,
+                }
+            )
+        return rows
+
+    def ranges(self, optimizer: str, batch_size: int) -> dict[str, Any]:
+        pts = self.points(optimizer, batch_size)
+        stable = _widest([p["diverged"] == 0 for p in pts])
+        useful = _widest([p["diverged"] == 0 and p["median"] - self.floor <= NEAR_FLOOR for p in pts])
+
+        def span(block: tuple[int, int] | None) -> list[float] | None:
+            return None if block is None else [pts[block[0]]["lr"], pts[block[1]]["lr"]]
+
+        best = min((p for p in pts if p["median"] is not None), key=lambda p: p["median"], default=None)
+        return {
+            "stable": span(stable),
+            "useful": span(useful),
+            "best_lr": best and best["lr"],
+            "best_loss": best and best["median"],
+        }
+
+    def axes(self) -> list[tuple[str, int]]:
+        seen = dict.fromkeys((r["optimizer"], r["batch_size"]) for r in self.runs)
+        return list(seen)
+
+    def table(self) -> str:
+        lines = [
+            f"{'optimizer':<9} {'batch':>5}  {'stable lr range':<19} {'useful lr range':<19} {'best lr':>8} {'loss':>7}"
+        ]
+        for opt, bs in self.axes():
+            r = self.ranges(opt, bs)
+
+            def fmt(span: list[float] | None) -> str:
+                return "none" if span is None else f"{span[0]:.2g} .. {span[1]:.2g}"
+
+            best = "-" if r["best_lr"] is None else f"{r['best_lr']:>8.2g} {r['best_loss']:>7.4f}"
+            lines.append(f"{opt:<9} {bs:>5}  {fmt(r['stable']):<19} {fmt(r['useful']):<19} {best}")
+        lines.append(
+            f"stable: no seed diverged (final loss finite and <= {DIVERGED_LOSS}); "
+            f"useful: median final loss within {NEAR_FLOOR} of the floor {self.floor:.4f}"
+        )
+        return "\n".join(lines)
+
+    def plot(self) -> Any:
+        cfg = self.config
+        fig, axes = figure(1, 3, width=5.0, height=3.8)
+        ax = axes[0, 0]
+        ceiling = DIVERGED_LOSS * 1.2
+        for i, opt in enumerate(cfg.optimizers):
+            color = f"C{i}"
+            pts = self.points(opt, cfg.batch_size)
+            lr = [p["lr"] for p in pts if p["median"] is not None]
+            ax.plot(lr, [p["median"] for p in pts if p["median"] is not None], "-o", ms=3, color=color, label=opt)
+            ax.fill_between(
+                lr, [p["min"] for p in pts if p["min"] is not None], [p["max"] for p in pts if p["max"] is not None],
+                color=color, alpha=0.2, lw=0,
+            )  # fmt: skip
+            bad = [p["lr"] for p in pts if p["diverged"]]
+            ax.plot(bad, [ceiling] * len(bad), "x", color=color, ms=7, mew=2)
+        ax.axhline(self.floor, color="k", ls="--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final loss (median, min-max)")
+        ax.set_title(f"batch {cfg.batch_size}, {cfg.epochs} epoch(s); x = diverged", fontsize="medium")
+        ax.legend(fontsize="small")
+
+        ax = axes[0, 1]  # curves at a few learning rates
+        lrs = cfg.lrs()
+        picks = sorted({min(lrs, key=lambda x: abs(math.log(x / want))) for want in (1e-3, 1e-2, 1e-1)})
+        styles = dict(zip(picks, ["-", "--", ":"]))
+        for i, opt in enumerate(cfg.optimizers[:2]):
+            for lr in picks:
+                run = next(
+                    r
+                    for r in self.runs
+                    if r["optimizer"] == opt and r["lr"] == lr and r["batch_size"] == cfg.batch_size
+                )
+                y = [np.nan if v is None else min(v, ceiling) for v in run["losses"]]
+                ax.plot(run["epochs"], y, styles[lr], color=f"C{i}", label=f"{opt} lr {lr:.2g}")
+        ax.axhline(self.floor, color="k", ls="--", lw=0.8)
+        ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="curves at a few learning rates")
+        ax.legend(fontsize="x-small")
+
+        ax = axes[0, 2]  # the batch-size axis
+        for i, opt in enumerate(cfg.batch_optimizers):
+            for j, bs in enumerate(b for o, b in self.axes() if o == opt):
+                pts = [p for p in self.points(opt, bs) if p["median"] is not None]
+                ax.plot([p["lr"] for p in pts], [p["median"] for p in pts], ["-", "--", ":", "-."][j % 4],
+                        color=f"C{i}", marker=".", label=f"{opt} batch {bs}")  # fmt: skip
+        ax.axhline(self.floor, color="k", ls="--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final loss (median)")
+        ax.set_title("batch size", fontsize="medium")
+        ax.legend(fontsize="x-small")
+        return fig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment": "sweep",
+            "source": SOURCE,
+            "config": asdict(self.config),
+            "seed": self.config.seed,
+            "floor": self.floor,
+            "diverged_loss": DIVERGED_LOSS,
+            "data": self.data,
+            "jobs": self.jobs,
+            "versions": self.versions,
+            "ranges": [{"optimizer": o, "batch_size": b} | self.ranges(o, b) for o, b in self.axes()],
+            "runs": self.runs,
+        }
+
+
+def _widest(flags: list[bool]) -> tuple[int, int] | None:
+    best, start = None, None
+    for i, ok in enumerate([*flags, False]):
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            if best is None or i - 1 - start > best[1] - best[0]:
+                best = (start, i - 1)
+            start = None
+    return best
+
+
+def default_jobs() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def sweep(
+    config: SweepConfig = SweepConfig(), *, jobs: int | None = None, progress: Progress | None = None
+) -> SweepResult:
+    """Run the grid (in ``jobs`` processes; 1 runs in this one)."""
+    config = (config or SweepConfig()).validate()
+    data = load(config.data)
+    floor = least_squares_floor(data)
+    tasks = config.tasks()
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise LabInputError(f"--jobs must be >= 1, got {jobs}")
+    runs: list[dict[str, Any]] = []
+    if jobs == 1 or len(tasks) < 8:
+        _DATA[config.data] = data
+        for task in tasks:
+            runs.append(_train(task, config.epochs, config.data))
+            if progress is not None:
+                progress.advance()
+    else:
+        import multiprocessing
+
+        # spawn, not fork: forking a process that has started torch's thread pools can hang.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
+            chunk = max(1, len(tasks) // (jobs * 8))
+            for result in pool.map(_train, tasks, [config.epochs] * len(tasks), [config.data] * len(tasks),
+                                   chunksize=chunk):  # fmt: skip
+                runs.append(result)
+                if progress is not None:
+                    progress.advance()
+    return SweepResult(config, runs, floor, data.describe(), jobs)
+
+
+@click.command(
+    "sweep",
+    help=f"""Exercise 1: a learning-rate sweep ({SOURCE}).
+
+    A log grid of learning rates for adam and yogi (with sgd, momentum, rmsprop and adagrad
+    in the book's conventions, for context), several seeds per point, and a batch-size axis
+    for adam and yogi. Prints each optimizer's stable and useful lr range; writes sweep.json
+    and sweep.png (final loss vs lr with the spread across seeds and diverged runs marked,
+    curves at a few lrs, the batch-size axis). Defaults are modest (1 epoch, 2 seeds);
+    --full runs 25 points, 5 seeds, 2 epochs and batch sizes 2 to 1500.""",
+)
+@click.option(
+    "--optimizer", "optimizers", multiple=True, help=f"Repeatable [default: {', '.join(DEFAULT_OPTIMIZERS)}]."
+)
+@click.option("--lr-min", type=float, default=None, help="[default: 1e-4]")
+@click.option("--lr-max", type=float, default=None, help="[default: 1]")
+@click.option("--points", type=int, default=None, help="Grid points [default: 13; --full 25].")
+@click.option("--seeds", type=int, default=None, help="Seeds per point [default: 2; --full 5].")
+@click.option("--epochs", type=int, default=None, help="[default: 1; --full 2]")
+@click.option("--batch-size", type=int, default=None, help="Main axis batch size [default: 10].")
+@click.option("--batch-sizes", type=str, default=None, help="Second axis, comma-separated [default: 50,250].")
+@click.option("--full", is_flag=True, help="The long version.")
+@click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
+@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@standard_options
+def command(
+    optimizers: tuple[str, ...],
+    lr_min: float | None,
+    lr_max: float | None,
+    points: int | None,
+    seeds: int | None,
+    epochs: int | None,
+    batch_size: int | None,
+    batch_sizes: str | None,
+    full: bool,
+    jobs: int | None,
+    data: str | None,
+    fmt: str,
+    seed: int,
+    out: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    with input_errors("sweep"):
+        overrides: dict[str, Any] = {"seed": seed, "data": data}
+        for key, value in (("lr_min", lr_min), ("lr_max", lr_max), ("points", points), ("seeds", seeds)):
+            if value is not None:
+                overrides[key] = value
+        for key, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if value is not None:
+                overrides[key] = value
+        if optimizers:
+            overrides["optimizers"] = tuple(optimizers)
+            overrides["batch_optimizers"] = tuple(o for o in ("adam", "yogi") if o in optimizers) or optimizers[:1]
+        if batch_sizes is not None:
+            try:
+                overrides["batch_sizes"] = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+            except ValueError:
+                raise LabInputError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+        config = (SweepConfig.full(**overrides) if full else SweepConfig(**overrides)).validate()
+        load(config.data)
+        if jobs is not None and jobs < 1:
+            raise LabInputError(f"--jobs must be >= 1, got {jobs}")
+        out_dir = check_output_dir(out)
+        with Progress("sweep", len(config.tasks()), enabled=not (quiet or as_json)) as bar:
+            result = sweep(config, jobs=jobs, progress=bar)
+    doc = result.to_dict()
+    write_json(out_dir / "sweep.json", doc)
+    fig_path = save_figure(result.plot(), out_dir / f"sweep.{fmt}")
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
+    elif not quiet:
+        click.echo(result.table())
+        click.echo(
+            f"{len(result.runs)} runs in {result.jobs} process(es); wrote {out_dir / 'sweep.json'} and {fig_path}"
+        )
