@@ -162,7 +162,10 @@ def step(
     else:  # False: no correction; "recursive": the state already holds v̂ and ŝ
         v_hat, s_hat = v, s_used
     theta = theta - lr * v_hat / (np.sqrt(s_hat) + eps)
-    return theta, replace(state, t=t, v=v, s=s, s_max=s_max)
+    as_array = np.asarray  # 0-dim inputs stay arrays, not NumPy scalars
+    return as_array(theta), replace(
+        state, t=t, v=as_array(v), s=as_array(s), s_max=None if s_max is None else as_array(s_max)
+    )
 
 
 def adam_step(theta: np.ndarray, g: np.ndarray, state: State, **hyper) -> tuple[np.ndarray, State]:
