@@ -229,6 +229,17 @@ class _AdamFamily(Optimizer):
             )
         return loss
 
+    def initialize_moments(self, batches: Iterable[Any], *, first_moment: bool = False) -> int:
+        """Start s (and, with ``first_moment``, v) from k minibatches' gradients.
+
+        Yogi's "larger initial batch" (Zaheer et al., 2018): call once before training with
+        an iterable of gradient lists or loss closures; no parameter moves. Returns k. See
+        :func:`adamlab.optim.init_moments.initialize_moments` for the conventions.
+        """
+        from adamlab.optim.init_moments import initialize_moments
+
+        return initialize_moments(self, batches, first_moment=first_moment)
+
     # ---- checkpoints ---------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict (from adamlab or ``torch.optim.Adam``), checking it all first.
