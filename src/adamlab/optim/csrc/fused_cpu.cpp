@@ -82,8 +82,8 @@ inline void store<bf16, double>(bf16* p, int64_t i, double x) {
 // ---- one tensor's scalars --------------------------------------------------------------
 struct Coef {
   double w1;          // v ← v + w1 (g - v):  1-β1, or (1-β1)/(1-β1^t) when recursive
-  double a2, w2;      // Adam: s ← a2 s + w2 g²;  Yogi: s ← s + w2 (sgn(g² - c s) g² - b s)
-  double c, b;        // Yogi: c = 1, b = 0 (plain);  c = 1-β2^(t-1), b = β2^(t-1) (recursive)
+  double a2, w2;      // Adam: s ← a2 s + w2 g²;  Yogi: s ← keep s + w2 sgn(g² - c s) g²
+  double c, keep;     // Yogi: c = keep = 1 (plain);  c = c_{t-1}, keep = c_{t-1}/c_t (recursive)
   double step_size;   // η/(1-β1^t) with bias correction, else η
   double bc2_sqrt;    // √(1-β2^t) with bias correction, else 1
 };
@@ -98,19 +98,19 @@ struct Hyper {
 Coef coefficients(double t, const Hyper& h) {
   Coef k;
   k.c = 1.0;
-  k.b = 0.0;
+  k.keep = 1.0;
   k.w1 = 1.0 - h.beta1;
   k.a2 = h.beta2;
   k.w2 = 1.0 - h.beta2;
   k.step_size = h.lr;
   k.bc2_sqrt = 1.0;
   if (h.bias_correction == 2) {
-    double beta2_prev = pow(h.beta2, t - 1.0);
+    double c2 = 1.0 - pow(h.beta2, t), c2_prev = 1.0 - pow(h.beta2, t - 1.0);
     k.w1 = (1.0 - h.beta1) / (1.0 - pow(h.beta1, t));
-    k.w2 = (1.0 - h.beta2) / (1.0 - pow(h.beta2, t));
+    k.w2 = (1.0 - h.beta2) / c2;
     k.a2 = 1.0 - k.w2;  // Adam's ŝ ← ŝ + ρ(g² - ŝ) = (1-ρ) ŝ + ρ g²
-    k.b = beta2_prev;
-    k.c = 1.0 - beta2_prev;
+    k.keep = c2_prev / c2;
+    k.c = c2_prev;
   } else if (h.bias_correction == 1) {
     double bias_correction1 = 1.0 - pow(h.beta1, t);
     double bias_correction2 = 1.0 - pow(h.beta2, t);
@@ -129,7 +129,7 @@ void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restri
   const M grad_mul = (M)(h.maximize ? -h.inv_grad_scale : h.inv_grad_scale);  // unscale, then g ← -g
   const M decay = (M)(h.decoupled ? 1.0 - h.lr * h.weight_decay : 1.0);       // θ ← θ - ηλθ (AdamW)
   const M l2 = (M)(h.decoupled ? 0.0 : h.weight_decay);                        // g ← g + λθ (L2)
-  const M w1 = (M)k.w1, a2 = (M)k.a2, w2 = (M)k.w2, c = (M)k.c, b = (M)k.b;
+  const M w1 = (M)k.w1, a2 = (M)k.a2, w2 = (M)k.w2, c = (M)k.c, keep = (M)k.keep;
   const M step_size = (M)k.step_size, bc2_sqrt = (M)k.bc2_sqrt, eps = (M)h.eps;
   for (int64_t i = begin; i < end; ++i) {
     M theta = load<P, M>(param, i) * decay;
@@ -141,7 +141,7 @@ void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restri
     if (YOGI) {  // s ← s - (1-β2) sgn(s - g²) g²   (the one line where Yogi differs)
       M x = g2 - c * s;
       M sign = (M)(x > (M)0) - (M)(x < (M)0);
-      s = s + w2 * (sign * g2 - b * s);
+      s = keep * s + w2 * (sign * g2);  // recursive: (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
     } else {  // s ← β2 s + (1-β2) g²
       s = a2 * s + w2 * g2;
     }
