@@ -61,13 +61,16 @@ class RunConfig:
     def name(self) -> str:
         return f"scratch {self.optimizer.capitalize()}" if self.trainer == "scratch" else self.optimizer
 
-    def validate(self, data: LabData | None = None) -> None:
-        """Raise :class:`LabInputError` for any value the trainers cannot run."""
+    def validate(self, data: LabData | None = None, *, resolve: bool = True) -> None:
+        """Raise :class:`LabInputError` for any value the trainers cannot run.
+
+        ``resolve=False`` skips looking the concise optimizer up by name (a factory was given).
+        """
         if self.trainer not in DEFAULT_EPOCHS:
             raise LabInputError(f"unknown trainer {self.trainer!r} (expected 'scratch' or 'concise')")
         if self.trainer == "scratch" and self.optimizer not in SCRATCH_RULES:
             raise LabInputError(f"unknown optimizer {self.optimizer!r} for the scratch trainer (expected adam or yogi)")
-        if self.trainer == "concise":
+        if self.trainer == "concise" and resolve:
             resolve_optimizer(self.optimizer)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr):
             raise LabInputError(f"learning rate must be a finite number, got {self.lr!r}")
@@ -90,7 +93,7 @@ def resolve_optimizer(name: str) -> type:
     module, _, attr = target.partition(":")
     try:
         found = getattr(import_module(module), attr) if module and attr else None
-    except ImportError:
+    except (ImportError, AttributeError, ValueError):
         found = None
     if not callable(found):
         known = ", ".join([*SCRATCH_RULES, *CONCISE_OPTIMIZERS])
@@ -354,6 +357,16 @@ def _data_path(data: LabData | str | Path | None) -> str | None:
     return None if data is None else str(data)
 
 
+def _burn_in(config: RunConfig, features: int, factory: Any, X: Tensor, y: Tensor) -> None:
+    """One untimed step of a throwaway model, so that lazy set-up (torch.optim's first step
+    imports torch._dynamo, seconds on a cold start) is not counted as training time."""
+    generator = torch.Generator().manual_seed(0)
+    if config.trainer == "scratch":
+        ScratchModel(features, config.optimizer, config.lr, generator).step(X, y)
+    else:
+        ConciseModel(features, factory or config.optimizer, config.lr, generator).step(X, y)
+
+
 def load_checkpoint(path: str | Path | None, config: RunConfig, data: LabData) -> dict[str, Any] | None:
     """The verified checkpoint of this run at ``path``, or None if there is none yet."""
     if path is None or not Path(path).exists():
@@ -386,7 +399,7 @@ def run(
 
     if not isinstance(data, LabData):
         data = load(data)
-    config.validate(data)
+    config.validate(data, resolve=factory is None)
     if checkpoint_every < 0:
         raise LabInputError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     if (checkpoint_every or resume) and checkpoint is None:
@@ -401,6 +414,7 @@ def run(
     else:
         model = ConciseModel(data.features, factory or config.optimizer, config.lr, generator)
     X = model.prepare(X)
+    _burn_in(config, data.features, factory, X[:bs], y[:bs])
 
     batches_per_epoch = math.ceil(n / bs)
     total_steps = config.epochs * batches_per_epoch

@@ -1,0 +1,135 @@
+"""The ``adamlab`` command: exit codes, files written, and every bad input of issue 3 §5."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from adamlab.lab import data as labdata
+from adamlab.lab.cli import COMMANDS, cli
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_chapter_run_prints_the_book_lines_and_writes_files(tmp_path):
+    out = tmp_path / "out"
+    result = invoke("--out", str(out), "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert sum("loss: " in line and line.endswith(" sec/epoch") for line in lines) == 5
+    assert any(line.startswith("floor (lstsq)") for line in lines)
+    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "results.json"]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["seed"] == 0 and len(doc["runs"]) == 5 and "torch" in doc["versions"]
+    for run in doc["runs"]:
+        assert run["config"]["epochs"] == 1 and run["implementation"] and run["epochs"] and run["losses"]
+        assert len(run["epochs"]) == len(run["losses"]) == 8  # 1500 examples: at 200, 400, ..., 1400, then the end
+
+
+def test_chapter_subcommand_json_quiet_and_svg(tmp_path):
+    out = tmp_path / "o"
+    result = invoke("chapter", "--optimizer", "yogi", "--json", "--seed", "3", "--out", str(out), "--plot-format=svg")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert [r["name"] for r in doc["runs"]] == ["scratch Yogi", "adamlab.Yogi"]
+    assert doc["seed"] == 3 and all(r["config"]["seed"] == 3 for r in doc["runs"])
+    assert (out / "loss.svg").read_text().lstrip().startswith("<?xml")
+    quiet = invoke("train", "--trainer", "concise", "--optimizer", "torch.optim.SGD", "--quiet", "--out", str(out))
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    assert json.loads((out / "results.json").read_text())["runs"][0]["name"] == "torch.optim.SGD"
+
+
+def test_user_data_file(tmp_path):
+    path = tmp_path / "mine.tsv"
+    path.write_text("x1\tx2\ty\n" + "".join(f"{i}\t{(i * 7) % 11}\t{i % 5}\n" for i in range(40)))
+    result = invoke("train", "--data", str(path), "--json", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["data"]["source"] == str(path) and run["data"]["rows_used"] == 40 and run["config"]["data"] == str(path)
+
+
+def _bad(tmp_path, name: str, text: str | None) -> str:
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing data file": (lambda d: ["--data", str(d / "nope.csv")], "not found"),
+    "unreadable data file": (lambda d: ["--data", str(d)], "directory"),
+    "empty file": (lambda d: ["--data", _bad(d, "e.csv", "")], "empty"),
+    "ragged rows": (lambda d: ["--data", _bad(d, "r.csv", "1,2,3\n4,5,6\n7,8\n")], "line 3 has 2 columns"),
+    "wrong column count": (lambda d: ["--data", _bad(d, "c.csv", "1\n2\n3\n")], "at least 2 columns"),
+    "non-numeric cell": (lambda d: ["--data", _bad(d, "n.csv", "1,2\n3,four\n")], "not a number"),
+    "nan": (lambda d: ["--data", _bad(d, "nan.csv", "1,2\nNaN,3\n")], "not finite"),
+    "inf": (lambda d: ["--data", _bad(d, "inf.csv", "1,2\n2,inf\n")], "not finite"),
+    "constant column": (lambda d: ["--data", _bad(d, "k.csv", "1,2\n3,2\n4,2\n")], "constant"),
+    "fewer rows than a batch": (lambda d: ["--data", _bad(d, "s.csv", "1,2\n3,4\n5,7\n")], "fewer than one batch"),
+    "lr zero": (lambda d: ["--lr", "0"], "learning rate must be > 0"),
+    "lr negative": (lambda d: ["--lr", "-0.01"], "learning rate must be > 0"),
+    "unknown optimizer": (lambda d: ["--optimizer", "adamx"], "unknown optimizer 'adamx'"),
+    "out is a file": (lambda d: ["--out", _bad(d, "file", "x")], "not a directory"),
+    "out under a file": (lambda d: ["--out", _bad(d, "f2", "x") + "/sub"], "not writable"),
+    "bad batch size": (lambda d: ["--batch-size", "0"], "batch size"),
+    "not a number option": (lambda d: ["--lr", "fast"], "'fast' is not a valid float"),
+    "unknown option": (lambda d: ["--nope"], "No such option"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+@pytest.mark.parametrize("command", [[], ["train"]])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, case, command):
+    if command and case == "unknown optimizer":
+        command = ["train", "--trainer", "concise"]
+    make_args, message = BAD_INPUTS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    args = make_args(work)
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    result = invoke(*command, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("adamlab: error: "), result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_modified_bundled_file_exits_2(tmp_path, monkeypatch):
+    copy = tmp_path / "airfoil_self_noise.dat"
+    shutil.copy(labdata.bundled_path(), copy)
+    with open(copy, "ab") as f:
+        f.write(b"1\t2\t3\t4\t5\t6\r\n")
+    monkeypatch.setattr(labdata, "bundled_path", lambda: copy)
+    out = tmp_path / "out"
+    result = invoke("--out", str(out))
+    assert result.exit_code == 2 and "sha1" in result.stderr and result.stderr.count("\n") == 1
+    assert not out.exists()
+
+
+def test_help_is_fast_and_imports_neither_torch_nor_matplotlib():
+    code = (
+        "import sys; from adamlab.lab.cli import main\n"
+        "try: main(['--help'])\n"
+        "except SystemExit as e: assert e.code == 0\n"
+        "assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules, 'heavy import'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "chapter" in done.stdout and "train" in done.stdout
+
+
+def test_subcommands_are_registered_lazily():
+    assert all(":" in target for target in COMMANDS.values())
+    assert {"chapter", "train"} <= set(COMMANDS)
+    for name in COMMANDS:
+        assert invoke(name, "--help").exit_code == 0
