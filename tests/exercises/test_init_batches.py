@@ -1,0 +1,29 @@
+"""``adamlab init-batches``: five starts of Yogi on airfoil, loss after every step."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from adamlab.lab import init_batches as ib
+
+
+def test_init_batches_cli(tmp_path) -> None:
+    out = tmp_path / "o"
+    res = CliRunner().invoke(ib.command, ["--k", "3", "--batch-size", "50", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [r["start"] for r in doc["table"]] == ["s0=0", "s0=1e-6", "s0=0,no-bc", "init 3", "init 3 +v0"]
+    runs = json.loads((out / "init-batches.json").read_text())["runs"]
+    curves = [r["loss_per_step"] for r in runs]
+    assert all(len(c) == 1 + 30 for c in curves)  # before step 1, then 30 steps of batch 50
+    assert len({c[0] for c in curves}) == 1  # same seed, and initializing moves no parameter
+    assert len({c[1] for c in curves}) == 5  # ... but every start takes a different first step
+    assert all(c[-1] < c[0] for c in curves)
+    assert (out / "init-batches.png").stat().st_size > 10_000
+
+
+def test_init_batches_bad_k(tmp_path) -> None:
+    res = CliRunner().invoke(ib.command, ["--k", "0", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--k" in res.stderr and not (tmp_path / "o").exists()
