@@ -97,6 +97,7 @@ class _Launch:
 @dataclass
 class _Plan:
     signature: list[int]
+    block: int
     launches: list[_Launch]
 
 
@@ -120,6 +121,13 @@ def _same_dense_layout(tensors: list[Tensor]) -> bool:
             return False
         expected *= size
     return True
+
+
+def _upload(table: Tensor, device: torch.device) -> Tensor:
+    """Copy a host table to the device without a host sync (pinned memory, async copy)."""
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
 
 
 def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
@@ -161,8 +169,8 @@ def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
         chunks = torch.stack([owner, chunk]).to(torch.int32)
         launches.append(
             _Launch(
-                meta=meta.to(device),
-                chunks=chunks.to(device),
+                meta=_upload(meta, device),
+                chunks=_upload(chunks, device),
                 counters=torch.zeros(len(index), dtype=torch.int32, device=device),
                 n_tensors=len(index),
                 n_chunks=chunks.shape[1],
@@ -172,7 +180,7 @@ def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
                 aligned=all(a % 16 == 0 for row in addresses[:5] for a in row),
             )
         )
-    return _Plan(signature, launches)
+    return _Plan(signature, BLOCK, launches)
 
 
 def _plan_for(lists: tuple[list[Tensor], ...]) -> _Plan:
@@ -180,7 +188,7 @@ def _plan_for(lists: tuple[list[Tensor], ...]) -> _Plan:
     signature = [a for lst in lists for a in map(data_ptr, lst)]  # the only O(n) host work per step
     key = id(lists[5][0])
     plan = _plans.get(key)
-    if plan is None or plan.signature != signature:
+    if plan is None or plan.signature != signature or plan.block != BLOCK:
         if plan is None:  # forget the plan (and free its tables) with the step tensor it hangs on
             weakref.finalize(lists[5][0], _plans.pop, key, None)
         plan = _plans[key] = _build_plan(lists, signature)
@@ -213,6 +221,11 @@ def _update(
     if not params:
         return
     module = _kernel_module(interpret)
+    if hasattr(params[0], "_local_tensor"):  # DTensor (FSDP2): update this rank's shards
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
+            [getattr(t, "_local_tensor", t) for t in lst]
+            for lst in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+        )
     plan = _plan_for((params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps))
     device = params[0].device
     lr_on_device = isinstance(lr, Tensor)

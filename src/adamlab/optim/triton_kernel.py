@@ -165,9 +165,30 @@ def adam_family_kernel(
             s_ptr = tl.multiple_of(s_ptr, 16)
             m_ptr = tl.multiple_of(m_ptr, 16)
 
+        # Issue the loads first: they stay in flight while the scalars below are computed.
+        start = c.to(tl.int64) * BLOCK
+        offs = start + tl.arange(0, BLOCK)
+        full = start + BLOCK <= numel
+        mask = offs < numel
+        if full:  # a full chunk: no mask, so loads and stores can be 16 bytes wide
+            p = tl.load(p_ptr + offs).to(tl.float32)
+            g = tl.load(g_ptr + offs).to(tl.float32)
+            v = tl.load(v_ptr + offs).to(tl.float32)
+            s = tl.load(s_ptr + offs).to(tl.float32)
+        else:  # the tail of a tensor (or an empty tensor's only chunk)
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+        s_max = s
+        if AMSGRAD:
+            if full:
+                s_max = tl.load(m_ptr + offs).to(tl.float32)
+            else:
+                s_max = tl.load(m_ptr + offs, mask=mask, other=1.0).to(tl.float32)
+
         # ---- per-step scalars (adamlab.optim._coefficients, in float32) -----------------
-        t_old = tl.load(step_ptr)
-        t = t_old + 1.0
+        t = tl.load(step_ptr) + 1.0
         n = t.to(tl.int32)
         if LR_ON_DEVICE:
             lr = tl.load(lr_ptr).to(tl.float32)
@@ -189,40 +210,18 @@ def adam_family_kernel(
             c2_prev = complement_pow(one_minus_beta2, n - 1)
             beta2_prev = 1.0 - c2_prev
 
-        start = c.to(tl.int64) * BLOCK
-        offs = start + tl.arange(0, BLOCK)
-        if start + BLOCK <= numel:  # a full chunk: no mask, so loads can be 16 bytes wide
-            p = tl.load(p_ptr + offs).to(tl.float32)
-            g = tl.load(g_ptr + offs).to(tl.float32)
-            v = tl.load(v_ptr + offs).to(tl.float32)
-            s = tl.load(s_ptr + offs).to(tl.float32)
-            s_max = s
-            if AMSGRAD:
-                s_max = tl.load(m_ptr + offs).to(tl.float32)
-            p, v, s, s_max = update(
-                p, g, v, s, s_max, inv_scale, lr, weight_decay, w1, w2, one_minus_beta2, c2_prev, beta2_prev,
-                step_size, bc2_sqrt, eps, RULE, BIAS_CORRECTION == 2, AMSGRAD, MAXIMIZE, DECOUPLED,
-                HAS_WEIGHT_DECAY, HAS_GRAD_SCALE,
-            )  # fmt: skip
+        p, v, s, s_max = update(
+            p, g, v, s, s_max, inv_scale, lr, weight_decay, w1, w2, one_minus_beta2, c2_prev, beta2_prev,
+            step_size, bc2_sqrt, eps, RULE, BIAS_CORRECTION == 2, AMSGRAD, MAXIMIZE, DECOUPLED,
+            HAS_WEIGHT_DECAY, HAS_GRAD_SCALE,
+        )  # fmt: skip
+        if full:
             tl.store(p_ptr + offs, p.to(P_DTYPE))
             tl.store(v_ptr + offs, v.to(S_DTYPE))
             tl.store(s_ptr + offs, s.to(S_DTYPE))
             if AMSGRAD:
                 tl.store(m_ptr + offs, s_max.to(S_DTYPE))
-        else:  # the tail of a tensor (or an empty tensor's only chunk)
-            mask = offs < numel
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            s = tl.load(s_ptr + offs, mask=mask, other=1.0).to(tl.float32)
-            s_max = s
-            if AMSGRAD:
-                s_max = tl.load(m_ptr + offs, mask=mask, other=1.0).to(tl.float32)
-            p, v, s, s_max = update(
-                p, g, v, s, s_max, inv_scale, lr, weight_decay, w1, w2, one_minus_beta2, c2_prev, beta2_prev,
-                step_size, bc2_sqrt, eps, RULE, BIAS_CORRECTION == 2, AMSGRAD, MAXIMIZE, DECOUPLED,
-                HAS_WEIGHT_DECAY, HAS_GRAD_SCALE,
-            )  # fmt: skip
+        else:
             tl.store(p_ptr + offs, p.to(P_DTYPE), mask=mask)
             tl.store(v_ptr + offs, v.to(S_DTYPE), mask=mask)
             tl.store(s_ptr + offs, s.to(S_DTYPE), mask=mask)

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU check: correctness on CUDA, then the benchmark, in one call of about 5 minutes.
+#
+#   bash benchmarks/gpu_check.sh                # on a machine with a CUDA GPU
+#   bash benchmarks/gpu_check.sh --cpu-dry-run  # the same steps on a CPU: interpreter, tiny sizes
+#
+# 1. the Triton kernel against the float64 reference on CUDA (tests/test_triton.py, cuda
+#    cases) and the optimizer around it: GradScaler skip on inf without a host sync, CUDA
+#    graph capture and replay (tests/test_triton_cuda.py);
+# 2. FSDP2 with adamlab.Yogi (DTensor parameters, foreach and fused, plus a
+#    torch.distributed.checkpoint round trip): one rank on the GPU (nccl), and two CPU ranks
+#    (gloo) since one GPU cannot hold two nccl ranks;
+# 3. python -m adamlab.bench.gpu: issue 6's table, with copy bandwidth measured in the same
+#    process and the first fused step in a new process.
+# Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+[[ "${1:-}" == "--cpu-dry-run" ]] && DRY=1
+OUT="${OUT:-/tmp/adamlab-gpu-check}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [[ $DRY == 1 ]]; then
+  PY="${PY:-.venv/bin/python}"
+  TESTS=(tests/test_triton.py -k "interpreter and (default or found_inf or unaligned)")
+  BENCH=(--cpu-dry-run --no-sweep)
+  export CUDA_VISIBLE_DEVICES=""
+else
+  PY="${PY:-python3}"
+  TESTS=(tests/test_triton.py tests/test_triton_cuda.py -k "not interpreter")
+  BENCH=()
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia-smi.txt"
+fi
+"$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== 1. correctness on the device"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rfEs "${TESTS[@]}" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
+TEST_RC=${PIPESTATUS[0]}
+
+echo "== 2. FSDP2"
+timeout 120 "$PY" benchmarks/gpu/fsdp2_check.py 2>&1 | tee "$OUT/fsdp2.log"
+TORCHRUN=("$PY" -m torch.distributed.run --nproc-per-node 2 --master-port 29544)
+CUDA_VISIBLE_DEVICES="" timeout 120 "${TORCHRUN[@]}" benchmarks/gpu/fsdp2_check.py 2>&1 | grep -E "PASS|FAIL|Error" | tee -a "$OUT/fsdp2.log"
+
+echo "== 3. benchmark"
+timeout 330 "$PY" -m adamlab.bench.gpu "${BENCH[@]}" --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log"
+BENCH_RC=${PIPESTATUS[0]}
+
+echo
+echo "== summary"
+tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
+grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
+echo "bench rc $BENCH_RC"
+sed -n '/^| parameter set/,$p' "$OUT/bench.log"
