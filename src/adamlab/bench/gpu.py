@@ -148,11 +148,17 @@ def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
     rows = []
     for opt_name, make in makers.items():
         slow = "loop" in opt_name and (big or len(shapes) > 1000)
-        opt = make(params)
-        step = graphed(opt) if "CUDA graph" in opt_name else opt.step
-        for _ in range(warmup):
-            step()
-        times = timer(step, n=1 if slow else n, repeats=repeats)
+        opt = step = None
+        try:
+            opt = make(params)
+            step = graphed(opt) if "CUDA graph" in opt_name else opt.step
+            for _ in range(warmup):
+                step()
+            times = timer(step, n=1 if slow else n, repeats=repeats)
+        except Exception as error:  # one failing row (out of memory, say) does not end the run
+            print(f"  {opt_name:34s} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
+            del opt, step
+            continue
         ms = statistics.median(times) * 1e3
         gbps = BYTES_PER_PARAM * n_params / (ms / 1e3) / 1e9
         spread = (max(times) - min(times)) / statistics.median(times) * 100

@@ -1,0 +1,3 @@
+from adamlab.bench.cli import main
+
+main()

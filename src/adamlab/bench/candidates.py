@@ -1,0 +1,104 @@
+"""What is timed: every optimizer a user could pick for the step, as data.
+
+A :class:`Candidate` is a name, a constructor from a parameter list, and an availability
+check that returns ``None`` or the reason it cannot run here (a package not installed, a
+kernel that does not build). New implementations plug in with one entry in
+:data:`CANDIDATES`; a candidate for one device type only names it in ``devices``.
+``torch.optim.Adam fused=True`` is the baseline every ratio is taken against.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+BASELINE = "torch.optim.Adam fused=True"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    make: Callable[[list[Any]], Any]  # params -> optimizer
+    family: str  # "torch", "adamlab" or "third-party": colours the chart
+    requires: str | None = None  # an importable module this candidate needs
+    devices: tuple[str, ...] | None = None  # device types it runs on; None: any
+    fused_on: bool = False  # an adamlab fused path: checked with one tiny step on the device
+
+    def unavailable(self, device: str) -> str | None:
+        """None if this candidate can run on ``device``, else the reason it cannot."""
+        if self.devices is not None and device not in self.devices:
+            return f"not for {device} (runs on {', '.join(self.devices)})"
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return f"{self.requires} is not installed (pip install 'adamlab[bench]')"
+        try:
+            import torch
+
+            p = torch.zeros(4, device=device, requires_grad=True)
+            p.grad = torch.ones_like(p)
+            self.make([p]).step()  # builds a kernel where one is needed: a failure here is the reason
+        except Exception as exc:
+            return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        return None
+
+
+def _torch_adam(**kwargs: Any) -> Callable[[list[Any]], Any]:
+    def make(params: list[Any]) -> Any:
+        import torch
+
+        return torch.optim.Adam(params, **kwargs)
+
+    return make
+
+
+def _adamlab(rule: str, **kwargs: Any) -> Callable[[list[Any]], Any]:
+    def make(params: list[Any]) -> Any:
+        import adamlab
+
+        return getattr(adamlab, rule)(params, **kwargs)
+
+    return make
+
+
+def _third_party(module: str, attr: str) -> Callable[[list[Any]], Any]:
+    def make(params: list[Any]) -> Any:
+        return getattr(importlib.import_module(module), attr)(params)
+
+    return make
+
+
+CANDIDATES: list[Candidate] = [
+    Candidate("torch.optim.Adam foreach=False", _torch_adam(foreach=False), "torch"),
+    Candidate("torch.optim.Adam foreach=True", _torch_adam(foreach=True), "torch"),
+    Candidate(BASELINE, _torch_adam(fused=True), "torch"),
+    Candidate("torch_optimizer.Yogi", _third_party("torch_optimizer", "Yogi"), "third-party", "torch_optimizer"),
+    Candidate("pytorch_optimizer.Yogi", _third_party("pytorch_optimizer", "Yogi"), "third-party", "pytorch_optimizer"),
+    Candidate("adamlab.Adam foreach=False", _adamlab("Adam", foreach=False), "adamlab"),
+    Candidate("adamlab.Adam foreach=True", _adamlab("Adam", foreach=True), "adamlab"),
+    Candidate("adamlab.Adam fused=True", _adamlab("Adam", fused=True), "adamlab"),
+    Candidate("adamlab.Yogi foreach=False", _adamlab("Yogi", foreach=False), "adamlab"),
+    Candidate("adamlab.Yogi foreach=True", _adamlab("Yogi", foreach=True), "adamlab"),
+    Candidate("adamlab.Yogi fused=True", _adamlab("Yogi", fused=True), "adamlab"),
+]
+
+
+def select(patterns: tuple[str, ...] | None) -> list[Candidate]:
+    """Candidates whose name contains any of ``patterns`` (case-insensitive), plus the baseline."""
+    if not patterns:
+        return list(CANDIDATES)
+    chosen = [c for c in CANDIDATES if c.name == BASELINE or any(p.lower() in c.name.lower() for p in patterns)]
+    if len(chosen) == 1 and not any(p.lower() in BASELINE.lower() for p in patterns):
+        raise ValueError(f"no candidate matches {list(patterns)} (have {[c.name for c in CANDIDATES]})")
+    return chosen
+
+
+def torch_default(device: str) -> str:
+    """The implementation ``torch.optim.Adam()`` picks for float32 tensors on ``device``."""
+    import torch
+    from torch.optim.optimizer import _default_to_fused_or_foreach
+
+    p = torch.zeros(1, device=device)
+    _, foreach = _default_to_fused_or_foreach([p], differentiable=False, use_fused=False)
+    return "torch.optim.Adam foreach=True" if foreach else "torch.optim.Adam foreach=False"
