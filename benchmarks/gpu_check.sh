@@ -34,16 +34,16 @@ fi
 "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
 
 echo "== 1. correctness on the device"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rfEs "${TESTS[@]}" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
+timeout 200 "$PY" -m pytest -q -p no:cacheprovider -rfEs "${TESTS[@]}" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
 TEST_RC=${PIPESTATUS[0]}
 
 echo "== 2. FSDP2"
-timeout 120 "$PY" benchmarks/gpu/fsdp2_check.py 2>&1 | tee "$OUT/fsdp2.log"
+timeout 60 "$PY" benchmarks/gpu/fsdp2_check.py 2>&1 | tee "$OUT/fsdp2.log"
 TORCHRUN=("$PY" -m torch.distributed.run --nproc-per-node 2 --master-port 29544)
-CUDA_VISIBLE_DEVICES="" timeout 120 "${TORCHRUN[@]}" benchmarks/gpu/fsdp2_check.py 2>&1 | grep -E "PASS|FAIL|Error" | tee -a "$OUT/fsdp2.log"
+CUDA_VISIBLE_DEVICES="" timeout 60 "${TORCHRUN[@]}" benchmarks/gpu/fsdp2_check.py 2>&1 | grep -E "PASS|FAIL|Error" | tee -a "$OUT/fsdp2.log"
 
 echo "== 3. benchmark"
-timeout 330 "$PY" -m adamlab.bench.gpu "${BENCH[@]}" --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log"
+timeout 270 "$PY" -m adamlab.bench.gpu "${BENCH[@]}" --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 
 echo
