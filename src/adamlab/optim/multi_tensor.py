@@ -8,6 +8,7 @@ scalar is a list with one entry per tensor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,29 +19,51 @@ from adamlab.optim._coefficients import coefficients
 
 
 def second_moment_foreach_(
-    rule: str, s: list[Tensor], grads: list[Tensor], beta2: float, cs: list, recursive: bool
+    rule: str, s: list[Tensor], grads: list[Tensor], beta2: float, pick: Callable[[str], Any], recursive: bool
 ) -> None:
     """Update every s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
     if rule == "adam":
         if recursive:  # ŝ ← ŝ + ρ_t (g² - ŝ)
-            torch._foreach_lerp_(s, torch._foreach_mul(grads, grads), [c.w2 for c in cs])
+            torch._foreach_lerp_(s, torch._foreach_mul(grads, grads), pick("w2"))
         else:  # s ← β2 s + (1-β2) g²
             torch._foreach_mul_(s, beta2)
             torch._foreach_addcmul_(s, grads, grads, 1 - beta2)
         return
     g2 = torch._foreach_mul(grads, grads)
     if recursive:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
-        direction = torch._foreach_sub(g2, torch._foreach_mul(s, [c.c2_prev for c in cs]))
+        direction = torch._foreach_sub(g2, torch._foreach_mul(s, pick("c2_prev")))
         torch._foreach_sign_(direction)
         torch._foreach_mul_(direction, g2)
-        torch._foreach_mul_(direction, [c.w2 for c in cs])
-        torch._foreach_mul_(s, [c.keep2 for c in cs])
+        torch._foreach_mul_(direction, pick("w2"))
+        torch._foreach_mul_(s, pick("keep2"))
         torch._foreach_add_(s, direction)
     else:  # s ← s - (1-β2) sgn(s - g²) g²
         direction = torch._foreach_sub(s, g2)
         torch._foreach_sign_(direction)
         torch._foreach_mul_(direction, g2)
         torch._foreach_add_(s, direction, alpha=-(1 - beta2))
+
+
+def _coefficient_picker(steps: list[Tensor], capturable: bool, **hyper: Any):
+    """``pick(name)``: that coefficient for every tensor, as one scalar when all agree.
+
+    Host path: t is read as a float (as torch does) and the scalars are computed once per
+    distinct t, so the common case (every parameter at the same step) passes plain
+    scalars to the foreach kernels. Capturable: one 0-dim device tensor per parameter.
+    """
+    if capturable:
+        cs = [coefficients(t, **hyper) for t in steps]
+        return lambda name: [getattr(c, name) for c in cs]
+    values = torch.stack(steps).tolist() if len(steps) > 8 else [t.item() for t in steps]
+    table = {v: coefficients(v, **hyper) for v in set(values)}
+    if len(table) == 1:
+        (only,) = table.values()
+        return lambda name: getattr(only, name)
+    return lambda name: [getattr(table[v], name) for v in values]
+
+
+def _negate(x: Any) -> Any:
+    return [-v for v in x] if isinstance(x, list) else -x
 
 
 def _as_real(tensors: list[Tensor]) -> list[Tensor]:
@@ -99,29 +122,29 @@ def multi_tensor_update(
         g_exp_avgs, g_exp_avg_sqs, g_max = _as_real(g_exp_avgs), _as_real(g_exp_avg_sqs), _as_real(g_max or [])
 
         # capturable: per-tensor 0-dim device tensors; else floats read from host, as torch does
-        cs = [
-            coefficients(
-                t if capturable else t.item(), lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
-            )
-            for t in g_steps
-        ]
+        pick = _coefficient_picker(
+            g_steps, capturable, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
+        )
 
-        torch._foreach_lerp_(g_exp_avgs, g_grads, [c.w1 for c in cs])
-        second_moment_foreach_(rule, g_exp_avg_sqs, g_grads, beta2, cs, recursive)
+        torch._foreach_lerp_(g_exp_avgs, g_grads, pick("w1"))
+        second_moment_foreach_(rule, g_exp_avg_sqs, g_grads, beta2, pick, recursive)
         del g_grads
         if amsgrad:
             torch._foreach_maximum_(g_max, g_exp_avg_sqs)
             denom = torch._foreach_sqrt(g_max)
         else:
             denom = torch._foreach_sqrt(g_exp_avg_sqs)
-        if not all(isinstance(c.bc2_sqrt, float) and c.bc2_sqrt == 1.0 for c in cs):
-            torch._foreach_div_(denom, [c.bc2_sqrt for c in cs])
+        if bias_correction is True:
+            torch._foreach_div_(denom, pick("bc2_sqrt"))
         torch._foreach_add_(denom, eps)
+        neg_step_size = _negate(pick("step_size"))
         if capturable or isinstance(lr, Tensor):
-            torch._foreach_div_(denom, [-c.step_size for c in cs])
+            torch._foreach_div_(
+                denom, neg_step_size if isinstance(neg_step_size, list) else [neg_step_size] * len(denom)
+            )
             torch._foreach_addcdiv_(g_params, g_exp_avgs, denom)
         else:
-            torch._foreach_addcdiv_(g_params, g_exp_avgs, denom, [-c.step_size for c in cs])
+            torch._foreach_addcdiv_(g_params, g_exp_avgs, denom, neg_step_size)
         if owned[0].dtype != g_exp_avgs[0].dtype:
             torch._foreach_copy_(
                 owned, [torch.view_as_complex(p) if o.is_complex() else p for o, p in zip(owned, g_params)]
