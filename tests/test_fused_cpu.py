@@ -320,3 +320,34 @@ def test_fails_soft_without_a_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path
         adamlab.Yogi([p], fused=True).step()
     adamlab.Yogi([p], foreach=True).step()
     adamlab.Yogi([p], foreach=False).step()
+
+
+def test_dtensor_parameters_update_their_local_shards(tmp_path) -> None:
+    """FSDP2-style DTensor parameters: the kernel runs on the local shards, like foreach."""
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        gen = torch.Generator().manual_seed(7)
+        init = [torch.randn(8, 3, generator=gen), torch.randn(5, generator=gen)]
+        grads = [[torch.randn(t.shape, generator=gen) for t in init] for _ in range(5)]
+        results = []
+        for kwargs in (dict(fused=True), dict(foreach=True)):
+            params = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in init]
+            opt = adamlab.Yogi(params, amsgrad=True, **kwargs)
+            for g_list in grads:
+                for p, g in zip(params, g_list):
+                    p.grad = distribute_tensor(g, mesh, [Shard(0)])
+                opt.step()
+            states = [opt.state[p][k].full_tensor() for p in params for k in ("exp_avg_sq", "max_exp_avg_sq")]
+            assert all(opt.state[p]["step"].item() == len(grads) for p in params)
+            results.append([p.full_tensor() for p in params] + states)
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+    finally:
+        dist.destroy_process_group()

@@ -199,6 +199,10 @@ def fused_cpu_update(
     if not params:
         return
     lib = load()
+    if not set(map(type, params)) <= _PLAIN_TYPES:  # e.g. FSDP2's DTensor parameters
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _local_shards(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+        )
     # On the CPU reading these scalars costs nothing (no device to synchronize with).
     if found_inf is not None and float(found_inf) != 0.0:
         return  # skip the whole step, step counts included, as torch's fused Adam does
@@ -257,6 +261,36 @@ def fused_cpu_update(
             if params[plain[0]].is_complex():
                 tables[:5] = [[x if x is None else torch.view_as_real(x) for x in t] for t in tables[:5]]
             _call(lib, *tables, p_dtype, s_dtype, yogi, hyper)
+
+
+_PLAIN_TYPES = {Tensor, torch.nn.Parameter}
+
+
+def _local_shards(params, grads, exp_avgs, exp_avg_sqs, maxes) -> tuple[list[Tensor], ...]:
+    """DTensors (FSDP2, tensor parallel) -> their local shards, which the kernel updates in place.
+
+    The update is elementwise, so each rank updating its own shard is the whole update; a
+    gradient whose placement differs from its parameter's is redistributed first.
+    """
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # no torch.distributed: nothing to unwrap
+        return params, grads, exp_avgs, exp_avg_sqs, maxes
+
+    def local(t: Tensor, like: Tensor) -> Tensor:
+        if not isinstance(t, DTensor):
+            return t
+        if isinstance(like, DTensor) and t.placements != like.placements:
+            t = t.redistribute(like.device_mesh, like.placements)
+        return t.to_local()
+
+    return (
+        [local(p, p) for p in params],
+        [local(g, p) for g, p in zip(grads, params)],
+        [local(v, p) for v, p in zip(exp_avgs, params)],
+        [local(s, p) for s, p in zip(exp_avg_sqs, params)],
+        [local(m, p) for m, p in zip(maxes, params)],
+    )
 
 
 _dtype = attrgetter("dtype")

@@ -1,0 +1,108 @@
+"""``adamlab bench``: the smoke run end to end, and the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+from math import prod
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from adamlab.bench import candidates, measure
+from adamlab.bench.cli import command, main
+from adamlab.bench.sets import PARAM_SETS, param_sets
+
+
+def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
+    args = ["--smoke", "--no-first-step", "--impl", "adamlab.Yogi fused", "--impl", "foreach=True"]
+    result = CliRunner().invoke(command, [*args, "--out", str(tmp_path), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert (tmp_path / "bench-cpu.json").exists() and (tmp_path / "bench-cpu.png").stat().st_size > 0
+    assert json.loads((tmp_path / "bench-cpu.json").read_text()) == doc
+    assert [s["set"] for s in doc["sets"]] == ["one-large", "gpt-like", "many-small", "linear-2"]
+    assert doc["stream_bandwidth"]["gb_s"] > 0 and doc["bytes_per_param"] == 28
+    assert doc["machine"]["versions"]["torch"] == torch.__version__
+    ran = {r["candidate"] for s in doc["sets"] for r in s["rows"]}
+    skipped = {s["candidate"] for s in doc["skipped"]}
+    assert candidates.BASELINE in ran  # always, for the ratios
+    assert {"torch.optim.Adam foreach=True", "adamlab.Adam foreach=True", "adamlab.Yogi foreach=True"} <= ran
+    assert "adamlab.Yogi fused=True" in ran | skipped
+    for s in doc["sets"]:
+        for row in s["rows"]:
+            assert row["ms"] > 0 and len(row["samples_ms"]) == 3
+            assert row["gb_s"] == pytest.approx(28 * s["n_params"] / row["ms"] / 1e6)
+            assert row["bandwidth_share"] == pytest.approx(row["gb_s"] / doc["stream_bandwidth"]["gb_s"])
+            if row["candidate"] == candidates.BASELINE:
+                assert row["ratio_to_torch_fused"] == 1.0
+
+
+def test_table_names_every_row(tmp_path) -> None:
+    result = CliRunner().invoke(
+        command,
+        [
+            "--smoke",
+            "--no-first-step",
+            "--set",
+            "linear-2",
+            "--impl",
+            "adamlab.Adam foreach=False",
+            "--out",
+            str(tmp_path),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "| the chapter's 2-tensor linear model | adamlab.Adam foreach=False |" in result.output
+    assert "streaming bandwidth" in result.output and "machine:" in result.output
+
+
+def test_bad_names_exit_2_with_one_line(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--smoke", "--set", "nope", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "unknown parameter set" in capsys.readouterr().err
+
+
+def test_parameter_sets_are_the_issues() -> None:
+    sizes = {s.name: (s.n_tensors, s.n_params) for s in param_sets("cpu")}
+    assert sizes["one-large"] == (1, 4096 * 4096)
+    assert sizes["gpt-like"][0] == 99 and round(sizes["gpt-like"][1] / 1e6, 1) == 41.6
+    assert sizes["many-small"] == (2000, 2000 * 64 * 64)
+    assert sizes["linear-2"] == (2, 6)
+    gpu = {s.name: (s.n_tensors, s.n_params) for s in PARAM_SETS["cuda"]}
+    assert gpu["gpt-like"][0] == 291 and round(gpu["gpt-like"][1] / 1e9, 2) == 1.31
+    assert gpu["many-small"] == (4000, 4000 * 256 * 256)
+    for s in param_sets("cpu", smoke=True):
+        assert prod(s.shapes[0]) <= 2**16
+
+
+def test_candidate_selection_and_unavailable_reasons() -> None:
+    chosen = [c.name for c in candidates.select(("yogi fused",))]
+    assert chosen == [candidates.BASELINE, "adamlab.Yogi fused=True"]
+    with pytest.raises(ValueError, match="no candidate matches"):
+        candidates.select(("no such optimizer",))
+    missing = candidates.Candidate("x", lambda ps: None, "third-party", requires="surely_not_a_module_adamlab")
+    assert "not installed" in missing.unavailable("cpu")
+    elsewhere = candidates.Candidate("y", lambda ps: None, "adamlab", devices=("cuda",))
+    assert "not for cpu" in elsewhere.unavailable("cpu")
+
+    def broken(ps):
+        raise RuntimeError("kernel did not build")
+
+    assert "kernel did not build" in candidates.Candidate("z", broken, "adamlab").unavailable("cpu")
+
+
+def test_peak_extra_bytes_sees_temporaries() -> None:
+    def step() -> None:
+        tmp = torch.empty(1 << 20)  # 4 MiB, freed at return
+        tmp.fill_(1.0)
+
+    assert measure.peak_extra_bytes(step, "cpu") >= 4 << 20
+    assert measure.peak_extra_bytes(lambda: None, "cpu") == 0
+
+
+def test_stream_bandwidth_counts_read_modify_write() -> None:
+    bw = measure.stream_bandwidth("cpu", 1 << 20, repeats=3)
+    assert bw["bytes_per_element"] == 12 and bw["gb_s"] == pytest.approx(12 * bw["elements"] / bw["seconds"] / 1e9)
