@@ -137,6 +137,14 @@ def load() -> ctypes.CDLL:
         return _lib
 
 
+def _build_locked(compiler: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build per machine, however many processes start
+        if not path.exists():
+            _build(_source(), compiler, path)
+
+
 def _load() -> ctypes.CDLL:
     if platform.system() == "Windows":
         raise RuntimeError("the fused CPU kernel is built with a POSIX C++ compiler; Windows is not supported")
@@ -145,11 +153,12 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
     path = library_path()
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one build per machine, however many processes start
+        try:
+            _build_locked(compiler, path)
+        except OSError:  # a read-only cache dir (e.g. a read-only HOME): build in a temp dir
+            path = Path(tempfile.gettempdir()) / f"adamlab-{os.getuid()}" / path.name
             if not path.exists():
-                _build(_source(), compiler, path)
+                _build_locked(compiler, path)
     lib = ctypes.CDLL(str(path))
     if lib.adamlab_fused_abi_version() != _ABI_VERSION:
         raise RuntimeError(f"{path} has a different ABI version; delete it to rebuild")
