@@ -94,7 +94,7 @@ int adamlab_online1d(int yogi, int amsgrad, int bias, long T, const double *g,
             double rho = (1.0 - beta2) / (1.0 - pow(beta2, t));
             if (yogi) {
                 double c_prev = 1.0 - pow(beta2, t - 1.0);
-                s = s + rho * (sgn(g2 - c_prev * s) * g2 - pow(beta2, t - 1.0) * s);
+                s = (c_prev / (1.0 - pow(beta2, t))) * s + rho * sgn(g2 - c_prev * s) * g2;
             } else {
                 s = s + rho * (g2 - s);
             }
