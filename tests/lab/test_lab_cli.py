@@ -79,6 +79,8 @@ BAD_INPUTS = {
     "out is a file": (lambda d: ["--out", _bad(d, "file", "x")], "not a directory"),
     "out under a file": (lambda d: ["--out", _bad(d, "f2", "x") + "/sub"], "not writable"),
     "bad batch size": (lambda d: ["--batch-size", "0"], "batch size"),
+    "negative seed": (lambda d: ["--seed", "-1"], "seed must be"),
+    "bad plot format": (lambda d: ["--plot-format", "gif"], "plot format"),
     "not a number option": (lambda d: ["--lr", "fast"], "'fast' is not a valid float"),
     "unknown option": (lambda d: ["--nope"], "No such option"),
 }

@@ -50,15 +50,17 @@ def test_evaluation_is_not_timed(data, monkeypatch):
 
 
 def test_a_fresh_permutation_every_pass(data, monkeypatch):
-    seen = []
+    seen_by_model: dict[int, list] = {}
     original = train.ScratchModel.step
 
     def spy(self, X1, y):
-        seen.append(y[:, 0].clone())
+        seen_by_model.setdefault(id(self), []).append(y[:, 0].clone())
         original(self, X1, y)
 
     monkeypatch.setattr(train.ScratchModel, "step", spy)
     train.train_scratch("adam", data=data, epochs=3)
+    seen = max(seen_by_model.values(), key=len)  # the trained model (not the untimed burn-in step)
+    assert len(seen) == 450
     per_epoch = [torch.cat(seen[i * 150 : (i + 1) * 150]) for i in range(3)]
     target = torch.from_numpy(data.y[:, 0])
     for order in per_epoch:  # every pass sees every example exactly once ...

@@ -75,6 +75,7 @@ class ChapterResult:
     floor: float
     data: dict[str, Any]
     seed: int
+    kind: str = "chapter"  # or "runs": runs other than the chapter's five (``adamlab train``)
     versions: dict[str, str] = field(default_factory=versions)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -92,7 +93,7 @@ class ChapterResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": RESULTS_SCHEMA,
-            "kind": "chapter",
+            "kind": self.kind,
             "seed": self.seed,
             "floor": self.floor,
             "data": self.data,
@@ -108,7 +109,10 @@ class ChapterResult:
         """All runs and the floor (dashed) in one matplotlib Figure."""
         from adamlab.lab.plots import plot_runs
 
-        return plot_runs(self.runs, floor=self.floor, title=f"Adam and Yogi on the airfoil data (seed {self.seed})")
+        source = self.data["source"]
+        where = "the airfoil data" if source.startswith("bundled:") else Path(source).name
+        what = "Adam and Yogi" if self.kind == "chapter" else ", ".join(run.name for run in self.runs)
+        return plot_runs(self.runs, floor=self.floor, title=f"{what} on {where} (seed {self.seed})")
 
 
 def checkpoint_path(out: str | Path, config: Any) -> Path:
@@ -145,6 +149,7 @@ def chapter(
     # Validate everything before training or writing anything.
     lab_data = data if isinstance(data, LabData) else load(data)
     source = None if lab_data.source.startswith("bundled:") else lab_data.source
+    kind = "chapter" if configs is None else "runs"
     if configs is None:
         configs = chapter_configs(
             optimizers=optimizers, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, data=source
@@ -177,7 +182,7 @@ def chapter(
                 progress=progress,
             )
         )
-    result = ChapterResult(runs=results, floor=floor, data=lab_data.describe(), seed=seed)
+    result = ChapterResult(runs=results, floor=floor, data=lab_data.describe(), seed=configs[0].seed, kind=kind)
     if out is not None:
         write_outputs(result, Path(out), plot_format)
     return result

@@ -80,6 +80,8 @@ class RunConfig:
             raise LabInputError(f"batch size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
             raise LabInputError(f"epochs must be >= 1, got {self.epochs}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise LabInputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if data is not None and data.n < self.batch_size:
             raise LabInputError(f"the data has {data.n} rows, fewer than one batch of {self.batch_size}")
 
