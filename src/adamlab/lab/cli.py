@@ -25,10 +25,18 @@ import click
 
 from adamlab.lab.data import LabInputError
 
-# Subcommands: name -> "module:attribute" of a click.Command. Imported on first use.
-COMMANDS: dict[str, str] = {
-    "chapter": "adamlab.lab.cli:chapter_command",
-    "train": "adamlab.lab.cli:train_command",
+# Subcommands: name -> ("module:attribute" of a click.Command, one-line help). A module is
+# imported only when its command runs (or its own --help is asked for).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "chapter": ("adamlab.lab.cli:chapter_command", "The chapter's five runs (what `adamlab` alone does)."),
+    "train": ("adamlab.lab.cli:train_command", "One run of either trainer, any optimizer."),
+    "sweep": ("adamlab.lab.sweep:command", "Exercise 1: a learning-rate sweep."),
+    "bias": ("adamlab.lab.bias:command", "Exercise 2: Adam without bias correction."),
+    "decay": ("adamlab.lab.decay:command", "Exercise 3: learning-rate decay."),
+    "counterexample": ("adamlab.lab.counterexample:command", "Exercise 4: Adam diverges, AMSGrad and Yogi converge."),
+    "init-batches": ("adamlab.lab.init_batches:command", "Yogi's larger initial batch."),
+    "compare": ("adamlab.lab.compare:command", "The chapter-11 optimizers on the airfoil data."),
+    "report": ("adamlab.lab.report:command", "Every experiment on one self-contained HTML page."),
 }
 DEFAULT_OUT = "adamlab-results"
 EXIT_BAD_INPUT = 2
@@ -43,9 +51,16 @@ class LabGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in COMMANDS:
-            module, _, attr = COMMANDS[name].partition(":")
+            module, _, attr = COMMANDS[name][0].partition(":")
             return getattr(import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Click would import every command for its short help; the table has it.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx) if name in COMMANDS]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)

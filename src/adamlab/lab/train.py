@@ -452,13 +452,13 @@ def run(
             },
         )
 
-    # Train. Only model.step is timed; evaluation, progress and checkpoints are not.
+    # Train. Shuffling and the steps are timed; evaluation, progress and checkpoints are not.
     while step < total_steps:
         epoch, k = divmod(step, batches_per_epoch)
+        start = time.perf_counter()
         if k == 0:  # a fresh permutation every pass; gathering once makes each batch a view
             perm = torch.randperm(n, generator=generator)
             Xp, yp = X[perm], y[perm]
-        start = time.perf_counter()
         model.step(Xp[k * bs : (k + 1) * bs], yp[k * bs : (k + 1) * bs])
         trained += time.perf_counter() - start
         step += 1
