@@ -27,8 +27,6 @@ SIGNATURE = {
     "meta_ptr": "*i64",
     "chunks_ptr": "*i32",
     "counters_ptr": "*i32",
-    "n_tensors": "i32",
-    "n_chunks": "i32",
     "lr": "fp32",
     "lr_ptr": "*fp32",
     "grad_scale_ptr": "*fp32",

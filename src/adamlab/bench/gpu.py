@@ -115,6 +115,7 @@ def optimizers(device: torch.device) -> dict[str, Callable[[list[torch.Tensor]],
         "adamlab Adam fused": lambda ps: adamlab.Adam(ps, lr=1e-3, fused=True),
         "adamlab Yogi fused": lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True),
     }
+    makers["adamlab Yogi fused, update() only"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True)
     if cuda:
         makers["torch Adam fused, CUDA graph"] = lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True, capturable=True)
         makers["adamlab Yogi fused, CUDA graph"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True, capturable=True)
@@ -135,6 +136,30 @@ def graphed(opt: Any) -> Callable[[], None]:
     return graph.replay
 
 
+def update_only(opt: Any) -> Callable[[], None]:
+    """The registered fused update called directly on pre-gathered lists: the step without
+    ``optimizer.step()``'s own host work (gathering tensors and state, hooks)."""
+    from adamlab.optim.functional import get_implementation
+
+    opt.step()  # create the state
+    group = opt.param_groups[0]
+    tensors = opt._gather(group)
+    update = get_implementation(opt._implementation(group, tensors[0]))
+    hyper = dict(
+        lr=group["lr"],
+        beta1=group["betas"][0],
+        beta2=group["betas"][1],
+        eps=group["eps"],
+        weight_decay=group["weight_decay"],
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+        amsgrad=group["amsgrad"],
+        maximize=group["maximize"],
+        bias_correction=group["bias_correction"],
+        capturable=group["capturable"],
+    )
+    return lambda: update(opt._rule, *tensors, **hyper)
+
+
 def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
     gen = torch.Generator(device=device).manual_seed(0)
     params = [torch.randn(s, device=device, generator=gen) for s in shapes]
@@ -152,6 +177,8 @@ def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
         try:
             opt = make(params)
             step = graphed(opt) if "CUDA graph" in opt_name else opt.step
+            if "update() only" in opt_name:
+                step = update_only(opt)
             for _ in range(warmup):
                 step()
             times = timer(step, n=1 if slow else n, repeats=repeats)
@@ -184,7 +211,7 @@ def sweep(device, timer, copy_bps, dry) -> list[Row]:
             for p in params:
                 p.grad = torch.randn(p.shape, device=device, generator=gen) * 1e-2
             n_params = sum(p.numel() for p in params)
-            for block, warps in [(1024, 4), (2048, 4), (2048, 8), (4096, 8), (512, 2)]:
+            for block, warps in [(1024, 4), (1024, 8), (2048, 8), (512, 4)]:
                 triton_fused.BLOCK, triton_fused.NUM_WARPS = block, warps
                 opt = adamlab.Yogi(params, lr=1e-3, fused=True)
                 for _ in range(2):

@@ -21,7 +21,7 @@ import importlib.util
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -83,8 +83,8 @@ def _tl_dtype(module: ModuleType, dtype: torch.dtype) -> Any:
 class _Launch:
     """One kernel launch: the tensors of one (device, dtypes) group, as device tables."""
 
-    meta: Tensor  # int64 [8, n]
-    chunks: Tensor  # int32 [2, n_chunks]
+    meta: Tensor  # int64 [n, 8]
+    chunks: Tensor  # int32 [n_chunks, 2]
     counters: Tensor  # int32 [n]
     n_tensors: int
     n_chunks: int
@@ -92,6 +92,7 @@ class _Launch:
     g_dtype: torch.dtype
     s_dtype: torch.dtype
     aligned: bool
+    compiled: dict[tuple, tuple] = field(default_factory=dict)  # variant -> (kernel, constexpr values)
 
 
 @dataclass
@@ -162,18 +163,18 @@ def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
         addresses.append([steps[i].data_ptr() for i in index])
         numels = torch.tensor([t.numel() for t in tensors[0]], dtype=torch.int64)
         n_chunks = torch.clamp((numels + BLOCK - 1) // BLOCK, min=1)  # an empty tensor still counts its step
-        meta = torch.cat([torch.tensor(addresses, dtype=torch.int64), numels[None], n_chunks[None]])
+        meta = torch.cat([torch.tensor(addresses, dtype=torch.int64), numels[None], n_chunks[None]]).T
         first = torch.cumsum(n_chunks, 0) - n_chunks
         owner = torch.repeat_interleave(torch.arange(len(index)), n_chunks)
         chunk = torch.arange(int(n_chunks.sum())) - first[owner]
-        chunks = torch.stack([owner, chunk]).to(torch.int32)
+        chunks = torch.stack([owner, chunk], dim=1).to(torch.int32)
         launches.append(
             _Launch(
-                meta=_upload(meta, device),
+                meta=_upload(meta.contiguous(), device),
                 chunks=_upload(chunks, device),
                 counters=torch.zeros(len(index), dtype=torch.int32, device=device),
                 n_tensors=len(index),
-                n_chunks=chunks.shape[1],
+                n_chunks=chunks.shape[0],
                 p_dtype=p_dtype,
                 g_dtype=g_dtype,
                 s_dtype=s_dtype,
@@ -183,9 +184,10 @@ def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
     return _Plan(signature, BLOCK, launches)
 
 
-def _plan_for(lists: tuple[list[Tensor], ...]) -> _Plan:
+def _plan_for(lists: tuple[list[Tensor], ...], amsgrad: bool) -> _Plan:
     data_ptr = Tensor.data_ptr
-    signature = [a for lst in lists for a in map(data_ptr, lst)]  # the only O(n) host work per step
+    checked = lists if amsgrad else lists[:4] + lists[5:]  # without amsgrad, lists[4] is lists[3]
+    signature = [a for lst in checked for a in map(data_ptr, lst)]  # the only O(n) host work per step
     key = id(lists[5][0])
     plan = _plans.get(key)
     if plan is None or plan.signature != signature or plan.block != BLOCK:
@@ -226,19 +228,22 @@ def _update(
             [getattr(t, "_local_tensor", t) for t in lst]
             for lst in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
         )
-    plan = _plan_for((params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps))
+    lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
+    plan = _plan_for(lists, amsgrad)
     device = params[0].device
     lr_on_device = isinstance(lr, Tensor)
     if lr_on_device and lr.device != device:
         lr = lr.to(device=device, dtype=torch.float32)
+    variant = (
+        rule, bias_correction, amsgrad, maximize, decoupled_weight_decay, weight_decay != 0, lr_on_device,
+        grad_scale is not None, found_inf is not None, NUM_WARPS,
+    )  # fmt: skip
     for launch in plan.launches:
         dummy = launch.counters  # stands in for absent pointers; never read
         args = (
             launch.meta,
             launch.chunks,
             launch.counters,
-            launch.n_tensors,
-            launch.n_chunks,
             0.0 if lr_on_device else float(lr),
             lr if lr_on_device else dummy,
             dummy if grad_scale is None else grad_scale,
@@ -248,29 +253,55 @@ def _update(
             eps,
             weight_decay,
         )
-        flags = dict(
-            RULE=0 if rule == "adam" else 1,
-            BIAS_CORRECTION=_BIAS_CORRECTION[bias_correction],
-            AMSGRAD=bool(amsgrad),
-            MAXIMIZE=bool(maximize),
-            DECOUPLED=bool(decoupled_weight_decay),
-            HAS_WEIGHT_DECAY=weight_decay != 0,
-            LR_ON_DEVICE=lr_on_device,
-            HAS_GRAD_SCALE=grad_scale is not None,
-            HAS_FOUND_INF=found_inf is not None,
-            P_DTYPE=_tl_dtype(module, launch.p_dtype),
-            G_DTYPE=_tl_dtype(module, launch.g_dtype),
-            S_DTYPE=_tl_dtype(module, launch.s_dtype),
-            ALIGNED=launch.aligned,
-            BLOCK=BLOCK,
-        )
         if interpret:
-            module.adam_family_kernel[(launch.n_chunks,)](*args, **flags)
-        elif device.index == torch.cuda.current_device():
-            module.adam_family_kernel[(launch.n_chunks,)](*args, **flags, num_warps=NUM_WARPS)
-        else:  # Triton launches on the current device: make it the tensors' device
+            module.adam_family_kernel[(launch.n_chunks,)](*args, **_flags(module, launch, variant))
+            continue
+        if device.index != torch.cuda.current_device():  # Triton launches on the current device
             with torch.cuda.device(device):
-                module.adam_family_kernel[(launch.n_chunks,)](*args, **flags, num_warps=NUM_WARPS)
+                _launch(module, launch, variant, args, device.index)
+        else:
+            _launch(module, launch, variant, args, device.index)
+
+
+def _flags(module: ModuleType, launch: _Launch, variant: tuple) -> dict[str, Any]:
+    rule, bias_correction, amsgrad, maximize, decoupled, has_wd, lr_on_device, has_scale, has_inf, _ = variant
+    return dict(
+        RULE=0 if rule == "adam" else 1,
+        BIAS_CORRECTION=_BIAS_CORRECTION[bias_correction],
+        AMSGRAD=bool(amsgrad),
+        MAXIMIZE=bool(maximize),
+        DECOUPLED=bool(decoupled),
+        HAS_WEIGHT_DECAY=bool(has_wd),
+        LR_ON_DEVICE=lr_on_device,
+        HAS_GRAD_SCALE=has_scale,
+        HAS_FOUND_INF=has_inf,
+        P_DTYPE=_tl_dtype(module, launch.p_dtype),
+        G_DTYPE=_tl_dtype(module, launch.g_dtype),
+        S_DTYPE=_tl_dtype(module, launch.s_dtype),
+        ALIGNED=launch.aligned,
+        BLOCK=BLOCK,
+    )
+
+
+def _launch(module: ModuleType, launch: _Launch, variant: tuple, args: tuple, device_index: int) -> None:
+    """Launch on the current stream. The first launch of a variant goes through Triton's
+    JIT (compiling if needed); later ones call the compiled kernel directly, which skips
+    about ten microseconds of argument binding and cache lookup per step."""
+    from triton import knobs
+    from triton.runtime import driver
+
+    compiled = launch.compiled.get(variant)
+    if compiled is not None and knobs.runtime.launch_enter_hook is None and knobs.runtime.launch_exit_hook is None:
+        kernel, constants = compiled
+        stream = driver.active.get_current_stream(device_index)
+        kernel.run(
+            launch.n_chunks, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants
+        )
+        return
+    flags = _flags(module, launch, variant)
+    kernel = module.adam_family_kernel[(launch.n_chunks,)](*args, **flags, num_warps=NUM_WARPS)
+    names = module.adam_family_kernel.arg_names[len(args) :]
+    launch.compiled[variant] = (kernel, tuple(flags[name] for name in names))
 
 
 def fused_cuda_update(rule: str, params: list[Tensor], *args: Any, **kwargs: Any) -> None:

@@ -8,9 +8,9 @@ One launch updates every tensor of a group. Program ``pid`` owns one chunk of ``
 elements of one tensor; it finds which through a device-side table built once on the host
 (``triton_fused.Table``) and reused across steps:
 
-    chunks[0, pid]  tensor index i       chunks[1, pid]  chunk index c within tensor i
-    meta[k, i]      addresses of p, g, v (exp_avg), s (exp_avg_sq), max(s), step  (k = 0..5)
-    meta[6, i]      numel of tensor i     meta[7, i]      number of chunks of tensor i
+    chunks[pid, 0]  tensor index i       chunks[pid, 1]  chunk index c within tensor i
+    meta[i, k]      addresses of p, g, v (exp_avg), s (exp_avg_sq), max(s), step  (k = 0..5)
+    meta[i, 6]      numel of tensor i     meta[i, 7]      number of chunks of tensor i
 
 The update follows :func:`adamlab.reference.step` line by line, in float32 (parameters and
 state may be bf16/fp16; they are widened on load and rounded once on store)::
@@ -112,13 +112,11 @@ def update(
     return p, v, s, s_max
 
 
-@triton.jit(do_not_specialize=["n_tensors", "n_chunks"])
+@triton.jit(do_not_specialize_on_alignment=["lr_ptr", "grad_scale_ptr", "found_inf_ptr"])
 def adam_family_kernel(
-    meta_ptr,  # int64 [8, n_tensors]: see the module docstring
-    chunks_ptr,  # int32 [2, n_chunks]
+    meta_ptr,  # int64 [n_tensors, 8]: see the module docstring
+    chunks_ptr,  # int32 [n_chunks, 2]
     counters_ptr,  # int32 [n_tensors], all zero between launches
-    n_tensors,
-    n_chunks,
     lr,  # float, unless LR_ON_DEVICE
     lr_ptr,  # 0-dim float32 tensor when LR_ON_DEVICE
     grad_scale_ptr,
@@ -147,17 +145,18 @@ def adam_family_kernel(
     if HAS_FOUND_INF:
         skip = tl.load(found_inf_ptr).to(tl.float32)
     if skip == 0.0:
-        i = tl.load(chunks_ptr + pid)
-        c = tl.load(chunks_ptr + n_chunks + pid)
-        row = meta_ptr + i
+        # Rows, not columns: a program's table entries share one cache line.
+        i = tl.load(chunks_ptr + 2 * pid)
+        c = tl.load(chunks_ptr + 2 * pid + 1)
+        row = meta_ptr + 8 * i.to(tl.int64)
         p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
-        g_ptr = tl.load(row + n_tensors).to(tl.pointer_type(G_DTYPE))
-        v_ptr = tl.load(row + 2 * n_tensors).to(tl.pointer_type(S_DTYPE))
-        s_ptr = tl.load(row + 3 * n_tensors).to(tl.pointer_type(S_DTYPE))
-        m_ptr = tl.load(row + 4 * n_tensors).to(tl.pointer_type(S_DTYPE))
-        step_ptr = tl.load(row + 5 * n_tensors).to(tl.pointer_type(tl.float32))
-        numel = tl.load(row + 6 * n_tensors)
-        tensor_chunks = tl.load(row + 7 * n_tensors)
+        g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
+        v_ptr = tl.load(row + 2).to(tl.pointer_type(S_DTYPE))
+        s_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
+        m_ptr = tl.load(row + 4).to(tl.pointer_type(S_DTYPE))
+        step_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
+        numel = tl.load(row + 6)
+        tensor_chunks = tl.load(row + 7)
         if ALIGNED:
             p_ptr = tl.multiple_of(p_ptr, 16)
             g_ptr = tl.multiple_of(g_ptr, 16)
