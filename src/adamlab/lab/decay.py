@@ -21,11 +21,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
-import torch
 
 from adamlab.lab.cli import standard_options
 from adamlab.lab.data import LabData, least_squares_floor, load
@@ -40,6 +39,9 @@ from adamlab.lab.exercises.common import (
     write_json,
 )
 from adamlab.lab.exercises.family import FAMILY
+
+if TYPE_CHECKING:  # torch loads when an experiment runs, not with `adamlab --help`
+    import torch
 
 SOURCE = "Dive into Deep Learning, section 11.10, exercise 3 (learning-rate decay)"
 SCHEDULES = ("constant", "inv-sqrt", "cosine", "step")

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
-import torch
 
 from adamlab.lab.cli import standard_options
 from adamlab.lab.data import LabData, least_squares_floor, load
@@ -41,6 +40,9 @@ from adamlab.lab.exercises.common import (
     write_json,
 )
 from adamlab.lab.exercises.family import MSE_OVER_HALF_MSE
+
+if TYPE_CHECKING:  # torch loads when an experiment runs, not with `adamlab --help`
+    import torch
 
 SOURCE = "Zaheer et al., Adaptive Methods for Nonconvex Optimization, NeurIPS 2018 (larger initial batch)"
 
@@ -72,6 +74,8 @@ def _factory(
     Each optimizer it makes appends its own curve to ``curves`` (the trainer also builds a
     throwaway model for an untimed burn-in step; the run's curve is the longest).
     """
+    import torch
+
     import adamlab
     from adamlab.optim.init_moments import initialize_moments
 
