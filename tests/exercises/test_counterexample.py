@@ -125,3 +125,19 @@ def test_cli_unwritable_out(tmp_path) -> None:
     blocker.write_text("x")
     res = CliRunner().invoke(ce.command, ["--steps", "10", "--out", str(blocker)])
     assert res.exit_code == 2 and "--out" in res.stderr
+
+
+def test_without_a_compiler_auto_falls_back_and_c_refuses(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(online1d, "_LIB", None)
+    monkeypatch.setattr(online1d, "_LIB_ERROR", "no C compiler found (test)")
+    assert online1d.resolve_backend("auto") == "reference"
+    args = ["--problem", "theorem1", "--steps", "300", "--out", str(tmp_path / "a"), "--json"]
+    res = CliRunner().invoke(ce.command, args)
+    assert res.exit_code == 0, res.output
+    assert "warning: no C compiler" in res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["implementation"] == "reference"
+    assert doc["problems"]["theorem1"]["optimizers"][0]["final_x"] > 0.9  # Adam fails here too
+    res = CliRunner().invoke(ce.command, ["--backend", "c", "--out", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "C backend is unavailable" in res.stderr
+    assert not (tmp_path / "b").exists()

@@ -15,7 +15,7 @@ Python loop pays ~20 µs a step. Two backends run it, with one signature:
   :func:`adamlab.reference.step`, in a 60-line C function compiled on first use with the
   system C compiler (``$CC`` or ``cc``, ``-O2 -ffp-contract=off`` so that no fused
   multiply-add changes a rounding) and loaded with :mod:`ctypes`. The shared library is
-  cached under ``$ADAMLAB_CACHE`` (default ``~/.cache/adamlab``). No new Python
+  cached under ``$ADAMLAB_CACHE_DIR`` (default ``~/.cache/adamlab``). No new Python
   dependency; about 5 ms per 10^6 steps.
 * ``"reference"``: calls :func:`adamlab.reference.step` itself each step: the oracle,
   slow, and the fallback when no C compiler is available.
@@ -124,7 +124,7 @@ _LIB_ERROR: str | None = None
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ADAMLAB_CACHE")
+    root = os.environ.get("ADAMLAB_CACHE_DIR")  # the same folder as adamlab.optim.fused_cpu's builds
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -133,9 +133,10 @@ def _cache_dir() -> Path:
 
 def _build() -> Any:
     """Compile (once per source/flags/compiler, cached on disk) and load the C kernel."""
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler found ({compiler!r}; set $CC)")
+    candidates = [c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c]
+    compiler = next((c for c in candidates if shutil.which(c)), None)
+    if compiler is None:
+        raise RuntimeError(f"no C compiler found (tried {', '.join(candidates)}; set $CC)")
     key = hashlib.sha1("\0".join((_C_SOURCE, compiler, *_FLAGS, sys.platform)).encode()).hexdigest()[:16]
     suffix = ".dll" if sys.platform == "win32" else ".so"
     for directory in (_cache_dir(), Path(tempfile.gettempdir()) / "adamlab-cache"):
