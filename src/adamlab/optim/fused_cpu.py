@@ -324,6 +324,10 @@ def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dt
     numel = array("q", map(Tensor.numel, params))
     lists = (params, grads, exp_avgs, exp_avg_sqs, maxes if maxes[0] is not None else [], steps)
     tables = [array("Q", map(Tensor.data_ptr, lst)) for lst in lists]
+    if any(0 in t for t in tables):  # empty tensors, or a tensor without storage (a wrapper subclass)
+        bad = next((type(x).__name__ for lst in lists for x in lst if x.data_ptr() == 0 and x.numel()), None)
+        if bad is not None:
+            raise RuntimeError(f"the fused CPU implementation needs tensors with storage, got a {bad}")
     addresses = [t.buffer_info()[0] if len(t) else None for t in (numel, *tables)]
     rc = lib.adamlab_fused_step(len(params), *addresses, _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype], yogi, *hyper)
     if rc != 0:
