@@ -11,7 +11,8 @@
 #    torch.distributed.checkpoint round trip): one rank on the GPU (nccl), and two CPU ranks
 #    (gloo) since one GPU cannot hold two nccl ranks;
 # 3. python -m adamlab.bench.gpu: issue 6's table, with copy bandwidth measured in the same
-#    process and the first fused step in a new process.
+#    process and the first fused step in a new process;
+# 4. where the host time of one small step goes (benchmarks/gpu/host_profile.py).
 # Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,9 +47,15 @@ echo "== 3. benchmark"
 timeout 270 "$PY" -m adamlab.bench.gpu "${BENCH[@]}" --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.log"
 BENCH_RC=${PIPESTATUS[0]}
 
+if [[ $DRY == 0 ]]; then
+  echo "== 4. host time of one fused step (2 tiny tensors)"
+  timeout 60 "$PY" benchmarks/gpu/host_profile.py 2>&1 | tee "$OUT/host_profile.log"
+fi
+
 echo
 echo "== summary"
 tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
 grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
 echo "bench rc $BENCH_RC"
+[[ -f "$OUT/host_profile.log" ]] && grep "us/call" "$OUT/host_profile.log"
 sed -n '/^| parameter set/,$p' "$OUT/bench.log"

@@ -283,17 +283,26 @@ def _flags(module: ModuleType, launch: _Launch, variant: tuple) -> dict[str, Any
     )
 
 
+def _no_launch_hooks() -> bool:
+    """True unless a profiler registered Triton launch hooks (then the JIT path calls them)."""
+    from triton import knobs
+
+    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
+    return all(h is None or not getattr(h, "calls", True) for h in hooks)  # Triton 3.6: empty HookChain
+
+
+def _current_stream(device_index: int) -> int:
+    return torch._C._cuda_getCurrentRawStream(device_index)
+
+
 def _launch(module: ModuleType, launch: _Launch, variant: tuple, args: tuple, device_index: int) -> None:
     """Launch on the current stream. The first launch of a variant goes through Triton's
     JIT (compiling if needed); later ones call the compiled kernel directly, which skips
     about ten microseconds of argument binding and cache lookup per step."""
-    from triton import knobs
-    from triton.runtime import driver
-
     compiled = launch.compiled.get(variant)
-    if compiled is not None and knobs.runtime.launch_enter_hook is None and knobs.runtime.launch_exit_hook is None:
+    if compiled is not None and _no_launch_hooks():
         kernel, constants = compiled
-        stream = driver.active.get_current_stream(device_index)
+        stream = _current_stream(device_index)
         kernel.run(
             launch.n_chunks, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants
         )
