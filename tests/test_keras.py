@@ -1,0 +1,48 @@
+"""Runs test_keras_cases.py once per Keras backend, each in its own Python process.
+
+Keras binds its backend at import (``KERAS_BACKEND``), so one process cannot test three
+backends. Each backend whose package is missing here is skipped with the reason; in CI
+all three are installed (see noxfile.py, session ``keras``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES = Path(__file__).with_name("test_keras_cases.py")
+BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}  # backend -> package it needs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_keras_backend(backend: str) -> None:
+    if importlib.util.find_spec("keras") is None:
+        pytest.skip("keras is not installed (pip install 'adamlab[keras]' and a backend; or: nox -s keras)")
+    if importlib.util.find_spec(BACKENDS[backend]) is None:
+        pytest.skip(f"the Keras {backend} backend needs {BACKENDS[backend]}, which is not installed")
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "ADAMLAB_KERAS_CASES": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # CPU only, the same numbers on every machine
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
+    done = subprocess.run(
+        [*command, str(CASES)],
+        env=env,
+        cwd=CASES.parents[1],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    report = (done.stdout + done.stderr)[-6000:]
+    print(report)
+    assert done.returncode == 0, f"test_keras_cases.py failed on the {backend} backend:\n{report}"
