@@ -20,9 +20,13 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+# ``chapter`` is both a submodule and its main function. Importing the function here, once,
+# keeps ``adamlab.lab.chapter`` the function: a later ``import adamlab.lab.chapter`` finds the
+# module in sys.modules and leaves the package attribute alone. (chapter.py needs NumPy only.)
+from adamlab.lab.chapter import ChapterResult as ChapterResult
+from adamlab.lab.chapter import chapter as chapter
+
 _LAZY = {
-    "chapter": "adamlab.lab.chapter",
-    "ChapterResult": "adamlab.lab.chapter",
     "train_scratch": "adamlab.lab.train",
     "train_concise": "adamlab.lab.train",
     "run": "adamlab.lab.train",
@@ -34,7 +38,7 @@ _LAZY = {
     "CheckpointError": "adamlab.lab.checkpoint",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "ChapterResult", "chapter"])
 
 
 def __getattr__(name: str) -> Any:
