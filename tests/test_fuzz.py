@@ -272,3 +272,33 @@ def test_recursive_adam_overflowing_square_writes_no_nan(impl: str) -> None:
         p.grad = torch.full((2,), g)
         opt.step()
     assert not torch.isnan(p).any() and not torch.isnan(opt.state[p]["exp_avg_sq"]).any()
+
+
+BAD_HYPER = {
+    # keyword: (strategy of invalid values, the words the ValueError must contain)
+    "lr": (st.one_of(st.floats(max_value=-1e-300), st.just(math.nan), st.just(math.inf)), "learning rate"),
+    "eps": (st.one_of(st.floats(max_value=-1e-300), st.just(math.nan), st.just(math.inf)), "epsilon value"),
+    "weight_decay": (st.one_of(st.floats(max_value=-1e-300), st.just(math.nan)), "weight_decay value"),
+    "initial_accumulator_value": (st.one_of(st.floats(max_value=-1e-300), st.just(math.nan)), "s0"),
+    "betas": (
+        st.one_of(
+            st.tuples(st.floats(min_value=1.0, max_value=1e9), st.just(0.999)),
+            st.tuples(st.just(0.9), st.floats(max_value=-1e-300)),
+            st.tuples(st.just(0.9), st.just(math.nan)),
+        ),
+        "beta parameter at index",
+    ),
+    "bias_correction": (st.sampled_from(["yes", 1.5, None, "Recursive"]), "bias_correction"),
+    "state_dtype": (st.sampled_from([torch.int32, torch.bool, "float32", 32]), "state_dtype"),
+}
+
+
+@settings(max_examples=EXAMPLES // 4)
+@given(rule=st.sampled_from(list(OPTIMIZERS)), key=st.sampled_from(list(BAD_HYPER)), data=st.data())
+def test_fuzz_invalid_hyperparameters_raise_the_documented_error(rule: str, key: str, data: Any) -> None:
+    strategy, words = BAD_HYPER[key]
+    value = data.draw(strategy)
+    with pytest.raises(ValueError) as info:
+        OPTIMIZERS[rule]([torch.nn.Parameter(torch.zeros(2))], **{key: value})
+    message = str(info.value)
+    assert message.startswith("Invalid") and words in message, message
