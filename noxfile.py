@@ -1,0 +1,74 @@
+"""Environments for the chapter's other two frameworks, each built from scratch.
+
+    nox -s keras     Keras 3 on TensorFlow, JAX and PyTorch: adamlab.keras against the
+                     float64 reference on each backend, and the chapter in TensorFlow
+    nox -s mxnet     MXNet 1.9.1 (legacy): adamlab.gluon against the reference, gluon.Trainer,
+                     and the chapter in MXNet
+
+Why separate environments: Keras picks one backend per process and TensorFlow's CPU wheel
+is large (about 2 GB installed with JAX), so the main ``.venv`` stays lean; MXNet 1.9.1,
+the final release (the project is in the Apache Attic since 2023), installs on Python
+3.11 only beside ``numpy<1.24``, which the main environment cannot have. adamlab itself
+needs only NumPy, so neither environment gets torch from adamlab; the ``keras`` session
+adds ``ADAMLAB_TORCH`` (default ``torch==2.13.0``, the pin ``scripts/bootstrap`` uses) for
+Keras's torch backend.
+
+Sessions use the interpreter that runs nox and the standard library's venv. Extra
+arguments go to pytest: ``nox -s keras -- -x``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["keras", "mxnet"]
+nox.options.error_on_missing_interpreters = True
+
+TEST_TOOLS = ("pytest>=8", "hypothesis>=6.100")
+# Keras 3 and two of its backends, CPU builds. keras 3.5 is the first with every base-class
+# feature the adapter relies on (EMA, loss scaling, gradient accumulation).
+KERAS_STACK = ("keras>=3.5", "tensorflow-cpu>=2.16", "jax[cpu]>=0.4.30")
+MXNET_STACK = ("mxnet==1.9.1", "numpy<1.24")
+
+
+@nox.session
+def keras(session: nox.Session) -> None:
+    """adamlab.keras on the TensorFlow, JAX and torch backends; the chapter in TensorFlow."""
+    session.install(*KERAS_STACK, *TEST_TOOLS)
+    session.install(os.environ.get("ADAMLAB_TORCH", "torch==2.13.0"))  # Keras's torch backend only
+    session.install("-e", ".")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_keras.py",
+        "tests/test_frameworks.py",
+        "tests/test_frameworks_book_bugs.py",
+        *session.posargs,
+        env={"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
+
+
+@nox.session
+def mxnet(session: nox.Session) -> None:
+    """adamlab.gluon in MXNet 1.9.1 (legacy support); the chapter in MXNet."""
+    session.install(*MXNET_STACK, *TEST_TOOLS)
+    session.install("-e", ".")
+    session.run("python", "-c", "import numpy, mxnet; print('mxnet', mxnet.__version__, 'numpy', numpy.__version__)")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_gluon.py",
+        "tests/test_frameworks.py",
+        *session.posargs,
+    )
