@@ -227,6 +227,7 @@ def table(result: dict[str, Any]) -> str:
 def chart(result: dict[str, Any], path: Any) -> None:
     """Bar chart: per set, each candidate's step time relative to torch's fused Adam."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -246,6 +247,8 @@ def chart(result: dict[str, Any], path: Any) -> None:
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", lw=0.8)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for i, r in enumerate(rows):
             ax.text(ratios[i], i, f" {r['ms']:.3g} ms", va="center", fontsize=7)
         ax.set_title(res["label"], fontsize=9)
