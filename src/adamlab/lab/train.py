@@ -109,23 +109,24 @@ def resolve_optimizer(name: str) -> type:
 
 def adam(p: Tensor, g: Tensor, v: Tensor, s: Tensor, t: int, lr: float, beta1=0.9, beta2=0.999, eps=1e-6) -> None:
     """One Adam step of the chapter: θ ← θ − η v̂ / (√ŝ + ε), ε after the square root."""
-    v.mul_(beta1).add_(g, alpha=1 - beta1)  # v ← β1 v + (1 − β1) g
+    v.lerp_(g, 1 - beta1)  # v ← β1 v + (1 − β1) g
     s.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # s ← β2 s + (1 − β2) g²
     _bias_corrected_step(p, v, s, t, lr, beta1, beta2, eps)
 
 
 def yogi(p: Tensor, g: Tensor, v: Tensor, s: Tensor, t: int, lr: float, beta1=0.9, beta2=0.999, eps=1e-3) -> None:
     """One Yogi step of the chapter: Adam with the additive second-moment update, s0 = 0."""
-    v.mul_(beta1).add_(g, alpha=1 - beta1)  # v ← β1 v + (1 − β1) g
+    v.lerp_(g, 1 - beta1)  # v ← β1 v + (1 − β1) g
     g2 = g * g
     s.addcmul_(torch.sign(g2 - s), g2, value=1 - beta2)  # s ← s − (1 − β2) sgn(s − g²) g²
     _bias_corrected_step(p, v, s, t, lr, beta1, beta2, eps)
 
 
 def _bias_corrected_step(p: Tensor, v: Tensor, s: Tensor, t: int, lr: float, beta1, beta2, eps) -> None:
-    v_hat = v / (1 - beta1**t)
-    s_hat = s / (1 - beta2**t)
-    p.addcdiv_(v_hat, s_hat.sqrt_().add_(eps), value=-lr)  # θ ← θ − η v̂ / (√ŝ + ε)
+    # θ ← θ − η v̂ / (√ŝ + ε) with v̂ = v / (1 − β1^t), ŝ = s / (1 − β2^t). The corrections are
+    # scalars, so they go into the scalars: √ŝ = √s / √(1 − β2^t), and η v̂ = (η / (1 − β1^t)) v.
+    sqrt_s_hat = s.sqrt().div_(math.sqrt(1 - beta2**t))
+    p.addcdiv_(v, sqrt_s_hat.add_(eps), value=-lr / (1 - beta1**t))
 
 
 SCRATCH_UPDATES: dict[str, Callable[..., None]] = {"adam": adam, "yogi": yogi}
