@@ -309,10 +309,11 @@ def write_section(path: Path, text: str) -> None:
     old = path.read_text() if path.exists() else "# Benchmark results\n\n"
     start = old.find(SECTION)
     if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
+        new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
     else:
         end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+        rest = old[end + 1 :] if end >= 0 else ""
+        new = old[:start] + text.rstrip("\n") + ("\n\n" + rest if rest else "\n")
     path.write_text(new)
 
 
