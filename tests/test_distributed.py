@@ -71,7 +71,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fixture: the first one launches, the others wait on a file lock and read its results.
     """
     impls = worker.available_impls()
-    todo = [f"{name}/{impl}" for impl in impls for name in ("ddp", "zero", "fsdp2")]
+    todo = [f"{name}/{impl}" for impl in impls for name in ("ddp", "zero", "fsdp2", "fsdp2_skip")]
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run_id is None:
         run = launch(tmp_path_factory.mktemp("dist"), todo)
@@ -177,3 +177,13 @@ def _check_fsdp2(r0: dict[str, Any], r1: dict[str, Any], impl: str) -> None:
 @pytest.mark.parametrize("impl", IMPL_NAMES)
 def test_fsdp2_dtensor_params_and_distributed_checkpoint(runs, impl: str) -> None:
     _check_fsdp2(*scenario(runs, "fsdp2", impl), impl)
+
+
+@pytest.mark.parametrize("impl", IMPL_NAMES)
+def test_fsdp2_skip_nonfinite_skips_on_every_rank(runs, impl: str) -> None:
+    """A NaN in one rank's gradient shard: the check reduces over the DTensor, so every rank
+    skips that step -- step counts and parameters stay identical across ranks."""
+    r0, r1 = scenario(runs, "fsdp2_skip", impl)
+    assert r0["steps"] == r1["steps"] == [float(worker.RESUME_AT - 1)] * 4
+    assert_equal_params(r0["params"], r1["params"])
+    assert all(torch.isfinite(p).all() for p in r0["params"].values())

@@ -14,6 +14,7 @@ Scenarios, each with ``adamlab.Yogi`` over every CPU implementation:
   consolidated state_dict (rank 0) is saved for loading into a plain ``adamlab.Yogi``.
 * ``fsdp2``: ``fully_shard`` (DTensor parameters), then a ``torch.distributed.checkpoint``
   round trip of the sharded optimizer state mid-training.
+* ``fsdp2_skip``: ``skip_nonfinite=True`` with a NaN in one rank's gradient shard.
 
 An exception is recorded (type, message, traceback) instead of killing the rank, so the
 test can report which scenario failed and why, and the other scenarios still run.
@@ -174,6 +175,24 @@ def run_fsdp2(rank: int, world: int, impl: str, ckpt_dir: Path) -> dict[str, Any
     }
 
 
+def run_fsdp2_skip(rank: int, world: int, impl: str) -> dict[str, Any]:
+    """skip_nonfinite under FSDP2: a NaN in *one* rank's gradient shard must skip the step on
+    every rank, or the ranks' step counts and shards drift apart."""
+    import adamlab
+
+    model = _fsdp_model()
+    opt = adamlab.Yogi(model.parameters(), lr=LR, skip_nonfinite=True, **IMPLS[impl])
+    for i in range(RESUME_AT):
+        x, y = batch(i)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(shard(x, rank, world)), shard(y, rank, world)).backward()
+        if i == 1 and rank == 0:
+            model[0].weight.grad.to_local()[0, 0] = float("nan")  # this rank's shard only
+        opt.step()
+    steps = [float(s["step"].item()) for s in opt.state.values()]
+    return {"steps": steps, "params": full_params(model)}
+
+
 def main(rank: int, world: int, init_file: str, out_dir: Path, only: list[str]) -> None:
     """Run the named scenarios (``name/impl``, in that order; all if none are named).
 
@@ -183,7 +202,12 @@ def main(rank: int, world: int, init_file: str, out_dir: Path, only: list[str]) 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
     )
-    runners = {"ddp": run_ddp, "zero": run_zero, "fsdp2": lambda r, w, i: run_fsdp2(r, w, i, out_dir)}
+    runners = {
+        "ddp": run_ddp,
+        "zero": run_zero,
+        "fsdp2": lambda r, w, i: run_fsdp2(r, w, i, out_dir),
+        "fsdp2_skip": run_fsdp2_skip,
+    }
     todo = only or [f"{name}/{impl}" for impl in available_impls() for name in runners]
     for item in todo:
         name, impl = item.split("/")
