@@ -44,7 +44,7 @@ def _run_and_kill(cmd: list[str], checkpoint: Path, rng: random.Random) -> bool:
         if checkpoint.exists() and checkpoint.stat().st_mtime_ns != before:
             break
         time.sleep(0.005)
-    time.sleep(rng.uniform(0.0, 0.25))
+    time.sleep(rng.uniform(0.0, 0.5))
     proc.send_signal(signal.SIGKILL)
     rc = proc.wait()
     assert rc in (0, -signal.SIGKILL), proc.stderr.read()
