@@ -142,3 +142,19 @@ def test_global_rng_states_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.set_global_rng_states(states)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_chapter_checkpoints_every_run_and_resumes_them(tmp_path):
+    out = tmp_path / "out"
+    args = ["chapter", "--optimizer", "yogi", "--epochs", "1", "--out", str(out), "--json"]
+    first = CliRunner().invoke(cli, [*args, "--checkpoint-every", "50"])
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["concise-adamlab-yogi.ckpt", "scratch-yogi.ckpt"]
+    stale = out / "checkpoints" / ".scratch-yogi.ckpt.abc123.tmp"  # as a writer killed mid-write leaves it
+    stale.write_bytes(b"half a checkpoint")
+    again = CliRunner().invoke(cli, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert not stale.exists()
+    for a, b in zip(json.loads(first.stdout)["runs"], json.loads(again.stdout)["runs"]):
+        assert a["losses"] == b["losses"] and a["parameters"] == b["parameters"]
+        assert b["resumed_at_step"] == b["steps"] == 150

@@ -424,6 +424,8 @@ def run(
     step, trained, curve_x, curve_y = 0, 0.0, [], []
     perm = Xp = yp = None
     resumed_at = None
+    if checkpoint is not None:
+        ckpt.remove_stale_temp_files(checkpoint)  # left by a run killed mid-write
     state = load_checkpoint(checkpoint, config, data) if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
