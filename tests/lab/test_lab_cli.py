@@ -80,6 +80,8 @@ BAD_INPUTS = {
     "out under a file": (lambda d: ["--out", _bad(d, "f2", "x") + "/sub"], "not writable"),
     "bad batch size": (lambda d: ["--batch-size", "0"], "batch size"),
     "negative seed": (lambda d: ["--seed", "-1"], "seed must be"),
+    "zero epochs": (lambda d: ["--epochs", "0"], "epochs must be >= 1"),
+    "negative checkpoint interval": (lambda d: ["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
     "bad plot format": (lambda d: ["--plot-format", "gif"], "plot format"),
     "not a number option": (lambda d: ["--lr", "fast"], "'fast' is not a valid float"),
     "unknown option": (lambda d: ["--nope"], "No such option"),

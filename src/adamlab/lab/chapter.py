@@ -54,15 +54,13 @@ def chapter_configs(
     """
     from adamlab.lab.train import DEFAULT_EPOCHS, RunConfig
 
-    chosen: list[tuple[str, str]] = []
+    runs = list(CHAPTER_RUNS) if not optimizers else []
     for name in optimizers or ():
-        family = FAMILIES.get(name.lower())
-        picked = [r for r in CHAPTER_RUNS if r[1] in family] if family else [r for r in CHAPTER_RUNS if r[1] == name]
-        chosen += picked or [("concise", name)]
-    runs = [r for r in CHAPTER_RUNS if r in chosen] + [r for r in chosen if r not in CHAPTER_RUNS]
-    runs = list(dict.fromkeys(runs)) if optimizers else list(CHAPTER_RUNS)
+        family = FAMILIES.get(name.lower(), (name,))
+        picked = [run for run in CHAPTER_RUNS if run[1] in family] or [("concise", name)]
+        runs += [run for run in picked if run not in runs]
     return [
-        RunConfig(trainer, optimizer, lr, batch_size, epochs or DEFAULT_EPOCHS[trainer], seed, data)
+        RunConfig(trainer, optimizer, lr, batch_size, DEFAULT_EPOCHS[trainer] if epochs is None else epochs, seed, data)
         for trainer, optimizer in runs
     ]
 

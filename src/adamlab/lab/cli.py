@@ -211,7 +211,7 @@ def train_command(trainer: str, optimizer: str | None, **options: Any) -> None:
         optimizer,
         options["lr"],
         options["batch_size"],
-        options["epochs"] or DEFAULT_EPOCHS[trainer],
+        DEFAULT_EPOCHS[trainer] if options["epochs"] is None else options["epochs"],
         options["seed"],
         source,
     )
