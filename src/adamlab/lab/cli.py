@@ -17,7 +17,9 @@ stdout is a terminal and neither ``--quiet`` nor ``--json`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from importlib import import_module
 from typing import Any
 
@@ -141,33 +143,21 @@ def run_chapter(*, as_json: bool, quiet: bool, **options: Any) -> None:
         click.echo(f"wrote {result.files['plot']} and {result.files['results']}")
 
 
-class _progress:
-    """A rich progress bar with one task per run, or nothing."""
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A rich progress bar with one task per run (yields the ``on_start`` hook), or nothing."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True)
-        self.bar.start()
+    with Progress(transient=True) as bar:
 
         def on_start(config: Any, index: int):
-            task = self.bar.add_task(config.name, total=1)
+            task = bar.add_task(config.name, total=1)
+            return lambda step, total: bar.update(task, completed=step, total=total)
 
-            def progress(step: int, total: int) -> None:
-                self.bar.update(task, completed=step, total=total)
-
-            return progress
-
-        return on_start
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.stop()
+        yield on_start
 
 
 @click.group(cls=LabGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
