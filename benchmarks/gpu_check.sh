@@ -28,7 +28,8 @@ if [[ $DRY == 1 ]]; then
   export CUDA_VISIBLE_DEVICES=""
 else
   PY="${PY:-python3}"
-  TESTS=(tests/test_triton.py tests/test_triton_cuda.py -k "not interpreter")
+  TESTS=(tests/test_triton.py tests/test_triton_cuda.py tests/test_amp_cuda.py tests/test_compile_cuda.py
+         tests/test_distributed_cuda.py -k "not interpreter")
   BENCH=()
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia-smi.txt"
 fi

@@ -313,6 +313,7 @@ def _launch(module: ModuleType, launch: _Launch, variant: tuple, args: tuple, de
     launch.compiled[variant] = (kernel, tuple(flags[name] for name in names))
 
 
+@torch.compiler.disable  # under torch.compile: run eagerly (the device tables and direct launch are host code)
 def fused_cuda_update(rule: str, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
     """One step of ``rule`` on CUDA tensors; the signature of every implementation."""
     if params and params[0].device.type != "cuda":
