@@ -194,7 +194,8 @@ class _AdamFamily(keras.optimizers.Optimizer):
             s_max_slot = self._velocity_hats[i]
             s_max = ops.convert_to_tensor(s_max_slot)
             # ops.where, not ops.maximum: on the torch backend (Keras 3.15) ops.maximum of
-            # two float64 tensors returns float32.
+            # two float64 tensors returns float32 (keras-team/keras#23223). For the same
+            # reason the math uses the backend tensors' own operators, not keras.ops binaries.
             s = ops.where(s > s_max, s, s_max)
             self.assign(s_max_slot, s)
         denom = ops.sqrt(s)
