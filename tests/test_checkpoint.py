@@ -23,6 +23,8 @@ OPTIMIZERS = {"adam": adamlab.Adam, "yogi": adamlab.Yogi}
 IMPLS: dict[str, dict[str, Any]] = {
     "single_tensor": dict(foreach=False),
     "foreach": dict(foreach=True),
+    "single_capturable": dict(foreach=False, capturable=True),
+    "foreach_capturable": dict(foreach=True, capturable=True),
     "fused_cpu": dict(fused=True),
 }
 K, N, LATE = 4, 5, 6  # checkpoint after K steps, then N more; the "late" parameter joins at step LATE
@@ -186,7 +188,11 @@ def test_load_across_implementations(src_impl: str, dst_impl: str) -> None:
     resumed.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     for group in opt2.param_groups:
-        group.update(foreach=dst_kwargs.get("foreach"), fused=dst_kwargs.get("fused"))
+        group.update(
+            foreach=dst_kwargs.get("foreach"),
+            fused=dst_kwargs.get("fused"),
+            capturable=dst_kwargs.get("capturable", False),
+        )
     train(resumed, opt2, K, N)
     for p1, p2 in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(p2, p1, rtol=1e-5, atol=1e-6)
