@@ -1,7 +1,8 @@
 """torch.compile on CUDA (issue 8, §4; the GPU check script runs this). Skipped without CUDA.
 
 A compiled training step (inductor, Triton kernels) with a capturable optimizer and an lr
-tensor on the device matches eager, and an lr schedule does not recompile.
+tensor on the device matches eager, and an lr schedule does not recompile. ``fused=True``
+runs its Triton launcher eagerly between the compiled regions (``torch.compiler.disable``).
 """
 
 from __future__ import annotations
@@ -35,17 +36,7 @@ KWARGS = {
 }
 
 
-FUSED_CUDA_UNDER_COMPILE = pytest.mark.xfail(
-    strict=True,
-    reason="dynamo traces into triton_fused._upload and fails on table.pin_memory() with fake tensors "
-    "(TorchRuntimeError: NYI aten._pin_memory.default; seen on torch 2.11 + H200). Fix: "
-    "torch.compiler.disable on fused_cuda_update (patch in the report).",
-)
-
-
-@pytest.mark.parametrize(
-    "impl", [pytest.param(k, marks=FUSED_CUDA_UNDER_COMPILE) if k == "fused_cuda" else k for k in KWARGS]
-)
+@pytest.mark.parametrize("impl", list(KWARGS))
 def test_cuda_compiled_training_step_matches_eager_without_recompiles(impl: str) -> None:
     if impl.startswith("fused") and impl not in REGISTERED:
         pytest.skip(f"{impl} is not registered in this build")
