@@ -145,11 +145,6 @@ def test_in_memory_state_dict_resume_is_bitwise(impl: str) -> None:
     assert_same_params(straight, resumed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch's Optimizer.load_state_dict casts every floating state tensor to its parameter's "
-    "dtype, so state_dtype=float32 moments of bf16 parameters come back as bf16 (lead: src patch in report)",
-)
 @pytest.mark.parametrize("impl", ["single_tensor", "foreach"])
 def test_resume_keeps_state_dtype(impl: str) -> None:
     dtype = torch.bfloat16
@@ -201,12 +196,6 @@ def test_load_across_implementations(src_impl: str, dst_impl: str) -> None:
             torch.testing.assert_close(opt2.state[p2][key], value, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_state_dict takes foreach/fused from the checkpoint (torch's behaviour): the target's "
-    "implementation choice is silently replaced, and a CPU fused=True checkpoint from torch.optim.Adam "
-    "fails at the next step where adamlab has no fused CPU kernel (lead: src patch in report)",
-)
 def test_load_keeps_the_targets_implementation() -> None:
     straight, resumed = Net(seed=0), Net(seed=1)
     opt = make_opt(adamlab.Yogi, straight, foreach=False)

@@ -64,18 +64,9 @@ def full(model) -> list[torch.Tensor]:
     return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()]
 
 
-FOREACH_SIGN_ON_DTENSOR = pytest.mark.xfail(
-    tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13),
-    strict=True,
-    reason="Yogi's foreach path calls torch._foreach_sign_, which has no DTensor sharding strategy in "
-    "torch 2.11 (NotImplementedError; it has one in 2.13, where the CPU test passes). Fix: update the "
-    "local shards of DTensors in the dispatcher (patch in the report).",
-)
 
 
-@pytest.mark.parametrize(
-    "impl", [pytest.param(k, marks=FOREACH_SIGN_ON_DTENSOR) if k == "foreach" else k for k in KWARGS]
-)
+@pytest.mark.parametrize("impl", list(KWARGS))
 def test_cuda_fsdp2_matches_plain_and_dcp_resumes_bitwise(nccl, impl: str, tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

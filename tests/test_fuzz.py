@@ -258,12 +258,6 @@ def test_fuzz_every_implementation_against_the_reference(case: dict[str, Any]) -
     run_case(case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bias_correction='recursive' Adam updates ŝ with lerp_, which for ρ_t >= 1/2 (steps 1-2) "
-    "computes g² - (g² - ŝ)(1 - ρ_t): NaN when a finite gradient's g² overflows to inf (single_tensor "
-    "and foreach; fused_cpu and standard bias correction give inf and a zero step). Patch in the report.",
-)
 @pytest.mark.parametrize("impl", ["single_tensor", "foreach"])
 def test_recursive_adam_overflowing_square_writes_no_nan(impl: str) -> None:
     p = torch.nn.Parameter(torch.ones(2))

@@ -56,6 +56,14 @@ def adam_family_update(
     """Run one step of ``rule`` over the given tensors with the named implementation."""
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
+    if params and hasattr(params[0], "_local_tensor"):
+        # DTensor parameters (FSDP2, tensor parallel): the update is elementwise, so every
+        # implementation updates each rank's local shards in place. No DTensor dispatch per
+        # op -- torch 2.11 has no sharding strategy for _foreach_sign_ (Yogi's foreach path).
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
+            [t.to_local() if hasattr(t, "_local_tensor") else t for t in ts]
+            for ts in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+        )
     get_implementation(implementation)(
         rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **hyper
     )

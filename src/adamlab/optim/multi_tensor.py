@@ -23,8 +23,13 @@ def second_moment_foreach_(
 ) -> None:
     """Update every s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
     if rule == "adam":
-        if recursive:  # ŝ ← ŝ + ρ_t (g² - ŝ)
-            torch._foreach_lerp_(s, torch._foreach_mul(grads, grads), pick("w2"))
+        if recursive:  # ŝ ← (1 - ρ_t) ŝ + ρ_t g²
+            # not _foreach_lerp_: for ρ_t >= 1/2 (t <= 2) it computes g² - (g² - ŝ)(1 - ρ_t), NaN when g² = inf
+            w2 = pick("w2")
+            g2 = torch._foreach_mul(grads, grads)
+            torch._foreach_mul_(g2, w2)
+            torch._foreach_mul_(s, [1 - w for w in w2] if isinstance(w2, list) else 1 - w2)
+            torch._foreach_add_(s, g2)
         else:  # s ← β2 s + (1-β2) g²
             torch._foreach_mul_(s, beta2)
             torch._foreach_addcmul_(s, grads, grads, 1 - beta2)

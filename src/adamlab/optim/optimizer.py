@@ -18,6 +18,8 @@ from adamlab.optim.functional import IMPLEMENTATIONS, adam_family_update
 from adamlab.validation import validate_betas, validate_hyperparameters
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
+# how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
+_RUN_KEYS = ("foreach", "fused", "capturable", "state_dtype")
 
 
 class _AdamFamily(Optimizer):
@@ -249,7 +251,21 @@ class _AdamFamily(Optimizer):
         parameter, before anything is changed: nothing is half-loaded.
         """
         _check_state_dict(self, state_dict)
+        ours = [{k: group[k] for k in _RUN_KEYS} for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
+            group.update(keep)
+            for p, key in zip(group["params"], saved_group["params"]):
+                state, saved = self.state.get(p), state_dict["state"].get(key)
+                if not state or saved is None:
+                    continue
+                on_device = group["capturable"] or group["fused"]
+                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+                if group["state_dtype"] is not None:
+                    # torch cast the moments to p's dtype: recast from the saved values, not the cast ones
+                    for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                        if k in saved:
+                            state[k] = saved[k].to(device=p.device, dtype=group["state_dtype"])
 
 
 def _nonfinite(grads: list[Tensor]) -> Tensor:

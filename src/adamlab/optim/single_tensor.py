@@ -19,8 +19,9 @@ from adamlab.optim._coefficients import Coefficients, coefficients
 def second_moment_(rule: str, s: Tensor, grad: Tensor, beta2: float, c: Coefficients, recursive: bool) -> None:
     """Update s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
     if rule == "adam":
-        if recursive:  # ŝ ← ŝ + ρ_t (g² - ŝ)
-            s.lerp_(grad * grad, c.w2)
+        if recursive:  # ŝ ← (1 - ρ_t) ŝ + ρ_t g²
+            # not lerp_: for ρ_t >= 1/2 (t <= 2) it computes g² - (g² - ŝ)(1 - ρ_t), NaN when g² = inf
+            s.mul_(1 - c.w2).add_(grad * grad * c.w2)
         else:  # s ← β2 s + (1-β2) g²
             s.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         return
