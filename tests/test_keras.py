@@ -16,20 +16,28 @@ from pathlib import Path
 import pytest
 
 CASES = Path(__file__).with_name("test_keras_cases.py")
-BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}  # backend -> package it needs
+# run -> (KERAS_BACKEND, the package it needs, extra environment)
+RUNS = {
+    "tensorflow": ("tensorflow", "tensorflow", {}),
+    "jax": ("jax", "jax", {"ADAMLAB_KERAS_JAX_X64": "1"}),  # x64 mode: the float64 tests too
+    "jax-32bit": ("jax", "jax", {"ADAMLAB_KERAS_JAX_X64": "0"}),  # JAX's default mode, as users run it
+    "torch": ("torch", "torch", {}),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", list(BACKENDS))
-def test_keras_backend(backend: str) -> None:
+@pytest.mark.parametrize("run", list(RUNS))
+def test_keras_backend(run: str) -> None:
+    backend, package, extra = RUNS[run]
     if importlib.util.find_spec("keras") is None:
         pytest.skip("keras is not installed (pip install 'adamlab[keras]' and a backend; or: nox -s keras)")
-    if importlib.util.find_spec(BACKENDS[backend]) is None:
-        pytest.skip(f"the Keras {backend} backend needs {BACKENDS[backend]}, which is not installed")
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"the Keras {backend} backend needs {package}, which is not installed")
     env = {
         **os.environ,
         "KERAS_BACKEND": backend,
         "ADAMLAB_KERAS_CASES": "1",
+        **extra,
         "CUDA_VISIBLE_DEVICES": "",  # CPU only, the same numbers on every machine
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
@@ -45,4 +53,4 @@ def test_keras_backend(backend: str) -> None:
     )
     report = (done.stdout + done.stderr)[-6000:]
     print(report)
-    assert done.returncode == 0, f"test_keras_cases.py failed on the {backend} backend:\n{report}"
+    assert done.returncode == 0, f"test_keras_cases.py failed on the {run} backend:\n{report}"

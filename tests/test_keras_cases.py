@@ -33,10 +33,14 @@ import adamlab.keras as ak  # noqa: E402
 from adamlab import reference  # noqa: E402
 
 BACKEND = keras.backend.backend()
-if BACKEND == "jax":  # float64 variables need JAX's x64 mode (set before any array exists)
+# JAX runs twice: in x64 mode (float64 variables need it; set before any array exists) and
+# in its default 32-bit mode, the one users run, where the float64 tests skip.
+JAX_X64 = os.environ.get("ADAMLAB_KERAS_JAX_X64", "1") == "1"
+if BACKEND == "jax" and JAX_X64:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+needs_float64 = pytest.mark.skipif(BACKEND == "jax" and not JAX_X64, reason="float64 needs JAX's x64 mode")
 
 OPTIMIZERS = {"adam": ak.Adam, "yogi": ak.Yogi}
 SHAPES = [(3, 2), (), (5,)]
@@ -133,6 +137,7 @@ def apply(opt: Any, variables: list[Any], grads: list[np.ndarray]) -> None:
     _COMPILED[id(opt)][1]([tf.constant(g) for g in grads])
 
 
+@needs_float64
 # ---- the reference, free-running (float64) and synced (float32) --------------------------
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))
@@ -176,6 +181,7 @@ def test_float32_each_step_matches_reference(rule: str, case: str) -> None:
             assert_state_close(slots(opt, i), want, rtol, atol * 1e-6, what)
 
 
+@needs_float64
 # ---- the base class's features ------------------------------------------------------------
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))
 def test_schedule_clipnorm_and_gradient_accumulation_follow_the_reference(rule: str) -> None:
@@ -210,6 +216,7 @@ def test_schedule_clipnorm_and_gradient_accumulation_follow_the_reference(rule: 
             np.testing.assert_allclose(value(v), thetas[i], rtol=1e-8, atol=1e-10, err_msg=f"update {t}, var {i}")
 
 
+@needs_float64
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))
 def test_loss_scale_factor_is_undone_before_the_update(rule: str) -> None:
     a_vars, a, rng = make(rule, "float64", seed=3)
@@ -222,6 +229,7 @@ def test_loss_scale_factor_is_undone_before_the_update(rule: str) -> None:
         np.testing.assert_allclose(value(x), value(y), rtol=1e-12, atol=1e-15)
 
 
+@needs_float64
 def test_ema_tracks_the_parameters_and_swaps_in() -> None:
     variables, opt, rng = make("yogi", "float64", seed=4, use_ema=True, ema_momentum=0.9)
     average = [value(v) for v in variables]
@@ -246,11 +254,13 @@ def _against_keras_adam(epsilon: float) -> float:
     return max(float(np.max(np.abs(value(x) - value(y)))) for x, y in zip(variables, theirs_vars))
 
 
+@needs_float64
 def test_equals_keras_adam_when_epsilon_is_zero() -> None:
     # Not to 1e-12: keras.optimizers.Adam casts β1, β2 through float32 even for float64 variables.
     assert _against_keras_adam(0.0) < 1e-6
 
 
+@needs_float64
 def test_differs_from_keras_adam_epsilon_hat() -> None:
     # Same ε, different forms: ε after √ŝ (ours) vs ε̂ next to √s (Keras), ε = ε̂ √(1-β2^t).
     assert _against_keras_adam(1e-5) > 1e-3
@@ -276,6 +286,30 @@ def test_model_fit_reduces_the_loss(rule: str) -> None:
     model.compile(optimizer=OPTIMIZERS[rule](learning_rate=0.01), loss="mse")
     history = model.fit(x, y, batch_size=32, epochs=5, verbose=0)
     losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "features",
+    [
+        dict(use_ema=True, ema_momentum=0.9),
+        dict(gradient_accumulation_steps=2),
+        dict(clipnorm=1.0, weight_decay=1e-3),
+        dict(global_clipnorm=1.0, amsgrad=True),
+        "LossScaleOptimizer",
+    ],
+    ids=["ema", "gradient_accumulation", "clipnorm_weight_decay", "global_clipnorm_amsgrad", "loss_scale_optimizer"],
+)
+def test_model_fit_with_the_base_class_features(features: Any) -> None:
+    """Inside model.fit (compiled: tf.function, jax.jit, torch), with each base-class feature."""
+    x, y = _linear_data()
+    model = _model()
+    if features == "LossScaleOptimizer":
+        optimizer = keras.optimizers.LossScaleOptimizer(ak.Yogi(learning_rate=0.02))
+    else:
+        optimizer = ak.Yogi(learning_rate=0.02, **features)
+    model.compile(optimizer=optimizer, loss="mse")
+    losses = model.fit(x, y, batch_size=32, epochs=5, verbose=0).history["loss"]
     assert losses[-1] < 0.5 * losses[0], losses
 
 
