@@ -7,9 +7,11 @@ The protocol tests need NumPy only. The TensorFlow chapter runs where ``tensorfl
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -120,3 +122,14 @@ def test_torch_is_the_lab_chapter() -> None:
     result = run_chapter("torch", optimizers=["yogi"])
     assert isinstance(result, ChapterResult)
     assert [run.name for run in result.runs] == ["scratch Yogi", "adamlab.Yogi"]
+
+
+@pytest.mark.parametrize(
+    ("module", "package", "hint"),
+    [("adamlab.keras", "keras", "adamlab[keras]"), ("adamlab.gluon", "mxnet", "numpy<1.24")],
+)
+def test_adapters_say_what_to_install(module: str, package: str, hint: str) -> None:
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(ImportError, match=re.escape(hint)):
+        importlib.import_module(module)

@@ -9,6 +9,16 @@ the square root, unlike ``keras.optimizers.Adam``'s ε-hat; decoupled weight dec
     model.compile(optimizer=adamlab.keras.Yogi(), loss="mse")
 """
 
+try:
+    import keras as _keras
+except ImportError as exc:  # say what to install, not just what is missing
+    raise ImportError(
+        f"adamlab.keras needs Keras 3 and a backend ({exc}): pip install 'adamlab[keras]' and one of "
+        "tensorflow, jax or torch"
+    ) from exc
+if int(_keras.__version__.split(".")[0]) < 3:
+    raise ImportError(f"adamlab.keras needs Keras 3, found keras {_keras.__version__} (Keras 2 is not supported)")
+
 from adamlab.keras.optimizers import Adam, Yogi
 
 __all__ = ["Adam", "Yogi"]
