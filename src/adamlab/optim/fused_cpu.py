@@ -183,7 +183,7 @@ def is_available() -> bool:
     return True
 
 
-def fused_cpu_update(
+def _fused_cpu_update(
     rule: str,
     params: list[Tensor],
     grads: list[Tensor],
@@ -271,6 +271,10 @@ def fused_cpu_update(
                 tables[:5] = [[x if x is None else torch.view_as_real(x) for x in t] for t in tables[:5]]
             _call(lib, *tables, p_dtype, s_dtype, yogi, hyper)
 
+
+# Under torch.compile the step runs eagerly: dynamo cannot trace into the ctypes call, and
+# tracing up to it would guard on every Python scalar (one recompile per new lr value).
+fused_cpu_update = torch.compiler.disable(_fused_cpu_update)
 
 _PLAIN_TYPES = {Tensor, torch.nn.Parameter}
 
