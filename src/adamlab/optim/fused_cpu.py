@@ -26,7 +26,6 @@ torch's fused Adam does.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import os
 import platform
@@ -138,6 +137,8 @@ def load() -> ctypes.CDLL:
 
 
 def _build_locked(compiler: str, path: Path) -> None:
+    import fcntl  # POSIX only; imported here so that importing this module works everywhere
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build per machine, however many processes start
