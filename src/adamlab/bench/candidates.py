@@ -97,8 +97,12 @@ def select(patterns: tuple[str, ...] | None) -> list[Candidate]:
 def torch_default(device: str) -> str:
     """The implementation ``torch.optim.Adam()`` picks for float32 tensors on ``device``."""
     import torch
-    from torch.optim.optimizer import _default_to_fused_or_foreach
 
-    p = torch.zeros(1, device=device)
-    _, foreach = _default_to_fused_or_foreach([p], differentiable=False, use_fused=False)
+    try:  # a private helper of torch.optim: the one place torch makes this choice
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        p = torch.zeros(1, device=device)
+        _, foreach = _default_to_fused_or_foreach([p], differentiable=False, use_fused=False)
+    except (ImportError, TypeError):
+        return "unknown (torch.optim.optimizer._default_to_fused_or_foreach changed)"
     return "torch.optim.Adam foreach=True" if foreach else "torch.optim.Adam foreach=False"
