@@ -104,16 +104,9 @@ def compiled(fn, backend) -> Any:
     return out
 
 
-FUSED_CPU_RECOMPILES = pytest.mark.xfail(
-    strict=True,
-    reason="dynamo traces into fused_cpu_update up to the ctypes call and guards on float(lr): "
-    "one recompile per new lr value (fix: torch.compiler.disable on fused_cpu_update; patch in the report)",
-)
 
 
-@pytest.mark.parametrize(
-    "impl", [pytest.param(i, marks=FUSED_CPU_RECOMPILES) if i == "fused_cpu" else i for i in IMPLS]
-)
+@pytest.mark.parametrize("impl", list(IMPLS))
 def test_compiled_step_matches_eager_and_lr_changes_do_not_recompile(impl: str) -> None:
     """Every implementation under ``torch.compile(opt.step)`` (aot_eager backend), lr a tensor
     that a schedule changes every step."""

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init-batches": ("adamlab.lab.init_batches:command", "Yogi's larger initial batch."),
     "compare": ("adamlab.lab.compare:command", "The chapter-11 optimizers on the airfoil data."),
     "report": ("adamlab.lab.report:command", "Every experiment on one self-contained HTML page."),
+    "bench": ("adamlab.bench.cli:command", "Time optimizer.step() against torch's Adam and other Yogis."),
 }
 DEFAULT_OUT = "adamlab-results"
 EXIT_BAD_INPUT = 2

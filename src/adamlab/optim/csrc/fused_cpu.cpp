@@ -133,7 +133,8 @@ void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restri
   const M step_size = (M)k.step_size, bc2_sqrt = (M)k.bc2_sqrt, eps = (M)h.eps;
   for (int64_t i = begin; i < end; ++i) {
     M theta = load<P, M>(param, i) * decay;
-    M g = load<P, M>(grad, i) * grad_mul + l2 * theta;
+    M g = load<P, M>(grad, i) * grad_mul;
+    if (l2 != (M)0) g += l2 * theta;  // as the reference: no term at all when λ = 0 (0·NaN is NaN)
     M v = load<S, M>(exp_avg, i);
     v = v + w1 * (g - v);  // v ← β1 v + (1-β1) g, written as torch's lerp
     M s = load<S, M>(exp_avg_sq, i);
