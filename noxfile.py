@@ -41,7 +41,7 @@ def keras(session: nox.Session) -> None:
     """adamlab.keras on the TensorFlow, JAX and torch backends; the chapter in TensorFlow."""
     session.install(*KERAS_STACK, *TEST_TOOLS)
     session.install(os.environ.get("ADAMLAB_TORCH", "torch==2.13.0"))  # Keras's torch backend only
-    session.install("-e", ".")
+    session.install("-e", ".[keras]")
     session.run(
         "python",
         "-m",
@@ -61,7 +61,7 @@ def keras(session: nox.Session) -> None:
 def mxnet(session: nox.Session) -> None:
     """adamlab.gluon in MXNet 1.9.1 (legacy support); the chapter in MXNet."""
     session.install(*MXNET_STACK, *TEST_TOOLS)
-    session.install("-e", ".")
+    session.install("-e", ".[mxnet]")
     session.run("python", "-c", "import numpy, mxnet; print('mxnet', mxnet.__version__, 'numpy', numpy.__version__)")
     session.run(
         "python",

@@ -119,6 +119,13 @@ def training_options(command: Any) -> Any:
 
 def _chapter_options(command: Any) -> Any:
     command = click.option(
+        "--framework",
+        type=click.Choice(["torch", "tensorflow", "mxnet"]),
+        default="torch",
+        show_default=True,
+        help="Run the chapter with this framework's tensors and built-in Adam (tensorflow/mxnet need their extras).",
+    )(command)
+    command = click.option(
         "--optimizer",
         "optimizers",
         multiple=True,
@@ -128,12 +135,13 @@ def _chapter_options(command: Any) -> Any:
 
 
 def run_chapter(*, as_json: bool, quiet: bool, **options: Any) -> None:
-    """Run :func:`adamlab.lab.chapter.chapter` and report it as the options ask."""
-    from adamlab.lab.chapter import chapter
+    """Run the chapter (:func:`adamlab.lab.frameworks.run_chapter`) and report it as the options ask."""
+    from adamlab.lab.frameworks import run_chapter as chapter_in
 
+    framework = options.pop("framework", "torch")
     show_progress = sys.stdout.isatty() and not (quiet or as_json)
     with _progress(show_progress) as on_start:
-        result = chapter(on_start=on_start, **options)
+        result = chapter_in(framework, on_start=on_start, **options)
     if as_json:
         click.echo(result.to_json())
     elif not quiet:
