@@ -175,3 +175,21 @@ def test_closure_is_evaluated_with_grad_enabled(opt_cls) -> None:
     loss = opt.step(closure)
     assert loss.item() == pytest.approx(5.0)
     assert opt.state[p]["step"].item() == 1
+
+
+@pytest.mark.parametrize("impl_name", IMPLS)
+def test_load_state_dict_does_not_alias_the_callers_tensors(opt_cls, impl_name: str) -> None:
+    impl = require(impl_name)
+    p = torch.ones(3, requires_grad=True)
+    opt = opt_cls([p], lr=0.1, **impl.kwargs)
+    p.grad = torch.ones(3)
+    opt.step()
+    saved = opt.state_dict()  # in memory: references to live tensors, as torch returns them
+    snapshot = {k: v.clone() for k, v in saved["state"][0].items()}
+    q = torch.ones(3, requires_grad=True)
+    other = opt_cls([q], lr=0.1, **impl.kwargs)
+    other.load_state_dict(saved)
+    q.grad = torch.full((3,), 2.0)
+    other.step()
+    for k, v in snapshot.items():
+        assert torch.equal(opt.state[p][k], v), f"loading then stepping wrote into the source's {k!r}"

@@ -248,7 +248,9 @@ class _AdamFamily(Optimizer):
 
         Wrong group or parameter counts, a parameter's state with missing keys, or a state
         tensor whose shape differs from its parameter's raise ``ValueError`` naming the
-        parameter, before anything is changed: nothing is half-loaded.
+        parameter, before anything is changed: nothing is half-loaded. Unlike
+        ``torch.optim.Optimizer``, the loaded state never aliases the tensors of the
+        ``state_dict`` passed in (stepping does not write into the caller's dict).
         """
         _check_state_dict(self, state_dict)
         ours = [{k: group[k] for k in _RUN_KEYS} for group in self.param_groups]
@@ -266,6 +268,11 @@ class _AdamFamily(Optimizer):
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                         if k in saved:
                             state[k] = saved[k].to(device=p.device, dtype=group["state_dtype"])
+                for k, value in state.items():
+                    # torch's .to() returns the caller's own tensor when nothing changes: stepping
+                    # would then write into the state_dict the caller passed in. Own our state.
+                    if value is saved.get(k):
+                        state[k] = value.clone()
 
 
 def _nonfinite(grads: list[Tensor]) -> Tensor:
