@@ -8,6 +8,7 @@ that is not built here) is listed anyway and skipped with the reason.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,10 +83,17 @@ def case_id(flags: dict[str, Any]) -> str:
     return "-".join(f"{k}={v}" for k, v in flags.items()) or "defaults"
 
 
+# In CI (CI=true) a CPU implementation that cannot run is a failure, not a skip: the CI
+# machine has a C++ compiler, so a fused_cpu that does not build there is a bug.
+STRICT_IN_CI = {"fused_cpu"}
+
+
 def require(impl_name: str) -> Impl:
     impl = IMPLEMENTATIONS[impl_name]
     reason = impl.unavailable()
     if reason:
+        if os.environ.get("CI") and impl_name in STRICT_IN_CI:
+            pytest.fail(f"CI: {reason}")
         pytest.skip(reason)
     return impl
 

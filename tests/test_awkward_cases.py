@@ -111,8 +111,6 @@ def test_non_contiguous_param(opt_cls, impl_name: str) -> None:
 def test_complex_params_match_torch(impl_name: str) -> None:
     """Complex parameters work as in torch: real and imaginary parts are independent."""
     impl = require(impl_name)
-    if impl.kwargs.get("fused"):
-        pytest.skip("fused kernels take real dtypes only")
     torch.manual_seed(0)
     z = torch.randn(5, dtype=torch.complex64, requires_grad=True)
     w = z.detach().clone().requires_grad_()
@@ -193,3 +191,31 @@ def test_load_state_dict_does_not_alias_the_callers_tensors(opt_cls, impl_name: 
     other.step()
     for k, v in snapshot.items():
         assert torch.equal(opt.state[p][k], v), f"loading then stepping wrote into the source's {k!r}"
+
+
+def test_gradscaler_with_a_group_that_opts_out_of_fused(opt_cls) -> None:
+    """GradScaler hands grad_scale/found_inf to a fused optimizer; a group with fused=False
+    unscales into new tensors instead (p.grad untouched) and matches an unscaled run."""
+    require("fused_cpu")
+    a, b = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    ref_a, ref_b = torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = opt_cls([{"params": [a]}, {"params": [b], "fused": False}], lr=0.1, fused=True)
+    ref = opt_cls([ref_a, ref_b], lr=0.1, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # the scaler creates its scale lazily, at the first scale()
+    for k in range(3):
+        for p, q in ((a, ref_a), (b, ref_b)):
+            g = torch.full_like(p, 0.5 * (k + 1))
+            p.grad, q.grad = g * scaler.get_scale(), g
+        scaled_grad = b.grad.clone()
+        scaler.step(opt)
+        scaler.update()
+        ref.step()
+        assert torch.equal(b.grad, scaled_grad)
+    torch.testing.assert_close(a, ref_a)
+    torch.testing.assert_close(b, ref_b)
+    b.grad = torch.full_like(b, float("inf"))
+    a.grad = torch.ones_like(a)
+    before = (a.detach().clone(), b.detach().clone())
+    scaler.step(opt)  # inf found: the whole step is skipped, both groups
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])

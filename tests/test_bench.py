@@ -28,7 +28,10 @@ def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
     skipped = {s["candidate"] for s in doc["skipped"]}
     assert candidates.BASELINE in ran  # always, for the ratios
     assert {"torch.optim.Adam foreach=True", "adamlab.Adam foreach=True", "adamlab.Yogi foreach=True"} <= ran
-    assert "adamlab.Yogi fused=True" in ran | skipped
+    from adamlab.optim import fused_cpu
+
+    # the fused row runs wherever the kernel builds; skipped (with its reason) only where it cannot
+    assert "adamlab.Yogi fused=True" in (ran if fused_cpu.is_available() else skipped)
     for s in doc["sets"]:
         for row in s["rows"]:
             assert row["ms"] > 0 and len(row["samples_ms"]) == 3

@@ -60,6 +60,8 @@ def test_bad_param_group_values_are_caught_too(cls) -> None:
     with pytest.raises(ValueError, match="Invalid learning rate: -1"):
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": -1})
     assert len(opt.param_groups) == 1  # nothing half-added
+    with pytest.raises(ValueError, match="Invalid state_dtype: 'float32'"):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "state_dtype": "float32"})
 
 
 def test_fused_where_no_kernel_exists_fails_at_first_step_with_a_clear_error() -> None:

@@ -89,6 +89,12 @@ def validate_hyperparameters(
         raise ValueError(f"Invalid bias_correction: {bias_correction!r} (expected True, False or 'recursive')")
 
 
+def validate_state_dtype(state_dtype: Any) -> None:
+    """None (the parameter's dtype) or a floating dtype (duck-typed: torch.dtype.is_floating_point)."""
+    if state_dtype is not None and getattr(state_dtype, "is_floating_point", None) is not True:
+        raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
+
+
 def check_known_keys(where: str, given: Mapping[str, Any], known: set[str]) -> None:
     """Unknown keywords raise ``TypeError`` naming them, like a Python call would."""
     unknown = sorted(set(given) - known)

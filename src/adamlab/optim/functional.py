@@ -57,13 +57,35 @@ def adam_family_update(
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
     if params and hasattr(params[0], "_local_tensor"):
-        # DTensor parameters (FSDP2, tensor parallel): the update is elementwise, so every
-        # implementation updates each rank's local shards in place. No DTensor dispatch per
-        # op -- torch 2.11 has no sharding strategy for _foreach_sign_ (Yogi's foreach path).
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
-            [t.to_local() if hasattr(t, "_local_tensor") else t for t in ts]
-            for ts in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     get_implementation(implementation)(
         rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **hyper
+    )
+
+
+def local_shards(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs) -> tuple[list[Tensor], ...]:
+    """DTensors (FSDP2, tensor parallel) -> the local shards every implementation updates in place.
+
+    The update is elementwise, so each rank updating its own shard is the whole update, and
+    no op is dispatched through DTensor (torch 2.11 has no sharding strategy for
+    ``_foreach_sign_``, which Yogi's foreach path uses). A gradient or state tensor whose
+    placement differs from its parameter's is redistributed to the parameter's first.
+    """
+    from torch.distributed.tensor import DTensor
+
+    def local(t: Tensor, like: Tensor) -> Tensor:
+        if not isinstance(t, DTensor):
+            return t
+        if isinstance(like, DTensor) and t.placements != like.placements:
+            t = t.redistribute(like.device_mesh, like.placements)
+        return t.to_local()
+
+    return (
+        [local(p, p) for p in params],
+        [local(g, p) for g, p in zip(grads, params)],
+        [local(v, p) for v, p in zip(exp_avgs, params)],
+        [local(s, p) for s, p in zip(exp_avg_sqs, params)],
+        [local(m, p) for m, p in zip(max_exp_avg_sqs, params)],
     )

@@ -7,6 +7,7 @@ float64 oracle :mod:`adamlab.reference`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -15,7 +16,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from adamlab.optim.functional import IMPLEMENTATIONS, adam_family_update
-from adamlab.validation import validate_betas, validate_hyperparameters
+from adamlab.validation import check_known_keys, validate_betas, validate_hyperparameters, validate_state_dtype
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
@@ -48,8 +49,7 @@ class _AdamFamily(Optimizer):
         state_dtype: torch.dtype | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
-        if state_dtype is not None and (not isinstance(state_dtype, torch.dtype) or not state_dtype.is_floating_point):
-            raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
+        validate_state_dtype(state_dtype)
         if initial_accumulator_value is None:
             initial_accumulator_value = self._default_initial_accumulator_value
         validate_hyperparameters(
@@ -93,6 +93,12 @@ class _AdamFamily(Optimizer):
             # of unscaling p.grad itself and syncing on found_inf; fused kernels use them.
             self._step_supports_amp_scaling = True
 
+    @classmethod
+    def _check_options(cls, options: dict[str, Any]) -> None:
+        """Unknown keywords raise TypeError naming this class (not the private base)."""
+        signature = inspect.signature(_AdamFamily.__init__).parameters.values()
+        check_known_keys(f"{cls.__name__}()", options, {p.name for p in signature if p.kind is p.KEYWORD_ONLY})
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
@@ -124,6 +130,7 @@ class _AdamFamily(Optimizer):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         keys = ("lr", "betas", "eps", "weight_decay", "initial_accumulator_value", "bias_correction")
         validate_hyperparameters(**{k: param_group[k] for k in keys if k in param_group})
+        validate_state_dtype(param_group.get("state_dtype"))
         if "betas" in param_group:
             param_group["betas"] = validate_betas(param_group["betas"])
         super().add_param_group(param_group)
@@ -206,6 +213,11 @@ class _AdamFamily(Optimizer):
             if group["skip_nonfinite"]:
                 own = _nonfinite(tensors[1])
                 found_inf = own if found_inf is None else torch.maximum(found_inf, own.to(found_inf.device))
+            if grad_scale is not None and not implementation.startswith("fused"):
+                # a group that opted out of fused=True under GradScaler: unscale into new
+                # tensors (p.grad stays as the caller left it); found_inf decides below
+                tensors = (tensors[0], torch._foreach_div(tensors[1], grad_scale), *tensors[2:])
+                grad_scale = None
             if found_inf is not None and not implementation.startswith("fused"):
                 # Unfused paths cannot mask the update on the device: decide on the host
                 # (one sync; free on CPU). Fused kernels skip without synchronizing.
@@ -373,6 +385,7 @@ class Adam(_AdamFamily):
         amsgrad: bool = False,
         **kwargs: Any,
     ) -> None:
+        self._check_options(kwargs)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
 
 
@@ -405,4 +418,5 @@ class Yogi(_AdamFamily):
         amsgrad: bool = False,
         **kwargs: Any,
     ) -> None:
+        self._check_options(kwargs)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
