@@ -109,6 +109,10 @@ def test_cli_json_and_files(tmp_path) -> None:
     [
         (["--steps", "0"], "--steps"),
         (["--C", "1.5"], "--C"),
+        (["--C", "inf", "--steps", "100"], "--C"),
+        (["--C", "nan", "--steps", "100"], "--C"),
+        (["--C", "1e7", "--steps", "100"], "--C"),
+        (["--steps", "100000000000"], "--steps"),
         (["--seeds", "0"], "--seeds"),
     ],
 )
@@ -118,6 +122,24 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, args, message) 
     assert res.exit_code == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_cli_help_states_the_caps() -> None:
+    res = CliRunner().invoke(ce.command, ["--help"])
+    assert res.exit_code == 0 and "10^8" in res.output and "10^6]" in res.output
+
+
+def test_cli_a_figure_that_fails_to_render_writes_nothing(tmp_path, monkeypatch) -> None:
+    from adamlab.lab import plots
+
+    def broken(fig, fmt="png"):
+        raise RuntimeError("cannot draw")
+
+    monkeypatch.setattr(plots, "figure_bytes", broken)
+    out = tmp_path / "o"
+    res = CliRunner().invoke(ce.command, ["--problem", "theorem1", "--steps", "100", "--out", str(out)])
+    assert isinstance(res.exception, RuntimeError)  # a bug, so a traceback; but no file
+    assert not (out / "counterexample.json").exists() and not (out / "counterexample.png").exists()
 
 
 def test_cli_unwritable_out(tmp_path) -> None:

@@ -52,6 +52,9 @@ def test_widest_block() -> None:
         (["--lr-min", "0"], "--lr-min"),
         (["--points", "0"], "--points"),
         (["--batch-sizes", "a,b"], "--batch-sizes"),
+        (["--batch-sizes", ","], "--batch-sizes"),
+        (["--batch-sizes", ""], "--batch-sizes"),
+        (["--batch-sizes", "50,,250"], "--batch-sizes"),
         (["--jobs", "0"], "--jobs"),
     ],
 )

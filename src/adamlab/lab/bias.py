@@ -34,9 +34,8 @@ from adamlab.lab.exercises.common import (
     check_output_dir,
     figure,
     input_errors,
-    save_figure,
     versions,
-    write_json,
+    write_results,
 )
 from adamlab.lab.exercises.family import MSE_OVER_HALF_MSE
 
@@ -210,8 +209,7 @@ def command(
         with Progress("bias", len(VARIANTS), enabled=not (quiet or as_json)) as bar:
             result = bias(lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, data=lab_data, progress=bar)
     doc = result.to_dict()
-    write_json(out_dir / "bias.json", doc)
-    fig_path = save_figure(result.plot(), out_dir / f"bias.{fmt}")
+    _, fig_path = write_results(out_dir, "bias", doc, result.plot(), fmt)
     if as_json:
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
     elif not quiet:

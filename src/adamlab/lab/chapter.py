@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
-from adamlab.lab.results import RESULTS_SCHEMA, check_output_dir, versions, write_json
+from adamlab.lab.results import RESULTS_SCHEMA, atomic_write, check_output_dir, versions, write_json
 
 CHAPTER_RUNS: tuple[tuple[str, str], ...] = (
     ("scratch", "adam"),
@@ -188,9 +188,10 @@ def chapter(
 
 def write_outputs(result: ChapterResult, out: Path, plot_format: str = "png") -> None:
     """``results.json`` and the figure, each written atomically."""
-    from adamlab.lab.plots import save_figure
+    from adamlab.lab.plots import figure_bytes
 
     plot_file = out / f"{PLOT_STEM}.{plot_format}"
-    save_figure(result.plot(), plot_file, plot_format)
+    image = figure_bytes(result.plot(), plot_format)  # rendered first: a failure here writes nothing
     result.files = {"results": str(out / RESULTS_FILE), "plot": str(plot_file)}
     write_json(out / RESULTS_FILE, result.to_dict())
+    atomic_write(plot_file, image)

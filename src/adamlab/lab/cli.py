@@ -21,7 +21,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from importlib import import_module
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -72,18 +72,36 @@ class LabGroup(click.Group):
         except click.exceptions.Exit as e:
             code = e.exit_code
         except click.exceptions.Abort:
-            _fail("aborted", 130)
+            fail("aborted", 130)
         except (click.ClickException, LabInputError) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
-            _fail(message, EXIT_BAD_INPUT)
+            fail(message)
         except OSError as e:  # e.g. the disk filled up while writing results
-            _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
+            fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """The lab's one error format: ``adamlab: error: MESSAGE`` on one stderr line, then exit.
+
+    :class:`LabGroup` and :func:`adamlab.lab.exercises.common.input_errors` (for a command
+    invoked on its own, e.g. by a test's ``CliRunner``) both end here.
+    """
     click.echo(f"adamlab: error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
+
+
+def _reject_group_options(ctx: click.Context) -> None:
+    """Options of the bare ``adamlab`` (the chapter) before a command would be dropped: refuse them."""
+    given = [
+        param.opts[0]
+        for param in ctx.command.params
+        if ctx.get_parameter_source(param.name) not in (None, click.core.ParameterSource.DEFAULT)
+    ]
+    if given:
+        verb = "goes" if len(given) == 1 else "go"
+        example = f"adamlab {ctx.invoked_subcommand} {' '.join(given)}"
+        raise click.UsageError(f"{', '.join(given)} {verb} after the command: {example}")
 
 
 def standard_options(command: Any) -> Any:
@@ -181,6 +199,8 @@ def cli(ctx: click.Context, **options: Any) -> None:
     """
     if ctx.invoked_subcommand is None:
         run_chapter(**options)
+    else:
+        _reject_group_options(ctx)
 
 
 @click.command("chapter")

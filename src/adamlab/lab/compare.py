@@ -28,9 +28,8 @@ from adamlab.lab.exercises.common import (
     check_output_dir,
     figure,
     input_errors,
-    save_figure,
     versions,
-    write_json,
+    write_results,
 )
 from adamlab.lab.exercises.family import FAMILY, member
 
@@ -172,8 +171,7 @@ def command(
         with Progress("compare", len(names), enabled=not (quiet or as_json)) as bar:
             result = compare(names, epochs=epochs, batch_size=batch_size, seed=seed, data=lab_data, progress=bar)
     doc = result.to_dict()
-    write_json(out_dir / "compare.json", doc)
-    fig_path = save_figure(result.plot(), out_dir / f"compare.{fmt}")
+    _, fig_path = write_results(out_dir, "compare", doc, result.plot(), fmt)
     if as_json:
         click.echo(json.dumps(doc, indent=1))
     elif not quiet:

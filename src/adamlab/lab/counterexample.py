@@ -41,12 +41,13 @@ from adamlab.lab.exercises.common import (
     check_output_dir,
     figure,
     input_errors,
-    save_figure,
     versions,
-    write_json,
+    write_results,
 )
 
 SOURCE = "Reddi, Kale & Kumar, On the Convergence of Adam and Beyond, ICLR 2018 (Thm 1, Sec. 5, Thm 3)"
+MAX_STEPS = 10**8  # the horizon's cap: each run keeps a few float64 arrays of this length
+MAX_C = 1e6  # the cap on Theorem 1's C (beta2 = 1/(1 + C^2) is 1e-12 there)
 CURVE_POINTS = 200  # log-spaced points of each curve kept in the JSON and the figure
 
 
@@ -92,8 +93,8 @@ class Problem:
         return np.where(t % self.period == 1 % self.period, self.big, self.small).astype(np.float64)
 
     def validate(self) -> Problem:
-        if self.steps < 1:
-            raise LabInputError(f"--steps must be at least 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise LabInputError(f"--steps must lie in [1, {MAX_STEPS:.0e}], got {self.steps}")
         if self.period < 2:
             raise LabInputError(f"--period must be at least 2, got {self.period}")
         if not 0.0 <= self.probability < 1.0:
@@ -324,8 +325,8 @@ def select_problems(names: tuple[str, ...], *, steps: int | None = None, C: floa
             raise LabInputError(f"unknown problem {name!r} (expected one of {', '.join(PROBLEMS)})")
         problem = PROBLEMS[name]
         if name == "theorem1" and C is not None:
-            if not C > 2.0:
-                raise LabInputError(f"--C must exceed 2 (the optimum is -1 only then), got {C}")
+            if not 2.0 < C <= MAX_C:  # also refuses nan and inf
+                raise LabInputError(f"--C must lie in (2, {MAX_C:.0e}] (the optimum is -1 only above 2), got {C}")
             problem = theorem1(C)
         if steps is not None:
             problem = replace(problem, steps=steps)
@@ -380,8 +381,8 @@ def counterexample(
     show_default=True,
     help="Which problem(s); repeat the option for several.",
 )
-@click.option("--steps", type=int, default=None, help="Horizon T for every problem [default: 10^6].")
-@click.option("--C", "C", type=float, default=None, help="Theorem 1's large gradient C [default: 3].")
+@click.option("--steps", type=int, default=None, help="Horizon T for every problem, at most 10^8 [default: 10^6].")
+@click.option("--C", "C", type=float, default=None, help="Theorem 1's large gradient C, in (2, 10^6] [default: 3].")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds of the stochastic problem.")
 @click.option(
     "--backend",
@@ -421,8 +422,7 @@ def command(
             )
         out_dir = check_output_dir(out)
         result = counterexample(names, steps=steps, C=C, seed=seed, seeds=seeds, backend=backend)
-    json_path = write_json(out_dir / "counterexample.json", result.to_dict())
-    fig_path = save_figure(result.plot(), out_dir / f"counterexample.{fmt}")
+    json_path, fig_path = write_results(out_dir, "counterexample", result.to_dict(), result.plot(), fmt)
     if as_json:
         click.echo(json.dumps(result.summary(), indent=1))
     elif not quiet:

@@ -34,9 +34,8 @@ from adamlab.lab.exercises.common import (
     check_output_dir,
     figure,
     input_errors,
-    save_figure,
     versions,
-    write_json,
+    write_results,
 )
 from adamlab.lab.exercises.family import FAMILY
 
@@ -220,8 +219,7 @@ def command(
                 data=lab_data, progress=bar,
             )  # fmt: skip
     doc = result.to_dict()
-    write_json(out_dir / "decay.json", doc)
-    fig_path = save_figure(result.plot(), out_dir / f"decay.{fmt}")
+    _, fig_path = write_results(out_dir, "decay", doc, result.plot(), fmt)
     if as_json:
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
     elif not quiet:

@@ -35,9 +35,8 @@ from adamlab.lab.exercises.common import (
     check_output_dir,
     figure,
     input_errors,
-    save_figure,
     versions,
-    write_json,
+    write_results,
 )
 from adamlab.lab.exercises.family import MSE_OVER_HALF_MSE
 
@@ -249,8 +248,7 @@ def command(
                 k, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, data=lab_data, progress=bar
             )
     doc = result.to_dict()
-    write_json(out_dir / "init-batches.json", doc)
-    fig_path = save_figure(result.plot(), out_dir / f"init-batches.{fmt}")
+    _, fig_path = write_results(out_dir, "init-batches", doc, result.plot(), fmt)
     if as_json:
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
     elif not quiet:

@@ -36,9 +36,8 @@ from adamlab.lab.exercises.common import (
     check_output_dir,
     figure,
     input_errors,
-    save_figure,
     versions,
-    write_json,
+    write_results,
 )
 from adamlab.lab.exercises.family import member
 
@@ -311,6 +310,17 @@ def sweep(
     return SweepResult(config, runs, floor, data.describe(), jobs)
 
 
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"50,250"`` -> (50, 250); an empty list or an empty item (``","``, ``"50,,250"``) is refused."""
+    items = [item.strip() for item in text.split(",")]
+    try:
+        if not all(items):
+            raise ValueError
+        return tuple(int(item) for item in items)
+    except ValueError:
+        raise LabInputError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
+
+
 @click.command(
     "sweep",
     help=f"""Exercise 1: a learning-rate sweep ({SOURCE}).
@@ -367,10 +377,7 @@ def command(
             overrides["optimizers"] = tuple(optimizers)
             overrides["batch_optimizers"] = tuple(o for o in ("adam", "yogi") if o in optimizers) or optimizers[:1]
         if batch_sizes is not None:
-            try:
-                overrides["batch_sizes"] = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
-            except ValueError:
-                raise LabInputError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
+            overrides["batch_sizes"] = parse_batch_sizes(batch_sizes)
         config = (SweepConfig.full(**overrides) if full else SweepConfig(**overrides)).validate()
         load(config.data)
         if jobs is not None and jobs < 1:
@@ -379,8 +386,7 @@ def command(
         with Progress("sweep", len(config.tasks()), enabled=not (quiet or as_json)) as bar:
             result = sweep(config, jobs=jobs, progress=bar)
     doc = result.to_dict()
-    write_json(out_dir / "sweep.json", doc)
-    fig_path = save_figure(result.plot(), out_dir / f"sweep.{fmt}")
+    _, fig_path = write_results(out_dir, "sweep", doc, result.plot(), fmt)
     if as_json:
         click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
     elif not quiet:

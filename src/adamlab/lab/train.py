@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -86,8 +87,16 @@ class RunConfig:
             raise LabInputError(f"the data has {data.n} rows, fewer than one batch of {self.batch_size}")
 
 
-def resolve_optimizer(name: str) -> type:
-    """``"torch.optim.Adam"``, ``"adamlab.Yogi"`` or any ``"package.module.Class"`` -> the class."""
+def resolve_optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
+    """``"torch.optim.Adam"``, ``"adamlab.Yogi"`` or any ``"package.module.Class"`` -> the class.
+
+    Only :class:`torch.optim.Optimizer` subclasses are accepted by name, and the lab's own
+    factories of :mod:`adamlab.lab.exercises.family` (``"adamlab.lab.exercises.family.sgd"``,
+    what ``compare`` and ``sweep`` record); any other callable is refused, so a name on the
+    command line never runs arbitrary code. The Python API takes any factory directly.
+    """
+    from adamlab.lab.exercises.family import FAMILY
+
     target = CONCISE_OPTIMIZERS.get(name)
     if target is None:
         module, _, attr = name.rpartition(".")
@@ -97,9 +106,13 @@ def resolve_optimizer(name: str) -> type:
         found = getattr(import_module(module), attr) if module and attr else None
     except (ImportError, AttributeError, ValueError):
         found = None
-    if not callable(found):
+    if found is None:
         known = ", ".join([*SCRATCH_RULES, *CONCISE_OPTIMIZERS])
         raise LabInputError(f"unknown optimizer {name!r} (known: {known}, or any torch.optim class)")
+    is_optimizer = isinstance(found, type) and issubclass(found, torch.optim.Optimizer)
+    is_family = any(name == m.target for m in FAMILY.values())
+    if not (is_optimizer or is_family):
+        raise LabInputError(f"{name!r} is not a torch.optim.Optimizer class (e.g. torch.optim.Adam, adamlab.Yogi)")
     return found
 
 
@@ -360,6 +373,17 @@ def _data_path(data: LabData | str | Path | None) -> str | None:
     return None if data is None else str(data)
 
 
+@contextmanager
+def _cannot_run_here(name: str) -> Iterator[None]:
+    """An optimizer this trainer cannot build or step is bad input (raised before anything is written)."""
+    try:
+        yield
+    except LabInputError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise LabInputError(f"{name} cannot run here: {e}") from None
+
+
 def _burn_in(config: RunConfig, features: int, factory: Any, X: Tensor, y: Tensor) -> None:
     """One untimed step of a throwaway model, so that lazy set-up (torch.optim's first step
     imports torch._dynamo, seconds on a cold start) is not counted as training time."""
@@ -415,9 +439,11 @@ def run(
     if config.trainer == "scratch":
         model: ScratchModel | ConciseModel = ScratchModel(data.features, config.optimizer, config.lr, generator)
     else:
-        model = ConciseModel(data.features, factory or config.optimizer, config.lr, generator)
+        with _cannot_run_here(config.optimizer):  # e.g. an optimizer without an ``lr`` argument
+            model = ConciseModel(data.features, factory or config.optimizer, config.lr, generator)
     X = model.prepare(X)
-    _burn_in(config, data.features, factory, X[:bs], y[:bs])
+    with _cannot_run_here(config.optimizer):  # e.g. LBFGS, whose step() needs a closure
+        _burn_in(config, data.features, factory, X[:bs], y[:bs])
 
     batches_per_epoch = math.ceil(n / bs)
     total_steps = config.epochs * batches_per_epoch

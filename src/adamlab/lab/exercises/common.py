@@ -11,11 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import click
-
 from adamlab.lab import plots
 from adamlab.lab.data import LabInputError
-from adamlab.lab.results import check_output_dir, versions, write_json
+from adamlab.lab.results import atomic_write, check_output_dir, versions, write_json
 
 __all__ = [
     "LabInputError",
@@ -27,6 +25,7 @@ __all__ = [
     "save_figure",
     "versions",
     "write_json",
+    "write_results",
 ]
 
 
@@ -35,13 +34,16 @@ def input_errors(name: str) -> Iterator[None]:
     """``with input_errors("sweep"):`` — a bad input becomes one stderr line and exit code 2.
 
     Catches :class:`LabInputError` and the ``ValueError`` that validation raises; nothing
-    else (a bug should still show its traceback).
+    else (a bug should still show its traceback). The line is :func:`adamlab.lab.cli.fail`'s,
+    the same as :class:`~adamlab.lab.cli.LabGroup` prints, so a command says the same thing
+    whether it runs under ``adamlab`` or on its own. ``name`` is kept for the callers.
     """
+    from adamlab.lab.cli import fail
+
     try:
         yield
     except (LabInputError, ValueError) as err:
-        click.echo(f"adamlab {name}: error: {err}", err=True)
-        raise SystemExit(2) from None
+        fail(err)
 
 
 def figure(rows: int, cols: int, *, width: float = 5.0, height: float = 3.4) -> tuple[Any, Any]:
@@ -56,6 +58,14 @@ def figure(rows: int, cols: int, *, width: float = 5.0, height: float = 3.4) -> 
 def save_figure(fig: Any, path: Path) -> Path:
     """Write the figure atomically in the format its suffix names (png or svg)."""
     return plots.save_figure(fig, path, path.suffix.lstrip("."))
+
+
+def write_results(out_dir: Path, stem: str, doc: Any, fig: Any, fmt: str) -> tuple[Path, Path]:
+    """``OUT/STEM.json`` and ``OUT/STEM.FMT``. The figure is rendered to bytes first, so a
+    figure that cannot be drawn leaves no file behind; each file is written atomically."""
+    image = plots.figure_bytes(fig, fmt)
+    json_path = write_json(Path(out_dir) / f"{stem}.json", doc)
+    return json_path, atomic_write(Path(out_dir) / f"{stem}.{fmt}", image)
 
 
 def figure_data_uri(fig: Any, fmt: str = "png") -> str:
