@@ -242,6 +242,36 @@ def test_awkward_tensors_match_foreach() -> None:
     _assert_same_state(fused, foreach, opt_f, opt_e, rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_amsgrad_keeps_a_nan_in_max_exp_avg_sq_like_foreach(rule: str, dtype: torch.dtype) -> None:
+    """torch.maximum keeps a NaN from either side: one already in max_exp_avg_sq, or a NaN s."""
+    init = torch.tensor([0.5, -1.0, 2.0, 0.25, -0.75], dtype=dtype)
+    params = {impl: init.clone().requires_grad_() for impl in ("fused", "foreach", "loop")}
+    opts = {
+        impl: OPTIMIZERS[rule]([p], amsgrad=True, lr=0.1, **{impl: True} if impl != "loop" else {"foreach": False})
+        for impl, p in params.items()
+    }
+    gen = torch.Generator().manual_seed(11)
+    for k in range(4):
+        g = torch.randn(init.shape, generator=gen, dtype=dtype)
+        if k == 2:
+            g[3] = float("nan")  # a NaN s (element 3) from here on
+        for impl, p in params.items():
+            p.grad = g.clone()
+            opts[impl].step()
+            if k == 0:  # a NaN already in the running max (element 1), as after a bad step
+                opts[impl].state[p]["max_exp_avg_sq"][1] = float("nan")
+    fused = opts["fused"].state[params["fused"]]
+    assert fused["max_exp_avg_sq"][1].isnan() and fused["max_exp_avg_sq"][3].isnan()
+    assert params["fused"][1].isnan() and not params["fused"][[0, 2, 4]].isnan().any()
+    for impl in ("foreach", "loop"):
+        other = opts[impl].state[params[impl]]
+        torch.testing.assert_close(params["fused"], params[impl], equal_nan=True, msg=lambda m, i=impl: f"{i}: {m}")
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            torch.testing.assert_close(fused[key], other[key], equal_nan=True, msg=lambda m, k=key: f"{k}: {m}")
+
+
 def test_never_writes_the_gradient_and_takes_a_tensor_lr() -> None:
     p = torch.randn(100, requires_grad=True)
     p.grad = torch.randn(100)

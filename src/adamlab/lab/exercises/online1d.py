@@ -14,9 +14,10 @@ Python loop pays ~20 µs a step. Two backends run it, with one signature:
 * ``"c"``: the same arithmetic, operation for operation and in the same order as
   :func:`adamlab.reference.step`, in a 60-line C function compiled on first use with the
   system C compiler (``$CC`` or ``cc``, ``-O2 -ffp-contract=off`` so that no fused
-  multiply-add changes a rounding) and loaded with :mod:`ctypes`. The shared library is
-  cached under ``$ADAMLAB_CACHE_DIR`` (default ``~/.cache/adamlab``). No new Python
-  dependency; about 5 ms per 10^6 steps.
+  multiply-add changes a rounding) and loaded with :mod:`ctypes` by
+  :func:`adamlab._native.build_cached`. The shared library is cached under
+  ``$ADAMLAB_CACHE_DIR`` (default ``~/.cache/adamlab``). No new Python dependency; about
+  5 ms per 10^6 steps.
 * ``"reference"``: calls :func:`adamlab.reference.step` itself each step: the oracle,
   slow, and the fallback when no C compiler is available.
 
@@ -27,20 +28,14 @@ tests run both in lock step and compare every iterate bit for bit.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from adamlab import reference
+from adamlab import _native, reference
 
 BACKENDS = ("auto", "c", "reference")
 
@@ -123,45 +118,14 @@ _LIB: Any = None
 _LIB_ERROR: str | None = None
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("ADAMLAB_CACHE_DIR")  # the same folder as adamlab.optim.fused_cpu's builds
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "adamlab"
-
-
 def _build() -> Any:
     """Compile (once per source/flags/compiler, cached on disk) and load the C kernel."""
-    candidates = [c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c]
-    compiler = next((c for c in candidates if shutil.which(c)), None)
-    if compiler is None:
-        raise RuntimeError(f"no C compiler found (tried {', '.join(candidates)}; set $CC)")
-    key = hashlib.sha1("\0".join((_C_SOURCE, compiler, *_FLAGS, sys.platform)).encode()).hexdigest()[:16]
-    suffix = ".dll" if sys.platform == "win32" else ".so"
-    for directory in (_cache_dir(), Path(tempfile.gettempdir()) / "adamlab-cache"):
-        lib_path = directory / f"online1d-{key}{suffix}"
-        if not lib_path.exists():
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=directory) as tmp:
-                    src = Path(tmp) / "online1d.c"
-                    src.write_text(_C_SOURCE)
-                    out = Path(tmp) / f"online1d{suffix}"
-                    cmd = [compiler, *_FLAGS, "-o", str(out), str(src), "-lm"]
-                    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-                    if done.returncode != 0:
-                        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[:500]}")
-                    os.replace(out, lib_path)  # atomic: concurrent builders are harmless
-            except OSError:
-                continue  # unwritable cache: try the next directory
-        lib = ctypes.CDLL(str(lib_path))
-        fn = lib.adamlab_online1d
-        dbl, ptr = ctypes.c_double, ctypes.POINTER(ctypes.c_double)
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long, ptr, *([dbl] * 8), ptr]
-        fn.restype = ctypes.c_int
-        return fn
-    raise RuntimeError("no writable cache directory for the compiled kernel")
+    lib = _native.build_cached("online1d", _C_SOURCE, lang="c", flags=_FLAGS, libs=("-lm",))
+    fn = lib.adamlab_online1d
+    dbl, ptr = ctypes.c_double, ctypes.POINTER(ctypes.c_double)
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long, ptr, *([dbl] * 8), ptr]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def c_kernel() -> Any:

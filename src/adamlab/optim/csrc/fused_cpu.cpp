@@ -10,9 +10,10 @@
 // per-step scalars mirror adamlab.optim._coefficients exactly (same double-precision
 // expressions, same libm), so results match the other implementations to rounding.
 //
-// Plain C ABI, no torch headers: it compiles in about a second with the system compiler
-// and is loaded with ctypes (see adamlab/optim/fused_cpu.py). OpenMP resolves to the
-// libgomp that torch has already loaded, so it shares torch's thread pool and count.
+// Plain C ABI, no torch headers: it compiles in about 1.5 s on 2 cores (measured) with
+// the system compiler and is loaded with ctypes (see adamlab/optim/fused_cpu.py and
+// adamlab/_native.py). OpenMP resolves to the libgomp that torch has already loaded, so
+// it shares torch's thread pool and count.
 
 #include <math.h>
 #include <stdint.h>
@@ -149,10 +150,11 @@ void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restri
     M s_used = s;
     if (AMSGRAD) {  // running max of the raw s (PyTorch's form)
       M m = load<S, M>(max_exp_avg_sq, i);
-      m = m > s ? m : s;
+      // torch.maximum keeps a NaN from either side: one already in m stays (m != m), and
+      // a NaN in s fails m > s, so m takes it.
+      m = (m > s || m != m) ? m : s;
       store<S, M>(max_exp_avg_sq, i, m);
-      // torch.maximum keeps a NaN
-      s_used = (s != s) ? s : m;
+      s_used = (s != s) ? s : m;  // = m; kept explicit for a NaN s
     }
     M denom = sqrt(s_used) / bc2_sqrt + eps;  // ε after the square root
     theta = theta - step_size * (v / denom);
