@@ -10,7 +10,7 @@
 // per-step scalars mirror adamlab.optim._coefficients exactly (same double-precision
 // expressions, same libm), so results match the other implementations to rounding.
 //
-// Plain C ABI, no torch headers: it compiles in about 1.5 s on 2 cores (measured) with
+// Plain C ABI, no torch headers: it compiles in about 2.4 s on 2 cores (measured) with
 // the system compiler and is loaded with ctypes (see adamlab/optim/fused_cpu.py and
 // adamlab/_native.py). OpenMP resolves to the libgomp that torch has already loaded, so
 // it shares torch's thread pool and count.
