@@ -9,7 +9,10 @@ What the checks catch: a wrong formula or flag (parameters *and* every state ten
 compared with :func:`adamlab.reference.step` after each step, from the kernel's own state
 before it), an unwritten element (every element must move), a write out of bounds (guard
 zones around unaligned views), an update applied twice (the step count and the lock-step
-comparison over several launches), GradScaler handling, and a stale address table.
+comparison over several launches), GradScaler handling, a stale address table (new
+addresses, and a tensor shrunk or retyped at the same address), and float32 cancellation in
+the recursive bias correction (tiny gradients against s0 = 1e-6, checked to relative
+precision: the shared absolute tolerances are larger than such an s).
 """
 
 from __future__ import annotations
@@ -89,14 +92,15 @@ def _f64(t):
 class Run:
     """Parameters, gradients and state for one test, with the reference stepped alongside."""
 
-    def __init__(self, backend, rule, case, p_dtype=torch.float32, s_dtype=None, shapes=SHAPES, seed=0):
+    def __init__(self, backend, rule, case, p_dtype=torch.float32, s_dtype=None, shapes=SHAPES, seed=0, s0=None):
         self.backend, self.rule, self.case = backend, rule, case
         self.device = _device(backend)
         self.hyper = _hyper(rule, case)
         self.gen = torch.Generator().manual_seed(seed)
         s_dtype = s_dtype or p_dtype
         self.p_dtype, self.s_dtype = p_dtype, s_dtype
-        s0 = 1e-6 if rule == "yogi" else 0.0
+        if s0 is None:
+            s0 = 1e-6 if rule == "yogi" else 0.0
         self.params = [self._randn(s).to(p_dtype) for s in shapes]
         self.exp_avgs = [torch.zeros(s, dtype=s_dtype, device=self.device) for s in shapes]
         self.exp_avg_sqs = [torch.full(s, s0, dtype=s_dtype, device=self.device) for s in shapes]
@@ -140,7 +144,7 @@ class Run:
             **extra,
         )
 
-    def check(self, before, grads, tol=None):
+    def check(self, before, grads, tol=None, every_parameter_moves=True):
         """Each tensor equals one reference step from ``before``, and every element moved."""
         tol = tol or TOLERANCE[self.p_dtype]
         s_tol = TOLERANCE[self.s_dtype]
@@ -155,7 +159,8 @@ class Run:
             if self.maxes:
                 np.testing.assert_allclose(_f64(self.maxes[i]), want.s_max, **s_tol, err_msg=f"{name}: max_exp_avg_sq")
             if self.p_dtype == torch.float32:  # an element the kernel skipped would keep its old value
-                assert np.all(got != theta), f"{name}: some parameter elements were not written"
+                if every_parameter_moves:
+                    assert np.all(got != theta), f"{name}: some parameter elements were not written"
                 assert np.all(_f64(self.exp_avgs[i]) != state.v), f"{name}: some exp_avg elements were not written"
 
 
@@ -169,6 +174,32 @@ def test_matches_reference_step_by_step(backend, rule, case):
         grads = run.grads()
         run.step(grads)
         run.check(before, grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad_scale", [1e-7, 1e-6])
+@pytest.mark.parametrize("rule", ["adam", "yogi"])
+def test_recursive_tiny_gradients_against_nonzero_s0(backend, rule, grad_scale):
+    """bias_correction="recursive" from s0 = 1e-6 (Yogi's default; Adam with
+    initial_accumulator_value=1e-6) with g² far below s0. At t = 1, ρ_1 = 1: a form like
+    ŝ + ρ_t (g² - ŝ) subtracts s0 from itself in float32 and leaves ŝ_1 at 0 or far off
+    (whole float32 ulps of s0 ~ 1e-13), where the reference gives ŝ_1 = g². Adam's θ shows it
+    (ε = 1e-8 < √ŝ); Yogi's θ barely does (ε = 1e-3 dominates), so ŝ is checked directly."""
+    run = Run(backend, rule, {"bias_correction": "recursive"}, shapes=[(5, 7), (1030,)], s0=1e-6, seed=11)
+    for _ in range(3):
+        before = run.snapshot()
+        grads = run.grads(scale=grad_scale)
+        run.step(grads)
+        run.check(before, grads, every_parameter_moves=rule == "adam")  # Yogi's steps ~ 10 g: below θ's ulp
+        # ŝ ~ g² ~ 1e-14: relative precision. The atol is the reference's own rounding: in
+        # float64 ρ_1 = 1 - 9e-16 (1 - 0.999 is not 0.001), which leaves ~1e-21 of s0 in ŝ_1.
+        for i, (theta, state) in enumerate(before):
+            _, want = reference.step(run.rule, theta, _f64(grads[i]), state, **run.hyper)
+            np.testing.assert_allclose(
+                _f64(run.exp_avg_sqs[i]), want.s, rtol=1e-5, atol=1e-20, err_msg=f"tensor {i}: s"
+            )
+            v_atol = 1e-5 * grad_scale  # v̂ + w1 (g - v̂) with g, v̂ of opposite signs: float32 cancels
+            np.testing.assert_allclose(_f64(run.exp_avgs[i]), want.v, rtol=1e-5, atol=v_atol, err_msg=f"tensor {i}: v")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -278,6 +309,44 @@ def test_new_gradient_buffers_and_repeated_launches(backend):
         plan = triton_fused._plans[id(run.steps[0])]
         assert all(int(launch.counters.abs().sum()) == 0 for launch in plan.launches)
         assert all(int(s.item()) == k + 1 for s in run.steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", ["shrink", "retype"])
+def test_tensor_changed_at_the_same_address_rebuilds_the_table(backend, change):
+    """``p.data = p.data[:k]`` (or a same-size dtype view) keeps every ``data_ptr``; a table
+    keyed on addresses alone would update the old numel (writing past the new view) or read
+    with the old dtype. Gradients live in fixed buffers, so no address changes either."""
+    dtype = torch.bfloat16 if change == "retype" else torch.float32
+    run = Run(backend, "adam", {"amsgrad": True}, p_dtype=dtype, s_dtype=torch.float32, shapes=[(1500,), (7,)])
+    grad_buffers = [torch.empty_like(p) for p in run.params]
+    for buf, g in zip(grad_buffers, run.grads()):
+        buf.copy_(g)
+    before = run.snapshot()
+    run.step(grad_buffers)
+    run.check(before, grad_buffers)
+
+    k = 5 if change == "shrink" else 1500
+    lists = (run.params, grad_buffers, run.exp_avgs, run.exp_avg_sqs, run.maxes)
+    full = [lst[0] for lst in lists]
+    for lst in lists:  # what p.data = p.data[:k] does to the parameter, done to its state too
+        lst[0] = lst[0][:k]
+    if change == "retype":  # every parameter and gradient bf16 -> fp16: same bytes, same numel
+        for lst in lists[:2]:
+            lst[:] = [t.view(torch.float16) for t in lst]
+        run.p_dtype = torch.float16
+        for p in run.params:
+            p.copy_(torch.randn(p.shape, generator=run.gen))
+    assert all(lst[0].data_ptr() == buf.data_ptr() for lst, buf in zip(lists, full))
+    tails = [buf[k:].clone() for buf in full]
+    grads = run.grads()
+    grad_buffers[0].copy_(grads[0])
+    grad_buffers[1].copy_(grads[1])
+    before = run.snapshot()
+    run.step(grad_buffers)
+    run.check(before, grad_buffers, tol=TOLERANCE[run.p_dtype] if change == "retype" else None)
+    for name, buf, tail in zip(("p", "g", "v", "s", "max"), full, tails):
+        assert torch.equal(buf[k:], tail), f"the kernel wrote past the shrunk view ({name})"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

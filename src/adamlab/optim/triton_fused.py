@@ -7,9 +7,11 @@ only on first use, so adamlab imports and runs everything else without it.
 
 Host work per step is kept small. The first step of a parameter set builds a device-side
 table of addresses, sizes and chunk offsets (a *plan*); later steps only read the
-``data_ptr`` of every tensor and compare the list with the plan's (a new gradient buffer,
-``p.data = ...`` or a loaded state_dict changes it, and then the plan is rebuilt). A plan
-lives as long as the first parameter's ``step`` tensor.
+``data_ptr`` of every tensor and the ``numel`` and ``dtype`` of every parameter, and compare
+them with the plan's (a new gradient buffer, ``p.data = ...`` or a loaded state_dict changes
+them, and then the plan is rebuilt and the tensors validated again). Sizes count as well as
+addresses: ``p.data = p.data[:k]`` keeps the address, and a stale size would write past the
+view. A plan lives as long as the first parameter's ``step`` tensor.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
@@ -97,7 +99,7 @@ class _Launch:
 
 @dataclass
 class _Plan:
-    signature: list[int]
+    signature: list[Any]
     block: int
     launches: list[_Launch]
 
@@ -131,7 +133,7 @@ def _upload(table: Tensor, device: torch.device) -> Tensor:
     return table.pin_memory().to(device, non_blocking=True)
 
 
-def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
+def _build_plan(lists: tuple[list[Tensor], ...], signature: list[Any]) -> _Plan:
     """Validate the tensors and build the device tables, one launch per (device, dtypes)."""
     params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
     groups: dict[tuple, list[int]] = {}
@@ -184,10 +186,18 @@ def _build_plan(lists: tuple[list[Tensor], ...], signature: list[int]) -> _Plan:
     return _Plan(signature, BLOCK, launches)
 
 
+_dtype = Tensor.dtype.__get__
+
+
 def _plan_for(lists: tuple[list[Tensor], ...], amsgrad: bool) -> _Plan:
-    data_ptr = Tensor.data_ptr
     checked = lists if amsgrad else lists[:4] + lists[5:]  # without amsgrad, lists[4] is lists[3]
-    signature = [a for lst in checked for a in map(data_ptr, lst)]  # the only O(n) host work per step
+    # The only O(n) host work per step: what the tables encode. Every address, and the size
+    # (numel: the chunk count and the mask) and dtype (the launch) of every parameter; the
+    # gradient and state are checked against their parameter whenever the plan is built.
+    params = lists[0]
+    signature: list[Any] = [a for lst in checked for a in map(Tensor.data_ptr, lst)]
+    signature += map(Tensor.numel, params)
+    signature += map(_dtype, params)
     key = id(lists[5][0])
     plan = _plans.get(key)
     if plan is None or plan.signature != signature or plan.block != BLOCK:

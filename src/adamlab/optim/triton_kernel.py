@@ -72,7 +72,7 @@ def update(
     w2,
     one_minus_beta2,
     c2_prev,
-    beta2_prev,
+    keep2,
     step_size,
     bc2_sqrt,
     eps,
@@ -97,11 +97,16 @@ def update(
     v = v + w1 * (g - v)
     g2 = g * g
     # ---- the second moment: the one place where Adam and Yogi differ -------------------
+    # Recursive forms are weighted sums, never ŝ + ρ_t (… - ŝ): at t = 1 (ρ_1 = 1) that
+    # subtracts s0 from itself and rounds ŝ_1 to 0 in float32 when g² << s0.
     if RULE == 0:  # Adam
-        s = s + w2 * (g2 - s)  # s ← β2 s + (1-β2) g²  (recursive: ŝ + ρ_t (g² - ŝ))
+        if RECURSIVE:  # ŝ ← (1 - ρ_t) ŝ + ρ_t g²
+            s = (1.0 - w2) * s + w2 * g2
+        else:  # s ← β2 s + (1-β2) g²
+            s = s + w2 * (g2 - s)
     else:  # Yogi
-        if RECURSIVE:  # ŝ ← ŝ + ρ_t (sgn(g² - c_{t-1} ŝ) g² - β2^{t-1} ŝ)
-            s = s + w2 * (sign(g2 - c2_prev * s) * g2 - beta2_prev * s)
+        if RECURSIVE:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
+            s = keep2 * s + w2 * (sign(g2 - c2_prev * s) * g2)
         else:  # s ← s - (1-β2) sgn(s - g²) g²
             s = s - one_minus_beta2 * sign(s - g2) * g2
     # -------------------------------------------------------------------------------------
@@ -201,18 +206,21 @@ def adam_family_kernel(
         step_size = lr
         bc2_sqrt = 1.0
         c2_prev = 0.0
-        beta2_prev = 1.0
+        keep2 = 0.0
         if BIAS_CORRECTION == 1:
             step_size = lr / complement_pow(one_minus_beta1, n)
             bc2_sqrt = tl.sqrt(complement_pow(one_minus_beta2, n))
         if BIAS_CORRECTION == 2:
-            w1 = one_minus_beta1 / complement_pow(one_minus_beta1, n)
-            w2 = one_minus_beta2 / complement_pow(one_minus_beta2, n)
+            # c_t = 1-β2^t from complements (no cancellation). At t = 1, ρ_1 = (1-β2)/c_1 = 1 and
+            # c_0/c_1 = 0 are exact, so ŝ_1 = g² whatever s0 is (v̂_1 = g likewise).
+            c2 = complement_pow(one_minus_beta2, n)
             c2_prev = complement_pow(one_minus_beta2, n - 1)
-            beta2_prev = 1.0 - c2_prev
+            w1 = one_minus_beta1 / complement_pow(one_minus_beta1, n)
+            w2 = one_minus_beta2 / c2  # ρ_t
+            keep2 = c2_prev / c2  # c_{t-1}/c_t
 
         p, v, s, s_max = update(
-            p, g, v, s, s_max, inv_scale, lr, weight_decay, w1, w2, one_minus_beta2, c2_prev, beta2_prev,
+            p, g, v, s, s_max, inv_scale, lr, weight_decay, w1, w2, one_minus_beta2, c2_prev, keep2,
             step_size, bc2_sqrt, eps, RULE, BIAS_CORRECTION == 2, AMSGRAD, MAXIMIZE, DECOUPLED,
             HAS_WEIGHT_DECAY, HAS_GRAD_SCALE,
         )  # fmt: skip
