@@ -81,3 +81,22 @@ def test_a_command_on_its_own_says_the_same_line(tmp_path):
     assert_refused(alone, out, "--batch-sizes")
     assert_refused(grouped, out, "--batch-sizes")
     assert alone.stderr == grouped.stderr
+
+
+def test_run_records_share_one_torch_free_base():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from adamlab.lab.frameworks.protocol import FrameworkRun\n"
+        "from adamlab.lab.runs import CurveRun\n"
+        "assert issubclass(FrameworkRun, CurveRun)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    from adamlab.lab.runs import CurveRun
+    from adamlab.lab.train import RunResult
+
+    assert issubclass(RunResult, CurveRun)

@@ -32,6 +32,7 @@ from adamlab.lab.data import LabData, least_squares_floor, load
 from adamlab.lab.exercises.common import (
     Progress,
     check_output_dir,
+    experiment_record,
     figure,
     input_errors,
     versions,
@@ -139,20 +140,11 @@ class BiasResult:
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "experiment": "bias",
-            "source": SOURCE,
-            "config": self.config,
-            "seed": self.config["seed"],
-            "floor": self.floor,
-            "data": self.data,
-            "versions": self.versions,
-            "table": self.rows(),
-            "runs": [
-                run.to_dict() | {"variant": _label(mode), "moments": tr}
-                for mode, run, tr in zip(VARIANTS, self.runs, self.traces)
-            ],
-        }
+        runs = [
+            run.to_dict() | {"variant": _label(mode), "moments": tr}
+            for mode, run, tr in zip(VARIANTS, self.runs, self.traces)
+        ]
+        return experiment_record("bias", SOURCE, self, runs)
 
 
 def bias(

@@ -26,6 +26,7 @@ from adamlab.lab.exercises.common import (
     LabInputError,
     Progress,
     check_output_dir,
+    experiment_record,
     figure,
     input_errors,
     versions,
@@ -88,19 +89,8 @@ class CompareResult:
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "experiment": "compare",
-            "source": SOURCE,
-            "config": self.config,
-            "seed": self.config["seed"],
-            "floor": self.floor,
-            "data": self.data,
-            "versions": self.versions,
-            "table": self.rows(),
-            "runs": [
-                run.to_dict() | {"optimizer": n, "seconds": self.seconds(run)} for n, run in zip(self.names, self.runs)
-            ],
-        }
+        runs = [run.to_dict() | {"optimizer": n, "seconds": self.seconds(run)} for n, run in zip(self.names, self.runs)]
+        return experiment_record("compare", SOURCE, self, runs)
 
 
 def compare(

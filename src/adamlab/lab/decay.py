@@ -32,6 +32,7 @@ from adamlab.lab.exercises.common import (
     LabInputError,
     Progress,
     check_output_dir,
+    experiment_record,
     figure,
     input_errors,
     versions,
@@ -126,17 +127,8 @@ class DecayResult:
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "experiment": "decay",
-            "source": SOURCE,
-            "config": self.config,
-            "seed": self.config["seed"],
-            "floor": self.floor,
-            "data": self.data,
-            "versions": self.versions,
-            "table": self.rows(),
-            "runs": [run.to_dict() | {"schedule": s} for s, run in zip(self.schedules, self.runs)],
-        }
+        runs = [run.to_dict() | {"schedule": s} for s, run in zip(self.schedules, self.runs)]
+        return experiment_record("decay", SOURCE, self, runs)
 
 
 def decay(

@@ -33,6 +33,7 @@ from adamlab.lab.exercises.common import (
     LabInputError,
     Progress,
     check_output_dir,
+    experiment_record,
     figure,
     input_errors,
     versions,
@@ -159,20 +160,11 @@ class InitBatchesResult:
         return fig
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "experiment": "init-batches",
-            "source": SOURCE,
-            "config": self.config,
-            "seed": self.config["seed"],
-            "floor": self.floor,
-            "data": self.data,
-            "versions": self.versions,
-            "table": self.rows(),
-            "runs": [
-                {"start": s.__dict__, "loss_per_step": c, "implementation": r.implementation}
-                for s, c, r in zip(self.starts, self.curves, self.runs)
-            ],
-        }
+        runs = [
+            {"start": s.__dict__, "loss_per_step": c, "implementation": r.implementation}
+            for s, c, r in zip(self.starts, self.curves, self.runs)
+        ]
+        return experiment_record("init-batches", SOURCE, self, runs)
 
 
 def init_batches(

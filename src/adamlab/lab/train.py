@@ -35,6 +35,7 @@ from torch import Tensor
 from adamlab.lab import checkpoint as ckpt
 from adamlab.lab.data import EXAMPLES_PER_EVAL, LabData, LabInputError
 from adamlab.lab.results import versions
+from adamlab.lab.runs import CurveRun
 
 SCRATCH_RULES = ("adam", "yogi")
 # Short names the command line accepts for the concise trainer; any "module.Class" works too.
@@ -244,7 +245,7 @@ class ConciseModel:
 
 
 @dataclass
-class RunResult:
+class RunResult(CurveRun):
     """A finished run: the curve, the timing, the final parameters and how it was made."""
 
     config: RunConfig
@@ -258,37 +259,8 @@ class RunResult:
     resumed_at_step: int | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1]
-
-    @property
-    def sec_per_epoch(self) -> float:
-        return self.train_seconds / self.config.epochs
-
-    def book_line(self) -> str:
-        return f"loss: {self.final_loss:.3f}, {self.sec_per_epoch:.3f} sec/epoch"
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "config": asdict(self.config),
-            "implementation": self.implementation,
-            "final_loss": self.final_loss,
-            "sec_per_epoch": self.sec_per_epoch,
-            "train_seconds": self.train_seconds,
-            "steps": self.steps,
-            "resumed_at_step": self.resumed_at_step,
-            "epochs": self.epochs,
-            "losses": self.losses,
-            "parameters": self.parameters,
-            "data": self.data,
-            "versions": self.versions,
-        }
+        return {**super().to_dict(), "resumed_at_step": self.resumed_at_step}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
@@ -304,17 +276,6 @@ class RunResult:
             resumed_at_step=d.get("resumed_at_step"),
             versions=d.get("versions", {}),
         )
-
-    def to_json(self) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), indent=2)
-
-    def plot(self, floor: float | None = None):
-        """A matplotlib Figure of the loss curve (shown inline in Jupyter)."""
-        from adamlab.lab.plots import plot_runs
-
-        return plot_runs([self], floor=floor)
 
 
 Progress = Callable[[int, int], None]

@@ -19,6 +19,7 @@ __all__ = [
     "LabInputError",
     "Progress",
     "check_output_dir",
+    "experiment_record",
     "figure",
     "figure_data_uri",
     "input_errors",
@@ -44,6 +45,25 @@ def input_errors(name: str) -> Iterator[None]:
         yield
     except (LabInputError, ValueError) as err:
         fail(err)
+
+
+def experiment_record(experiment: str, source: str, result: Any, runs: list[Any]) -> dict[str, Any]:
+    """The JSON record of an experiment on the airfoil data (bias, decay, compare, init-batches).
+
+    ``result`` has ``config`` (a dict with ``seed``), ``floor``, ``data``, ``versions`` and
+    ``rows()`` (the printed table); ``runs`` are the per-run records.
+    """
+    return {
+        "experiment": experiment,
+        "source": source,
+        "config": result.config,
+        "seed": result.config["seed"],
+        "floor": result.floor,
+        "data": result.data,
+        "versions": result.versions,
+        "table": result.rows(),
+        "runs": runs,
+    }
 
 
 def figure(rows: int, cols: int, *, width: float = 5.0, height: float = 3.4) -> tuple[Any, Any]:

@@ -17,16 +17,16 @@ A framework supplies a *model*: ``step(X_batch, y_batch)`` (one optimizer step),
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from adamlab.lab.data import EXAMPLES_PER_EVAL, LabData, LabInputError
 from adamlab.lab.results import versions
+from adamlab.lab.runs import CurveRun
 
 DEFAULT_EPOCHS = {"scratch": 2, "concise": 4}
 
@@ -71,7 +71,7 @@ class FrameworkConfig:
 
 
 @dataclass
-class FrameworkRun:
+class FrameworkRun(CurveRun):
     """A finished run; the same fields and methods as :class:`adamlab.lab.train.RunResult`."""
 
     config: FrameworkConfig
@@ -84,46 +84,9 @@ class FrameworkRun:
     data: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=versions)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def final_loss(self) -> float:
-        return self.losses[-1]
-
-    @property
-    def sec_per_epoch(self) -> float:
-        return self.train_seconds / self.config.epochs
-
-    def book_line(self) -> str:
-        return f"loss: {self.final_loss:.3f}, {self.sec_per_epoch:.3f} sec/epoch"
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "framework": self.config.framework,
-            "config": asdict(self.config),
-            "implementation": self.implementation,
-            "final_loss": self.final_loss,
-            "sec_per_epoch": self.sec_per_epoch,
-            "train_seconds": self.train_seconds,
-            "steps": self.steps,
-            "epochs": self.epochs,
-            "losses": self.losses,
-            "parameters": self.parameters,
-            "data": self.data,
-            "versions": self.versions,
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def plot(self, floor: float | None = None):
-        """A matplotlib Figure of the loss curve."""
-        from adamlab.lab.plots import plot_runs
-
-        return plot_runs([self], floor=floor)
+        doc = super().to_dict()
+        return {"name": doc.pop("name"), "framework": self.config.framework, **doc}
 
 
 def train(
