@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from adamlab import _native
+from adamlab.optim.functional import local_shards
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _BIAS_CORRECTION_CODES = {False: 0, True: 1, "recursive": 2}
@@ -157,8 +158,8 @@ def _fused_cpu_update(
     if not params:
         return
     lib = load()
-    if not set(map(type, params)) <= _PLAIN_TYPES:  # e.g. FSDP2's DTensor parameters
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = _local_shards(
+    if not set(map(type, params)) <= _PLAIN_TYPES:  # e.g. FSDP2's DTensor parameters, called directly
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     # On the CPU reading these scalars costs nothing (no device to synchronize with).
@@ -226,33 +227,6 @@ def _fused_cpu_update(
 fused_cpu_update = torch.compiler.disable(_fused_cpu_update)
 
 _PLAIN_TYPES = {Tensor, torch.nn.Parameter}
-
-
-def _local_shards(params, grads, exp_avgs, exp_avg_sqs, maxes) -> tuple[list[Tensor], ...]:
-    """DTensors (FSDP2, tensor parallel) -> their local shards, which the kernel updates in place.
-
-    The update is elementwise, so each rank updating its own shard is the whole update; a
-    gradient whose placement differs from its parameter's is redistributed first.
-    """
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # no torch.distributed: nothing to unwrap
-        return params, grads, exp_avgs, exp_avg_sqs, maxes
-
-    def local(t: Tensor, like: Tensor) -> Tensor:
-        if not isinstance(t, DTensor):
-            return t
-        if isinstance(like, DTensor) and t.placements != like.placements:
-            t = t.redistribute(like.device_mesh, like.placements)
-        return t.to_local()
-
-    return (
-        [local(p, p) for p in params],
-        [local(g, p) for g, p in zip(grads, params)],
-        [local(v, p) for v, p in zip(exp_avgs, params)],
-        [local(s, p) for s, p in zip(exp_avg_sqs, params)],
-        [local(m, p) for m, p in zip(maxes, params)],
-    )
 
 
 _dtype = attrgetter("dtype")
