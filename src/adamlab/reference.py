@@ -97,20 +97,21 @@ def second_moment(
 
     Recursive form (state holds ŝ), with c_t = 1 - β2^t and ρ_t = (1 - β2)/c_t:
 
-    Adam: ŝ_t = ŝ_{t-1} + ρ_t (g² - ŝ_{t-1})
+    Adam: ŝ_t = (1 - ρ_t) ŝ_{t-1} + ρ_t g²
     Yogi: ŝ_t = (c_{t-1}/c_t) ŝ_{t-1} + ρ_t sgn(g² - c_{t-1} ŝ_{t-1}) g²
 
     Both follow from c_t ŝ_t = s_t and the raw update. The Yogi sign compares g² with
-    the *raw* s_{t-1} = c_{t-1} ŝ_{t-1}, so Yogi's form cannot be a plain lerp; it is
-    written as a weighted sum, not as ŝ + ρ(…), because at t = 1 (c_0 = 0) the latter
-    subtracts s0 from itself and in low precision can round ŝ_1 to 0. Both forms equal
-    the standard debiasing exactly when s0 = 0, and both give ŝ_1 = g².
+    the *raw* s_{t-1} = c_{t-1} ŝ_{t-1}, so Yogi's form cannot be a plain lerp. Both are
+    written as weighted sums, not as ŝ + ρ(…), because at t = 1 (ρ_1 = 1) the latter
+    subtracts s0 from itself and in low precision can round ŝ_1 to 0 (and gives NaN when
+    g² overflows). Both forms equal the standard debiasing exactly when s0 = 0, and both
+    give ŝ_1 = g².
     """
     g2 = g * g
     if bias_correction == "recursive":
         rho = (1.0 - beta2) / (1.0 - beta2**t)
         if rule == "adam":
-            return s + rho * (g2 - s)
+            return (1.0 - rho) * s + rho * g2
         c_prev = 1.0 - beta2 ** (t - 1)
         return (c_prev / (1.0 - beta2**t)) * s + rho * np.sign(g2 - c_prev * s) * g2
     if rule == "adam":

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adamlab.optim.functional import local_shards
+
 # One program per BLOCK elements; 4 warps move 16 bytes per load per thread in float32.
 # Fixed on purpose: an autotuner would re-run this in-place kernel and apply the update
 # several times (see STYLE.md, lion-pytorch).
@@ -233,10 +235,9 @@ def _update(
     if not params:
         return
     module = _kernel_module(interpret)
-    if hasattr(params[0], "_local_tensor"):  # DTensor (FSDP2): update this rank's shards
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
-            [getattr(t, "_local_tensor", t) for t in lst]
-            for lst in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
+    if hasattr(params[0], "_local_tensor"):  # DTensor (FSDP2), called directly: this rank's shards
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
     plan = _plan_for(lists, amsgrad)
