@@ -13,13 +13,17 @@ needs only NumPy, so neither environment gets torch from adamlab; the ``keras`` 
 adds ``ADAMLAB_TORCH`` (default ``torch==2.13.0``, the pin ``scripts/bootstrap`` uses) for
 Keras's torch backend.
 
-Sessions use the interpreter that runs nox and the standard library's venv. Extra
-arguments go to pytest: ``nox -s keras -- -x``.
+Sessions use the interpreter that runs nox and the standard library's venv, except that
+``mxnet`` on Python 3.12 or newer runs on ``python3.11`` from PATH, and fails saying so
+when there is none (it never skips). Extra arguments go to pytest: ``nox -s keras -- -x``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 import nox
 
@@ -34,6 +38,27 @@ TEST_TOOLS = ("pytest>=8", "hypothesis>=6.100")
 # the newest release is tested here (keras 3.15.1, tensorflow-cpu 2.21.0, jax 0.10.2).
 KERAS_STACK = ("keras>=3.3", "tensorflow-cpu>=2.16", "jax[cpu]>=0.4.30")
 MXNET_STACK = ("mxnet==1.9.1", "numpy<1.24")
+
+
+def _python311_on_path() -> bool:
+    """Whether ``python3.11`` on PATH runs and is 3.11 (a pyenv shim may not run)."""
+    exe = shutil.which("python3.11")
+    if exe is None:
+        return False
+    check = "import sys; print(sys.version_info[:2] == (3, 11))"
+    try:
+        done = subprocess.run([exe, "-c", check], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() == "True"
+
+
+# numpy<1.24 has no wheels for Python 3.12+, so neither has MXNet 1.9.1 a working install
+# there. None: the interpreter that runs nox; False: no venv, the session only fails.
+if sys.version_info < (3, 12):
+    MXNET_PYTHON: str | bool | None = None
+else:
+    MXNET_PYTHON = "3.11" if _python311_on_path() else False
 
 
 @nox.session
@@ -57,9 +82,14 @@ def keras(session: nox.Session) -> None:
     )
 
 
-@nox.session
+@nox.session(python=MXNET_PYTHON)
 def mxnet(session: nox.Session) -> None:
     """adamlab.gluon in MXNet 1.9.1 (legacy support); the chapter in MXNet."""
+    if MXNET_PYTHON is False:
+        running = ".".join(map(str, sys.version_info[:2]))
+        session.error(
+            f"MXNet 1.9.1 needs Python 3.11 (numpy<1.24), nox runs on {running} and python3.11 is not on PATH"
+        )
     session.install(*MXNET_STACK, *TEST_TOOLS)
     session.install("-e", ".[mxnet]")
     session.run("python", "-c", "import numpy, mxnet; print('mxnet', mxnet.__version__, 'numpy', numpy.__version__)")

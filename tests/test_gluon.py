@@ -131,6 +131,19 @@ def test_rescale_grad_and_clip_gradient_follow_mxnet_adam(rule: str) -> None:
             np.testing.assert_allclose(weights[i].asnumpy(), thetas[i], rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_recursive_first_step_forgets_s0(rule: str) -> None:
+    """ŝ_1 = g² whatever s0 is, in float32: the recursive decays are exactly 0 at t = 1.
+    A lerp ŝ + ρ_1 (g² - ŝ) computes s0 - s0 there: g² = 1e-12 is lost next to s0 = 0.5."""
+    opt = OPTIMIZERS[rule](bias_correction="recursive", initial_accumulator_value=0.5)
+    updater, weight = mx.optimizer.get_updater(opt), nd.ones((3,))
+    g = np.array([0.0, 1e-6, 1.0], dtype="float32")
+    updater(0, nd.array(g), weight)
+    s = updater.states[0][1].asnumpy().astype(np.float64)
+    np.testing.assert_allclose(s, g.astype(np.float64) ** 2, rtol=1e-6, atol=0.0)
+    assert np.isfinite(weight.asnumpy()).all()
+
+
 def test_gradient_is_not_modified() -> None:
     weights, _opt, updater, rng = make("yogi", "float32", seed=3, wd=0.1, rescale_grad=0.5)
     g = nd.array(rng.standard_normal(SHAPES[0]))

@@ -181,6 +181,20 @@ def test_float32_each_step_matches_reference(rule: str, case: str) -> None:
             assert_state_close(slots(opt, i), want, rtol, atol * 1e-6, what)
 
 
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_recursive_first_step_forgets_s0(rule: str) -> None:
+    """ŝ_1 = g² whatever s0 is, in float32: the recursive decays are exactly 0 at t = 1.
+    A lerp ŝ + ρ_1 (g² - ŝ) computes s0 - s0 there: g² = 1e-12 is lost next to s0 = 0.5,
+    and for g = 0 a ρ_1 one ulp above 1 makes ŝ negative and θ NaN."""
+    variable = keras.Variable(np.ones(3, dtype="float32"), dtype="float32")
+    opt = OPTIMIZERS[rule](bias_correction="recursive", initial_accumulator_value=0.5)
+    g = np.array([0.0, 1e-6, 1.0], dtype="float32")
+    apply(opt, [variable], [g])
+    s = ops.convert_to_numpy(opt._velocities[0]).astype(np.float64)
+    np.testing.assert_allclose(s, g.astype(np.float64) ** 2, rtol=1e-6, atol=0.0)
+    assert np.isfinite(value(variable)).all()
+
+
 @needs_float64
 # ---- the base class's features ------------------------------------------------------------
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))

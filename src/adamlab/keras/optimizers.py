@@ -53,17 +53,24 @@ __all__ = ["Adam", "Yogi"]
 
 # ---- the math: scalars per step, then the update ----------------------------------------
 class _Scalars(NamedTuple):
-    """Per-step scalars. Each moment is updated as ``decay * old + weight * new`` rather
-    than as a lerp ``old + weight * (new - old)``: in float32 the lerp cancels when the
-    weight is near 1 (β1 = 0, or the first recursive steps) and can even make s negative."""
+    """Per-step scalars, the same for Adam and Yogi, named as in ``adamlab.optim._coefficients``.
 
-    d1: Any  # decay of v: β1, or β1 c1_{t-1}/c1_t for "recursive" (c_t = 1 - β^t)
-    w1: Any  # weight of g: 1-β1, or (1-β1)/c1_t for "recursive"
-    d2: Any  # decay of s (Adam: β2; recursive Adam: β2 c2_{t-1}/c2_t; recursive Yogi: c2_{t-1}/c2_t)
-    w2: Any  # weight of g²: 1-β2, or ρ_t = (1-β2)/c2_t for "recursive"
+    With c_t = 1 - β^t: the recursive form keeps v̂ = v/c1_t and ŝ = s/c2_t in the slots;
+    otherwise the slots hold the raw v and s, which is the same algebra with every c set
+    to 1 (keep = c_prev = 1, w = 1 - β). Each moment is updated as ``decay * old + weight
+    * new`` rather than as a lerp ``old + weight * (new - old)``: in float32 the lerp
+    cancels when the weight is near 1 (β1 = 0, or the first recursive steps) and can even
+    make s negative. The recursive decays are exactly 0 at t = 1 (c_0 = 0), so the first
+    step forgets v0 and s0 exactly: v̂_1 = g and ŝ_1 = ρ_1 g² (= g² to rounding).
+    """
+
+    w1: Any  # weight of g in v: 1-β1, or (1-β1)/c1_t for "recursive"
+    w2: Any  # weight of g² in s: 1-β2, or ρ_t = (1-β2)/c2_t for "recursive"
     step_size: Any  # η/c1_t with bias correction, else η
-    bc2_sqrt: Any = None  # √c2_t with bias correction, else None (no division)
-    c2_prev: Any = None  # c2_{t-1}: recursive Yogi's sign compares g² with the raw s
+    bc2_sqrt: Any  # √c2_t with bias correction, else None (no division)
+    keep1: Any  # c1_{t-1}/c1_t for "recursive", else 1: v's decay is β1·keep1
+    keep2: Any  # c2_{t-1}/c2_t for "recursive", else 1
+    c2_prev: Any  # c2_{t-1} for "recursive", else 1: raw s = c2_{t-1} ŝ
 
 
 def _one_minus_pow(beta: float, t: Any) -> Any:
@@ -78,34 +85,30 @@ def _one_minus_pow(beta: float, t: Any) -> Any:
     return -ops.expm1(t * math.log(beta))
 
 
-def step_scalars(t: Any, lr: Any, beta1: float, beta2: float, rule: str, bias_correction: Any) -> _Scalars:
+def step_scalars(t: Any, lr: Any, beta1: float, beta2: float, bias_correction: Any) -> _Scalars:
     """Everything a step needs that depends on t (a float tensor, counted from 1)."""
     if bias_correction == "recursive":
-        # v̂_t = v̂ + (1-β1)/c1_t (g - v̂) = β1 c1_{t-1}/c1_t v̂ + (1-β1)/c1_t g, and alike for ŝ
-        # (see adamlab.reference.first_moment and second_moment).
         c1, c1_prev = _one_minus_pow(beta1, t), _one_minus_pow(beta1, t - 1.0)
         c2, c2_prev = _one_minus_pow(beta2, t), _one_minus_pow(beta2, t - 1.0)
-        d2 = beta2 * c2_prev / c2 if rule == "adam" else c2_prev / c2
-        return _Scalars(beta1 * c1_prev / c1, (1.0 - beta1) / c1, d2, (1.0 - beta2) / c2, lr, None, c2_prev)
+        return _Scalars((1.0 - beta1) / c1, (1.0 - beta2) / c2, lr, None, c1_prev / c1, c2_prev / c2, c2_prev)
+    step_size, bc2_sqrt = lr, None
     if bias_correction:
-        c1, c2 = _one_minus_pow(beta1, t), _one_minus_pow(beta2, t)
-        return _Scalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr / c1, ops.sqrt(c2))
-    return _Scalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, lr)
+        step_size, bc2_sqrt = lr / _one_minus_pow(beta1, t), ops.sqrt(_one_minus_pow(beta2, t))
+    return _Scalars(1.0 - beta1, 1.0 - beta2, step_size, bc2_sqrt, 1.0, 1.0, 1.0)
 
 
-def first_moment(v: Any, g: Any, k: _Scalars) -> Any:
-    """v ← β1 v + (1 - β1) g (recursive: the weights above)."""
-    return v * k.d1 + g * k.w1
+def first_moment(v: Any, g: Any, beta1: float, k: _Scalars) -> Any:
+    """v ← β1 v + (1-β1) g   (recursive: v̂ ← (1 - w1) v̂ + w1 g, with 1 - w1 = β1 c1_{t-1}/c1_t)."""
+    return v * (beta1 * k.keep1) + g * k.w1
 
 
-def second_moment(rule: str, s: Any, g: Any, k: _Scalars, recursive: bool) -> Any:
+def second_moment(rule: str, s: Any, g: Any, beta2: float, k: _Scalars) -> Any:
     """The new s. The one place where Adam and Yogi differ (see adamlab.reference)."""
     g2 = ops.square(g)
-    if rule == "adam":  # s ← β2 s + (1-β2) g²   (recursive: ŝ ← β2 c2_{t-1}/c2_t ŝ + ρ_t g²)
-        return s * k.d2 + g2 * k.w2
-    if recursive:  # ŝ ← ŝ + ρ_t (sgn(g² - c2_{t-1} ŝ) g² - β2^{t-1} ŝ) = c2_{t-1}/c2_t ŝ + ρ_t sgn(·) g²
-        return s * k.d2 + ops.sign(g2 - s * k.c2_prev) * g2 * k.w2
-    return s - ops.sign(s - g2) * g2 * k.w2  # s ← s - (1-β2) sgn(s - g²) g²
+    if rule == "adam":  # s ← β2 s + (1-β2) g²   (recursive: ŝ ← (1-ρ_t) ŝ + ρ_t g², 1-ρ_t = β2 keep2)
+        return s * (beta2 * k.keep2) + g2 * k.w2
+    # s ← s - (1-β2) sgn(s - g²) g²   (recursive: ŝ ← keep2 ŝ + ρ_t sgn(g² - c2_{t-1} ŝ) g²)
+    return s * k.keep2 + ops.sign(g2 - s * k.c2_prev) * g2 * k.w2
 
 
 # ---- the optimizers -----------------------------------------------------------------------
@@ -177,17 +180,16 @@ class _AdamFamily(keras.optimizers.Optimizer):
         scalar_dtype = "float64" if dtype == "float64" else "float32"
         t = ops.cast(self.iterations + 1, scalar_dtype)
         lr = ops.cast(learning_rate, scalar_dtype)
-        k = step_scalars(t, lr, self.beta_1, self.beta_2, self._rule, self.bias_correction)
+        k = step_scalars(t, lr, self.beta_1, self.beta_2, self.bias_correction)
         # Python floats stay Python floats: ops.cast would round them through floatx first.
         k = _Scalars(*(x if x is None or isinstance(x, float) else ops.cast(x, dtype) for x in k))
-        recursive = self.bias_correction == "recursive"
 
         g = ops.cast(gradient, dtype)
         v_slot, s_slot = self._momentums[i], self._velocities[i]
         # Read the slots as backend tensors: arithmetic on a keras.Variable goes through
         # keras.ops, which turns Python floats into floatx tensors (0.999 -> 0.99900001).
-        v = first_moment(ops.convert_to_tensor(v_slot), g, k)
-        s = second_moment(self._rule, ops.convert_to_tensor(s_slot), g, k, recursive)
+        v = first_moment(ops.convert_to_tensor(v_slot), g, self.beta_1, k)
+        s = second_moment(self._rule, ops.convert_to_tensor(s_slot), g, self.beta_2, k)
         self.assign(v_slot, v)
         self.assign(s_slot, s)
         if self.amsgrad:  # PyTorch's form: the running max of the raw s, bias-corrected below
