@@ -91,7 +91,7 @@ int adamlab_online1d(int yogi, int amsgrad, int bias, long T, const double *g,
                 double c_prev = 1.0 - pow(beta2, t - 1.0);
                 s = (c_prev / (1.0 - pow(beta2, t))) * s + rho * sgn(g2 - c_prev * s) * g2;
             } else {
-                s = s + rho * (g2 - s);
+                s = (1.0 - rho) * s + rho * g2;
             }
         } else {
             v = beta1 * v + (1.0 - beta1) * gi;
