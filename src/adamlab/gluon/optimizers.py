@@ -33,34 +33,15 @@ The state of a parameter is the tuple (v, s) or, with amsgrad, (v, s, max s).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import mxnet as mx
 from mxnet import nd
 
+from adamlab._moments import Scalars, first_moment, second_moment
 from adamlab.validation import validate_hyperparameters
 
 __all__ = ["NAMES", "Adam", "Yogi"]
-
-
-class _Scalars(NamedTuple):
-    """Per-step scalars (Python floats, float64), the same for Adam and Yogi, named as in
-    ``adamlab.optim._coefficients``.
-
-    With c_t = 1 - β^t: the recursive form keeps v̂ = v/c1_t and ŝ = s/c2_t in the state;
-    otherwise the state holds the raw v and s, the same algebra with every c set to 1.
-    Moments update as ``decay * old + weight * new``, not as a lerp, which cancels when
-    the weight is near 1; the recursive decays are exactly 0 at t = 1 (c_0 = 0), so the
-    first step forgets v0 and s0 exactly.
-    """
-
-    w1: float  # weight of g in v: 1-β1, or (1-β1)/c1_t for "recursive"
-    w2: float  # weight of g² in s: 1-β2, or ρ_t = (1-β2)/c2_t
-    step_size: float  # η/c1_t with bias correction, else η
-    bc2_sqrt: float  # √c2_t with bias correction, else 1
-    keep1: float  # c1_{t-1}/c1_t for "recursive", else 1: v's decay is β1·keep1
-    keep2: float  # c2_{t-1}/c2_t for "recursive", else 1
-    c2_prev: float  # c2_{t-1} for "recursive", else 1: raw s = c2_{t-1} ŝ
 
 
 def _c(beta: float, t: int) -> float:
@@ -68,29 +49,15 @@ def _c(beta: float, t: int) -> float:
     return -math.expm1(t * math.log(beta)) if beta > 0.0 else float(t > 0)
 
 
-def step_scalars(t: int, lr: float, beta1: float, beta2: float, bias_correction: Any) -> _Scalars:
+def step_scalars(t: int, lr: float, beta1: float, beta2: float, bias_correction: Any) -> Scalars:
     """Everything a step needs that depends on t (counted from 1)."""
     if bias_correction == "recursive":
         c1, c1_prev, c2, c2_prev = _c(beta1, t), _c(beta1, t - 1), _c(beta2, t), _c(beta2, t - 1)
-        return _Scalars((1.0 - beta1) / c1, (1.0 - beta2) / c2, lr, 1.0, c1_prev / c1, c2_prev / c2, c2_prev)
+        return Scalars((1.0 - beta1) / c1, (1.0 - beta2) / c2, lr, 1.0, c1_prev / c1, c2_prev / c2, c2_prev)
     step_size, bc2_sqrt = lr, 1.0
     if bias_correction:
         step_size, bc2_sqrt = lr / _c(beta1, t), math.sqrt(_c(beta2, t))
-    return _Scalars(1.0 - beta1, 1.0 - beta2, step_size, bc2_sqrt, 1.0, 1.0, 1.0)
-
-
-def first_moment(v: nd.NDArray, g: nd.NDArray, beta1: float, k: _Scalars) -> nd.NDArray:
-    """v ← β1 v + (1-β1) g   (recursive: v̂ ← (1 - w1) v̂ + w1 g, with 1 - w1 = β1 c1_{t-1}/c1_t)."""
-    return v * (beta1 * k.keep1) + g * k.w1
-
-
-def second_moment(rule: str, s: nd.NDArray, g: nd.NDArray, beta2: float, k: _Scalars) -> nd.NDArray:
-    """The new s. The one place where Adam and Yogi differ (see adamlab.reference)."""
-    g2 = nd.square(g)
-    if rule == "adam":  # s ← β2 s + (1-β2) g²   (recursive: ŝ ← (1-ρ_t) ŝ + ρ_t g², 1-ρ_t = β2 keep2)
-        return s * (beta2 * k.keep2) + g2 * k.w2
-    # s ← s - (1-β2) sgn(s - g²) g²   (recursive: ŝ ← keep2 ŝ + ρ_t sgn(g² - c2_{t-1} ŝ) g²)
-    return s * k.keep2 + nd.sign(g2 - s * k.c2_prev) * g2 * k.w2
+    return Scalars(1.0 - beta1, 1.0 - beta2, step_size, bc2_sqrt, 1.0, 1.0, 1.0)
 
 
 class _AdamFamily(mx.optimizer.Optimizer):
@@ -152,7 +119,7 @@ class _AdamFamily(mx.optimizer.Optimizer):
         k = step_scalars(t, lr, self.beta1, self.beta2, self.bias_correction)
         v, s = state[0], state[1]
         v[:] = first_moment(v, g, self.beta1, k)
-        s[:] = second_moment(self._rule, s, g, self.beta2, k)
+        s[:] = second_moment(self._rule, s, g, self.beta2, k, nd.sign)
         if self.amsgrad:  # PyTorch's form: the running max of the raw s, bias-corrected below
             state[2][:] = nd.maximum(state[2], s)
             s = state[2]

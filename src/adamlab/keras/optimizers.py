@@ -41,38 +41,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import keras
 from keras import ops
 
+from adamlab._moments import Scalars, first_moment, second_moment
 from adamlab.validation import validate_hyperparameters
 
 __all__ = ["Adam", "Yogi"]
 
 
 # ---- the math: scalars per step, then the update ----------------------------------------
-class _Scalars(NamedTuple):
-    """Per-step scalars, the same for Adam and Yogi, named as in ``adamlab.optim._coefficients``.
-
-    With c_t = 1 - β^t: the recursive form keeps v̂ = v/c1_t and ŝ = s/c2_t in the slots;
-    otherwise the slots hold the raw v and s, which is the same algebra with every c set
-    to 1 (keep = c_prev = 1, w = 1 - β). Each moment is updated as ``decay * old + weight
-    * new`` rather than as a lerp ``old + weight * (new - old)``: in float32 the lerp
-    cancels when the weight is near 1 (β1 = 0, or the first recursive steps) and can even
-    make s negative. The recursive decays are exactly 0 at t = 1 (c_0 = 0), so the first
-    step forgets v0 and s0 exactly: v̂_1 = g and ŝ_1 = ρ_1 g² (= g² to rounding).
-    """
-
-    w1: Any  # weight of g in v: 1-β1, or (1-β1)/c1_t for "recursive"
-    w2: Any  # weight of g² in s: 1-β2, or ρ_t = (1-β2)/c2_t for "recursive"
-    step_size: Any  # η/c1_t with bias correction, else η
-    bc2_sqrt: Any  # √c2_t with bias correction, else None (no division)
-    keep1: Any  # c1_{t-1}/c1_t for "recursive", else 1: v's decay is β1·keep1
-    keep2: Any  # c2_{t-1}/c2_t for "recursive", else 1
-    c2_prev: Any  # c2_{t-1} for "recursive", else 1: raw s = c2_{t-1} ŝ
-
-
 def _one_minus_pow(beta: float, t: Any) -> Any:
     """c_t = 1 - β^t for a float tensor t >= 0, computed as -expm1(t·log β).
 
@@ -85,30 +65,16 @@ def _one_minus_pow(beta: float, t: Any) -> Any:
     return -ops.expm1(t * math.log(beta))
 
 
-def step_scalars(t: Any, lr: Any, beta1: float, beta2: float, bias_correction: Any) -> _Scalars:
+def step_scalars(t: Any, lr: Any, beta1: float, beta2: float, bias_correction: Any) -> Scalars:
     """Everything a step needs that depends on t (a float tensor, counted from 1)."""
     if bias_correction == "recursive":
         c1, c1_prev = _one_minus_pow(beta1, t), _one_minus_pow(beta1, t - 1.0)
         c2, c2_prev = _one_minus_pow(beta2, t), _one_minus_pow(beta2, t - 1.0)
-        return _Scalars((1.0 - beta1) / c1, (1.0 - beta2) / c2, lr, None, c1_prev / c1, c2_prev / c2, c2_prev)
+        return Scalars((1.0 - beta1) / c1, (1.0 - beta2) / c2, lr, None, c1_prev / c1, c2_prev / c2, c2_prev)
     step_size, bc2_sqrt = lr, None
     if bias_correction:
         step_size, bc2_sqrt = lr / _one_minus_pow(beta1, t), ops.sqrt(_one_minus_pow(beta2, t))
-    return _Scalars(1.0 - beta1, 1.0 - beta2, step_size, bc2_sqrt, 1.0, 1.0, 1.0)
-
-
-def first_moment(v: Any, g: Any, beta1: float, k: _Scalars) -> Any:
-    """v ← β1 v + (1-β1) g   (recursive: v̂ ← (1 - w1) v̂ + w1 g, with 1 - w1 = β1 c1_{t-1}/c1_t)."""
-    return v * (beta1 * k.keep1) + g * k.w1
-
-
-def second_moment(rule: str, s: Any, g: Any, beta2: float, k: _Scalars) -> Any:
-    """The new s. The one place where Adam and Yogi differ (see adamlab.reference)."""
-    g2 = ops.square(g)
-    if rule == "adam":  # s ← β2 s + (1-β2) g²   (recursive: ŝ ← (1-ρ_t) ŝ + ρ_t g², 1-ρ_t = β2 keep2)
-        return s * (beta2 * k.keep2) + g2 * k.w2
-    # s ← s - (1-β2) sgn(s - g²) g²   (recursive: ŝ ← keep2 ŝ + ρ_t sgn(g² - c2_{t-1} ŝ) g²)
-    return s * k.keep2 + ops.sign(g2 - s * k.c2_prev) * g2 * k.w2
+    return Scalars(1.0 - beta1, 1.0 - beta2, step_size, bc2_sqrt, 1.0, 1.0, 1.0)
 
 
 # ---- the optimizers -----------------------------------------------------------------------
@@ -182,14 +148,14 @@ class _AdamFamily(keras.optimizers.Optimizer):
         lr = ops.cast(learning_rate, scalar_dtype)
         k = step_scalars(t, lr, self.beta_1, self.beta_2, self.bias_correction)
         # Python floats stay Python floats: ops.cast would round them through floatx first.
-        k = _Scalars(*(x if x is None or isinstance(x, float) else ops.cast(x, dtype) for x in k))
+        k = Scalars(*(x if x is None or isinstance(x, float) else ops.cast(x, dtype) for x in k))
 
         g = ops.cast(gradient, dtype)
         v_slot, s_slot = self._momentums[i], self._velocities[i]
         # Read the slots as backend tensors: arithmetic on a keras.Variable goes through
         # keras.ops, which turns Python floats into floatx tensors (0.999 -> 0.99900001).
         v = first_moment(ops.convert_to_tensor(v_slot), g, self.beta_1, k)
-        s = second_moment(self._rule, ops.convert_to_tensor(s_slot), g, self.beta_2, k)
+        s = second_moment(self._rule, ops.convert_to_tensor(s_slot), g, self.beta_2, k, ops.sign)
         self.assign(v_slot, v)
         self.assign(s_slot, s)
         if self.amsgrad:  # PyTorch's form: the running max of the raw s, bias-corrected below
