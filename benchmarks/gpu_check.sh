@@ -30,7 +30,7 @@ else
   PY="${PY:-python3}"
   TESTS=(tests/test_triton.py tests/test_triton_cuda.py tests/test_amp_cuda.py tests/test_compile_cuda.py
          tests/test_distributed_cuda.py -k "not interpreter")
-  BENCH=()
+  BENCH=(--no-sweep)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia-smi.txt"
 fi
 "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"

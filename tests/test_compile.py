@@ -104,8 +104,6 @@ def compiled(fn, backend) -> Any:
     return out
 
 
-
-
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_compiled_step_matches_eager_and_lr_changes_do_not_recompile(impl: str) -> None:
     """Every implementation under ``torch.compile(opt.step)`` (aot_eager backend), lr a tensor

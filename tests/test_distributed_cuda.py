@@ -64,8 +64,6 @@ def full(model) -> list[torch.Tensor]:
     return [(p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for p in model.parameters()]
 
 
-
-
 @pytest.mark.parametrize("impl", list(KWARGS))
 def test_cuda_fsdp2_matches_plain_and_dcp_resumes_bitwise(nccl, impl: str, tmp_path: Path) -> None:
     import torch.distributed.checkpoint as dcp

@@ -402,3 +402,110 @@ def test_adamlab_runs_without_triton():
         "    raise AssertionError('no error without triton')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_tables_do_not_keep_gradients_alive(backend):
+    """The plan remembers gradients weakly: zero_grad(set_to_none=True) must free them."""
+    import gc
+    import weakref
+
+    run = Run(backend, "adam", {})
+    grads = run.grads()
+    run.step(grads)
+    refs = [weakref.ref(g) for g in grads]
+    del grads
+    gc.collect()
+    assert all(r() is None for r in refs)
+    before = run.snapshot()
+    grads = run.grads()
+    run.step(grads)  # new gradients after the old ones are gone
+    run.check(before, grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_misaligned_new_gradient_rebuilds_the_tables(backend):
+    """The kernel is specialized for 16-byte aligned addresses (vector loads); a new gradient
+    that is a view 4 bytes into a buffer must not reuse those tables."""
+    from adamlab.optim import triton_fused
+
+    run = Run(backend, "yogi", {}, shapes=[(1030,), (64,)])
+    grads = run.grads()
+    run.step(grads)
+    plan = triton_fused._plans[id(run.steps[0])]
+    assert all(launch.aligned for launch in plan.launches)
+    buffer = torch.zeros(1 + 1030, device=run.device)
+    shifted = buffer[1:]
+    before = run.snapshot()
+    grads = run.grads()
+    shifted.copy_(grads[0])
+    grads[0] = shifted
+    run.step(grads)
+    run.check(before, grads)
+    plan = triton_fused._plans[id(run.steps[0])]
+    assert not plan.launches[0].aligned
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tuples_and_lists_share_a_plan(backend):
+    """The same tensors passed as tuples (as the optimizer does) or as lists: one plan, and
+    a list changed in place between steps is noticed."""
+    from adamlab.optim import triton_fused
+
+    run = Run(backend, "adam", {"amsgrad": True}, shapes=[(9,), (30,)])
+    run.params, run.exp_avgs, run.exp_avg_sqs, run.maxes = map(
+        tuple, (run.params, run.exp_avgs, run.exp_avg_sqs, run.maxes)
+    )
+    for _ in range(2):
+        before = run.snapshot()
+        grads = run.grads()
+        run.step(grads)
+        run.check(before, grads)
+    plan = triton_fused._plans[id(run.steps[0])]
+    run.params, run.exp_avgs, run.exp_avg_sqs, run.maxes = map(
+        list, (run.params, run.exp_avgs, run.exp_avg_sqs, run.maxes)
+    )
+    before = run.snapshot()
+    grads = run.grads()
+    run.step(grads)
+    run.check(before, grads)
+    assert triton_fused._plans[id(run.steps[0])] is plan  # same tensors: same tables
+    run.exp_avgs[1] = run.exp_avgs[1].clone()  # a new state tensor in the same list object
+    before = run.snapshot()
+    grads = run.grads()
+    run.step(grads)
+    run.check(before, grads)
+    assert triton_fused._plans[id(run.steps[0])] is not plan
+
+
+def test_a_sparse_gradient_is_refused_by_name():
+    from adamlab.optim import triton_fused
+
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    p = torch.zeros(4)
+    g = torch.ones(4).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        triton_fused.interpreted_update(
+            "adam", [p], [g], [torch.zeros(4)], [torch.zeros(4)], [], [torch.zeros(())],
+            **_hyper("adam", {}), capturable=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_views_of_the_same_tensors_keep_the_tables(backend):
+    """DTensor parameters hand the kernel new local views every step (same memory, new
+    objects): the tables are kept, not rebuilt, and the update stays right."""
+    from adamlab.optim import triton_fused
+
+    run = Run(backend, "yogi", {"amsgrad": True}, shapes=[(9,), (30, 2)])
+    originals = (run.params, run.exp_avgs, run.exp_avg_sqs, run.maxes)
+    plans = []
+    for _ in range(3):
+        run.params, run.exp_avgs, run.exp_avg_sqs, run.maxes = ([t.view_as(t) for t in lst] for lst in originals)
+        before = run.snapshot()
+        grads = run.grads()
+        run.step(grads)
+        run.check(before, grads)
+        plans.append(triton_fused._plans[id(run.steps[0])])
+    assert plans[0] is plans[1] is plans[2]

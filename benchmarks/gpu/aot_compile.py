@@ -25,6 +25,7 @@ from adamlab.optim import triton_kernel
 
 SIGNATURE = {
     "meta_ptr": "*i64",
+    "grads_ptr": "*i64",
     "chunks_ptr": "*i32",
     "counters_ptr": "*i32",
     "lr": "fp32",

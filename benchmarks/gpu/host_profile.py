@@ -1,7 +1,10 @@
-"""Where the host time of one fused step goes, for the chapter's 2-tensor model on a GPU.
+"""Where the host time of one eager fused step goes, on a GPU machine.
 
-Times (median of 7 x 2000 calls, synchronized only at the ends) the registered update,
-its pieces, and torch's fused Adam for comparison; then prints a cProfile of the update.
+For the chapter's 2-tensor model and for 4000 tensors of 256x256: times (median of 7
+windows, synchronized only at the ends) ``optimizer.step()`` and its pieces -- the state
+check, the cached gather, the registered update, the table check, the direct launch and
+Triton's own JIT launch -- then torch's fused Adam for comparison, and prints a cProfile of
+the small step. Host time per call; the GPU runs behind it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import torch
 
 import adamlab
 from adamlab.optim import triton_fused
+from adamlab.optim.functional import get_implementation
 
 
-def per_call_us(fn, n=2000, repeats=7):
+def per_call_us(fn, n, repeats=7):
     out = []
     for _ in range(repeats):
         torch.cuda.synchronize()
@@ -29,49 +33,53 @@ def per_call_us(fn, n=2000, repeats=7):
     return statistics.median(out)
 
 
-def main():
+def pieces(shapes, n):
     torch.manual_seed(0)
-    ps = [torch.randn(5, 1, device="cuda"), torch.randn(1, device="cuda")]
+    ps = [torch.randn(s, device="cuda") for s in shapes]
     for p in ps:
         p.grad = torch.randn_like(p)
     opt = adamlab.Yogi(ps, lr=1e-3, fused=True)
     opt.step()
+    opt.step()
     group = opt.param_groups[0]
-    tensors = opt._gather(group)
+    tensors = opt._gather(group, True)
     hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-3, weight_decay=0.0, decoupled_weight_decay=False,
                  amsgrad=False, maximize=False, bias_correction=True, capturable=False)  # fmt: skip
-    update = lambda: triton_fused.fused_cuda_update("yogi", *tensors, **hyper)  # noqa: E731
-    update()
-    plan = triton_fused._plans[id(tensors[5][0])]
-    launch = plan.launches[0]
-    kernel, constants = next(iter(launch.compiled.values()))
-    dummy = launch.counters
-    args = (launch.meta, launch.chunks, launch.counters, 1e-3, dummy, dummy, dummy, 0.1, 0.001, 1e-3, 0.0)
-    stream = torch._C._cuda_getCurrentRawStream(0)
+    update = get_implementation("fused_cuda")
     lists = (tensors[0], tensors[1], tensors[2], tensors[3], tensors[3], tensors[5])
+    plan = triton_fused._plan_for(lists, False)
+    launch = plan.launches[0]
+    variant, direct = next(iter(launch.direct.items()))
+    module = triton_fused._kernel_module(False)
+    scalars = (1e-3, None, None, None, 0.1, 0.001, 1e-3, 0.0)
     torch_opt = torch.optim.Adam([p.clone() for p in ps], lr=1e-3, fused=True)
     for p, q in zip(torch_opt.param_groups[0]["params"], ps):
         p.grad = q.grad.clone()
     rows = {
         "optimizer.step() (adamlab Yogi fused)": opt.step,
         "torch.optim.Adam(fused=True).step()": torch_opt.step,
-        "fused_cuda_update(...)": update,
-        "_plan_for (pointer check)": lambda: triton_fused._plan_for(lists, False),
-        "kernel.run (compiled kernel, direct)": lambda: kernel.run(
-            launch.n_chunks, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants
+        "  optimizer._state_unchanged()": opt._state_unchanged,
+        "  optimizer._gather(group) (cached)": lambda: opt._gather(group, True),
+        "  fused_cuda_update(...)": lambda: update("yogi", *tensors, **hyper),
+        "    _plan_for (table check)": lambda: triton_fused._plan_for(lists, False),
+        "    _launch (direct)": lambda: triton_fused._launch(module, launch, variant, scalars, 0),
+        "    Triton JIT launch (kernel[grid](...))": lambda: module.adam_family_kernel[(launch.n_chunks,)](
+            *triton_fused._args(launch, scalars), **triton_fused._flags(module, launch, variant)
         ),
-        "Triton JIT launch (kernel[grid](...))": lambda: triton_fused._kernel_module(False).adam_family_kernel[
-            (launch.n_chunks,)
-        ](*args, **triton_fused._flags(triton_fused._kernel_module(False), launch, next(iter(launch.compiled)))),
-        "torch.cuda.current_device()": torch.cuda.current_device,
-        "optimizer._gather(group)": lambda: opt._gather(group),
     }
+    print(f"{len(shapes)} tensors, {sum(p.numel() for p in ps)} parameters; direct launch: {direct is not None}")
     for name, fn in rows.items():
-        print(f"{name:44s} {per_call_us(fn):8.2f} us/call", flush=True)
+        print(f"{name:46s} {per_call_us(fn, n):10.2f} us/call", flush=True)
+    return update, tensors, hyper
+
+
+def main():
+    update, tensors, hyper = pieces([(5, 1), (1,)], n=2000)
+    pieces([(256, 256)] * 4000, n=20)
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(3000):
-        update()
+        update("yogi", *tensors, **hyper)
     profile.disable()
     pstats.Stats(profile).sort_stats("tottime").print_stats(14)
 

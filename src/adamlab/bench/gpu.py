@@ -116,6 +116,8 @@ def optimizers(device: torch.device) -> dict[str, Callable[[list[torch.Tensor]],
         "adamlab Yogi fused": lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True),
     }
     makers["adamlab Yogi fused, update() only"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True)
+    makers["torch Adam fused, fresh grads"] = lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True)
+    makers["adamlab Yogi fused, fresh grads"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True)
     if cuda:
         makers["torch Adam fused, CUDA graph"] = lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True, capturable=True)
         makers["adamlab Yogi fused, CUDA graph"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True, capturable=True)
@@ -160,6 +162,23 @@ def update_only(opt: Any) -> Callable[[], None]:
     return lambda: update(opt._rule, *tensors, **hyper)
 
 
+def fresh_gradients(opt: Any, params: list[torch.Tensor]) -> Callable[[], None]:
+    """``opt.step()`` after giving every parameter a new gradient tensor, as
+    ``zero_grad(set_to_none=True)`` and a backward pass do: two gradient sets, alternating,
+    so every step sees new tensor objects at new addresses. The row includes the Python
+    loop that assigns them (the same for every optimizer)."""
+    sets = [[p.grad for p in params], [p.grad.clone() for p in params]]
+    turn = [0]
+
+    def step() -> None:
+        turn[0] ^= 1
+        for p, g in zip(params, sets[turn[0]]):
+            p.grad = g
+        opt.step()
+
+    return step
+
+
 def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
     gen = torch.Generator(device=device).manual_seed(0)
     params = [torch.randn(s, device=device, generator=gen) for s in shapes]
@@ -179,6 +198,8 @@ def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
             step = graphed(opt) if "CUDA graph" in opt_name else opt.step
             if "update() only" in opt_name:
                 step = update_only(opt)
+            if "fresh grads" in opt_name:
+                step = fresh_gradients(opt, params)
             for _ in range(warmup):
                 step()
             times = timer(step, n=1 if slow else n, repeats=repeats)

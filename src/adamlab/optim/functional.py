@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
+from torch.nn import Parameter
 
 # name -> "module:function", imported on first use
 IMPLEMENTATIONS: dict[str, str] = {
@@ -51,18 +52,45 @@ def adam_family_update(
     state_steps: list[Tensor],
     *,
     implementation: str,
-    **hyper: Any,
+    lr: Any,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    maximize: bool,
+    bias_correction: Any,
+    capturable: bool,
+    grad_scale: Tensor | None = None,
+    found_inf: Tensor | None = None,
 ) -> None:
-    """Run one step of ``rule`` over the given tensors with the named implementation."""
+    """Run one step of ``rule`` over the given tensors with the named implementation.
+
+    The keywords are spelled out (not passed on as ``**kwargs``): re-packing a dozen keyword
+    arguments costs microseconds, a fifth of a small model's fused step on a GPU.
+    """
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
-    if params and hasattr(params[0], "_local_tensor"):
+    if params and is_dtensor(params[0]):
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
-    get_implementation(implementation)(
-        rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, **hyper
-    )
+    update = _loaded.get(implementation) or get_implementation(implementation)
+    update(
+        rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+        lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
+        bias_correction=bias_correction, capturable=capturable, grad_scale=grad_scale, found_inf=found_inf,
+    )  # fmt: skip
+
+
+_PLAIN_TYPES = (Tensor, Parameter)
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (FSDP2, tensor parallel); cheap for plain tensors."""
+    return type(t) not in _PLAIN_TYPES and hasattr(t, "_local_tensor")
 
 
 def local_shards(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs) -> tuple[list[Tensor], ...]:

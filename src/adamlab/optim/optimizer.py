@@ -7,8 +7,11 @@ float64 oracle :mod:`adamlab.reference`.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import operator
 from collections.abc import Callable, Iterable
+from itertools import chain, compress, repeat
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +24,99 @@ from adamlab.validation import check_known_keys, validate_betas, validate_hyperp
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
 _RUN_KEYS = ("foreach", "fused", "capturable", "state_dtype")
+
+try:  # torch's registries of global step hooks (torch.optim.register_optimizer_step_*_hook)
+    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+except ImportError:  # pragma: no cover - a torch that moved them: always take torch's wrapper
+    _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {0: None}
+
+
+def _hooks_and_profiling(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` wrapped as ``torch.optim.Optimizer`` wraps every ``step``, minus a fixed cost.
+
+    torch opens a ``record_function`` profiler range around every step, which costs about
+    ten microseconds with no profiler running -- as much as a whole fused step of a small
+    model. This wrapper runs torch's own wrapper (the range, the pre and post hooks) whenever
+    there is a hook, a profiler or a compiler to serve, and otherwise calls ``step`` directly.
+    """
+    hooked = Optimizer.profile_hook_step(step)
+
+    @functools.wraps(step)
+    def wrapper(self: Optimizer, *args: Any, **kwargs: Any) -> Any:
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _global_optimizer_pre_hooks
+            or _global_optimizer_post_hooks
+            or torch.autograd._profiler_enabled()
+            or torch.compiler.is_compiling()
+        ):
+            return hooked(self, *args, **kwargs)
+        out = step(self, *args, **kwargs)
+        self._optimizer_step_code()
+        return out
+
+    wrapper.hooked = True  # type: ignore[attr-defined]  # torch's Optimizer then leaves it as is
+    return wrapper
+
+
+_grad = Tensor.grad.__get__
+_is_sparse = operator.attrgetter("is_sparse")
+_is = operator.is_
+_exp_avg = operator.itemgetter("exp_avg")
+_exp_avg_sq = operator.itemgetter("exp_avg_sq")
+_max_exp_avg_sq = operator.itemgetter("max_exp_avg_sq")
+_step = operator.itemgetter("step")
+
+
+def _same(a: Any, b: tuple) -> bool:
+    return len(a) == len(b) and all(map(_is, a, b))
+
+
+class _Gathered:
+    """What ``_gather`` found for one group, and the objects that prove it still holds.
+
+    Valid while the group holds the same parameters, the optimizer's state maps them to the
+    same dicts (checked once per step, see ``_AdamFamily._state_unchanged``), those dicts hold
+    the same tensors, and the same parameters have gradients. Gradients themselves are read
+    anew every step and not held (``zero_grad(set_to_none=True)`` frees them).
+    """
+
+    __slots__ = ("entries", "group", "has_grad", "lists", "no_grad", "params", "states")
+
+    def __init__(self, group: dict[str, Any], lists: tuple[tuple[Tensor, ...], ...], states: list[dict]) -> None:
+        self.group = group
+        self.params = tuple(group["params"])
+        grads = list(map(_grad, self.params))
+        self.no_grad = list(map(_is, grads, repeat(None)))
+        self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
+        self.states = tuple(states)
+        self.lists = lists  # params (with a gradient), exp_avgs, exp_avg_sqs, maxes, steps
+        # every state tensor the update writes, in the order _entries reads them
+        self.entries = (*lists[1], *lists[2], *lists[4], *lists[3])
+
+    def gather(self, group: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The group's lists (gradients read now), or None if anything changed."""
+        params = group["params"]
+        if group is not self.group or len(params) != len(self.params) or not all(map(_is, params, self.params)):
+            return None
+        grads = list(map(_grad, params))
+        if list(map(_is, grads, repeat(None))) != self.no_grad:
+            return None
+        if self.has_grad is not None:
+            grads = list(compress(grads, self.has_grad))
+        states = self.states
+        entries = chain(map(_exp_avg, states), map(_exp_avg_sq, states), map(_step, states))
+        if group["amsgrad"]:
+            entries = chain(entries, map(_max_exp_avg_sq, states))
+        if not all(map(_is, entries, self.entries)):
+            return None
+        # A gradient that turned sparse: the full gather raises the error. Fused kernels
+        # check every new gradient's layout themselves.
+        if not group["fused"] and any(map(_is_sparse, grads)):
+            return None
+        p, v, s, m, steps = self.lists
+        return p, grads, v, s, m, steps
 
 
 class _AdamFamily(Optimizer):
@@ -102,6 +198,7 @@ class _AdamFamily(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
+        self._forget_gathered()
         for group in self.param_groups:
             for key in (
                 "amsgrad",
@@ -159,8 +256,20 @@ class _AdamFamily(Optimizer):
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
         return state
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], ...]:
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
+    def _gather(self, group: dict[str, Any], state_unchanged: bool = False) -> tuple[Any, ...]:
+        """The group's parameters that have a gradient, their gradients and their state
+        (created here at a parameter's first step), as parallel sequences.
+
+        ``state_unchanged`` (the optimizer's state maps the same parameters to the same dicts
+        as at the last step) lets a group reuse what it found last time after a few identity
+        checks per parameter, instead of a dict lookup per parameter and key.
+        """
+        if state_unchanged:
+            cached = self._gathered.get(id(group))
+            found = cached.gather(group) if cached is not None else None
+            if found is not None:
+                return found
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, states = [], [], [], [], [], [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -174,14 +283,40 @@ class _AdamFamily(Optimizer):
             if group["amsgrad"]:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
+            states.append(state)
+        if not torch.compiler.is_compiling():
+            lists = tuple(map(tuple, (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)))
+            self._gathered[id(group)] = _Gathered(group, lists, states)
+            self._state_watch = None  # look at the state again after this step
         return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+
+    @property
+    def _gathered(self) -> dict[int, _Gathered]:
+        try:
+            return self.__dict__["_gathered_by_group"]
+        except KeyError:
+            return self.__dict__.setdefault("_gathered_by_group", {})
+
+    def _forget_gathered(self) -> None:
+        self.__dict__.pop("_gathered_by_group", None)
+        self.__dict__.pop("_state_watch", None)
+
+    def _state_unchanged(self) -> bool:
+        """Whether ``self.state`` maps the same parameters to the same dicts as it did at the
+        end of the last step (two identity checks per entry)."""
+        watch = self.__dict__.get("_state_watch")
+        state = self.state
+        return watch is not None and watch[0] is state and _same(state, watch[1]) and _same(state.values(), watch[2])
+
+    def _watch_state(self) -> None:
+        self.__dict__["_state_watch"] = (self.state, tuple(self.state), tuple(self.state.values()))
 
     # ---- dispatch ------------------------------------------------------------------------
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
         """The one place that picks an implementation for a group."""
         if group["fused"]:
-            device = params[0].device.type
-            name = "fused_cuda" if device == "cuda" else f"fused_{device}"
+            device = "cuda" if params[0].is_cuda else params[0].device.type
+            name = f"fused_{device}"
             if name not in IMPLEMENTATIONS:
                 raise RuntimeError(
                     f"fused=True is not available for {device} tensors in this build of adamlab; "
@@ -192,56 +327,73 @@ class _AdamFamily(Optimizer):
             return "single_tensor"
         return "foreach"
 
-    @torch.no_grad()
+    @_hooks_and_profiling
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step (optionally re-evaluating ``closure``)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            tensors = self._gather(group)
-            if not tensors[0]:
-                continue
-            beta1, beta2 = group["betas"]
-            lr = group["lr"]
-            if isinstance(lr, Tensor) and not group["capturable"]:
-                lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
-            implementation = self._implementation(group, tensors[0])
-            grad_scale = getattr(self, "grad_scale", None)  # set by GradScaler (fused only)
-            found_inf = getattr(self, "found_inf", None)
-            if group["skip_nonfinite"]:
-                own = _nonfinite(tensors[1])
-                found_inf = own if found_inf is None else torch.maximum(found_inf, own.to(found_inf.device))
-            if grad_scale is not None and not implementation.startswith("fused"):
-                # a group that opted out of fused=True under GradScaler: unscale into new
-                # tensors (p.grad stays as the caller left it); found_inf decides below
-                tensors = (tensors[0], torch._foreach_div(tensors[1], grad_scale), *tensors[2:])
-                grad_scale = None
-            if found_inf is not None and not implementation.startswith("fused"):
-                # Unfused paths cannot mask the update on the device: decide on the host
-                # (one sync; free on CPU). Fused kernels skip without synchronizing.
-                if found_inf.item():
-                    continue
-                found_inf = None
-            adam_family_update(
-                self._rule,
-                *tensors,
-                implementation=implementation,
-                grad_scale=grad_scale,
-                found_inf=found_inf,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                decoupled_weight_decay=group["decoupled_weight_decay"],
-                amsgrad=group["amsgrad"],
-                maximize=group["maximize"],
-                bias_correction=group["bias_correction"],
-                capturable=group["capturable"],
-            )
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                for group in self.param_groups:
+                    self._step_group(group, self._gather(group))
+            return loss
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            state_unchanged = self._state_unchanged()
+            for group in self.param_groups:
+                self._step_group(group, self._gather(group, state_unchanged))
+            if self.__dict__.get("_state_watch") is None:
+                self._watch_state()
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
         return loss
+
+    def _step_group(self, group: dict[str, Any], tensors: tuple[Any, ...]) -> None:
+        """One step of one group over its gathered tensors: pick the implementation, call it."""
+        if not tensors[0]:
+            return
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and not group["capturable"]:
+            lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
+        implementation = self._implementation(group, tensors[0])
+        # set by GradScaler on fused optimizers (instance attributes; getattr's miss is slow)
+        grad_scale = self.__dict__.get("grad_scale")
+        found_inf = self.__dict__.get("found_inf")
+        if group["skip_nonfinite"]:
+            own = _nonfinite(tensors[1])
+            found_inf = own if found_inf is None else torch.maximum(found_inf, own.to(found_inf.device))
+        if grad_scale is not None and not implementation.startswith("fused"):
+            # a group that opted out of fused=True under GradScaler: unscale into new
+            # tensors (p.grad stays as the caller left it); found_inf decides below
+            tensors = (tensors[0], torch._foreach_div(tensors[1], grad_scale), *tensors[2:])
+            grad_scale = None
+        if found_inf is not None and not implementation.startswith("fused"):
+            # Unfused paths cannot mask the update on the device: decide on the host
+            # (one sync; free on CPU). Fused kernels skip without synchronizing.
+            if found_inf.item():
+                return
+            found_inf = None
+        adam_family_update(
+            self._rule,
+            *tensors,
+            implementation=implementation,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"],
+            maximize=group["maximize"],
+            bias_correction=group["bias_correction"],
+            capturable=group["capturable"],
+        )
 
     def initialize_moments(self, batches: Iterable[Any], *, first_moment: bool = False) -> int:
         """Start s (and, with ``first_moment``, v) from k minibatches' gradients.

@@ -19,7 +19,10 @@ which is how the test suite checks the kernel without a GPU.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import itertools
+import operator
 import os
 import threading
 import weakref
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamlab.optim.functional import local_shards
+from adamlab.optim.functional import is_dtensor, local_shards
 
 # One program per BLOCK elements; 4 warps move 16 bytes per load per thread in float32.
 # Fixed on purpose: an autotuner would re-run this in-place kernel and apply the update
@@ -83,27 +86,49 @@ def _tl_dtype(module: ModuleType, dtype: torch.dtype) -> Any:
     return getattr(module.tl, str(dtype).removeprefix("torch."))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Launch:
     """One kernel launch: the tensors of one (device, dtypes) group, as device tables."""
 
+    index: list[int]  # positions of this launch's tensors in the lists
     meta: Tensor  # int64 [n, 8]
+    grads: Tensor  # int64 [n]: gradient addresses, refreshed when gradients move
     chunks: Tensor  # int32 [n_chunks, 2]
     counters: Tensor  # int32 [n]
-    n_tensors: int
     n_chunks: int
     p_dtype: torch.dtype
     g_dtype: torch.dtype
     s_dtype: torch.dtype
     aligned: bool
-    compiled: dict[tuple, tuple] = field(default_factory=dict)  # variant -> (kernel, constexpr values)
+    direct: dict[tuple, Any] = field(default_factory=dict)  # variant -> _Direct, or None (JIT every time)
+
+    def __post_init__(self) -> None:
+        # what a direct launch passes for the tables: plain addresses (see _Direct)
+        self.addresses = tuple(t.data_ptr() for t in (self.meta, self.grads, self.chunks, self.counters))
 
 
-@dataclass
+@dataclass(eq=False)
 class _Plan:
-    signature: list[Any]
+    """The device tables of one parameter set, and what proves they still describe it.
+
+    The plan holds the parameters and state it was built from (strongly, except the first
+    step tensor, which it hangs on); the same objects at the same addresses mean the same
+    tables. Gradients are held weakly (``zero_grad(set_to_none=True)`` must free them).
+    """
+
     block: int
     launches: list[_Launch]
+    layout: list[Any]  # see _layout
+    tensors: tuple[tuple[Tensor, ...], ...]  # params, exp_avgs, exp_avg_sqs, maxes
+    later_steps: tuple[Tensor, ...]  # steps[1:]
+    n: int
+    p_addresses: list[int]
+    simple: bool  # every parameter real and contiguous: new gradients need only a light check
+    g_dtypes: list[torch.dtype]
+    numels: list[int]
+    devices: list[int]
+    g_addresses: list[int] = field(default_factory=list)
+    grad_refs: list[weakref.ref] = field(default_factory=list)
 
 
 _plans: dict[int, _Plan] = {}
@@ -135,12 +160,14 @@ def _upload(table: Tensor, device: torch.device) -> Tensor:
     return table.pin_memory().to(device, non_blocking=True)
 
 
-def _build_plan(lists: tuple[list[Tensor], ...], signature: list[Any]) -> _Plan:
+def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
     """Validate the tensors and build the device tables, one launch per (device, dtypes)."""
     params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         where = f"parameter {i} (shape {tuple(p.shape)}, {p.dtype})"
+        if grads[i].layout != torch.strided:
+            raise RuntimeError(f"fused_cuda does not support sparse gradients; {where} has a {grads[i].layout} one")
         p, g, v, s, m = (_real(t) for t in (p, grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i]))
         if p.dtype not in _SUPPORTED or g.dtype not in _SUPPORTED or v.dtype not in _SUPPORTED:
             raise RuntimeError(
@@ -162,50 +189,141 @@ def _build_plan(lists: tuple[list[Tensor], ...], signature: list[Any]) -> _Plan:
 
     launches = []
     for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
-        tensors = [[_real(lst[i]) for i in index] for lst in (params, grads, exp_avgs, exp_avg_sqs, maxes)]
+        tensors = [[_real(lst[i]) for i in index] for lst in (params, exp_avgs, exp_avg_sqs, maxes)]
         addresses = [[t.data_ptr() for t in row] for row in tensors]
         addresses.append([steps[i].data_ptr() for i in index])
+        g_addresses = [_real(grads[i]).data_ptr() for i in index]
         numels = torch.tensor([t.numel() for t in tensors[0]], dtype=torch.int64)
         n_chunks = torch.clamp((numels + BLOCK - 1) // BLOCK, min=1)  # an empty tensor still counts its step
-        meta = torch.cat([torch.tensor(addresses, dtype=torch.int64), numels[None], n_chunks[None]]).T
+        meta = torch.cat(
+            [torch.tensor(addresses, dtype=torch.int64), numels[None], n_chunks[None], torch.zeros_like(numels)[None]]
+        ).T
         first = torch.cumsum(n_chunks, 0) - n_chunks
         owner = torch.repeat_interleave(torch.arange(len(index)), n_chunks)
         chunk = torch.arange(int(n_chunks.sum())) - first[owner]
         chunks = torch.stack([owner, chunk], dim=1).to(torch.int32)
         launches.append(
             _Launch(
+                index=index,
                 meta=_upload(meta.contiguous(), device),
+                grads=_upload(torch.tensor(g_addresses, dtype=torch.int64), device),
                 chunks=_upload(chunks, device),
                 counters=torch.zeros(len(index), dtype=torch.int32, device=device),
-                n_tensors=len(index),
                 n_chunks=chunks.shape[0],
                 p_dtype=p_dtype,
                 g_dtype=g_dtype,
                 s_dtype=s_dtype,
-                aligned=all(a % 16 == 0 for row in addresses[:5] for a in row),
+                aligned=all(a % 16 == 0 for row in addresses[:4] for a in row)
+                and all(a % 16 == 0 for a in g_addresses),
             )
         )
-    return _Plan(signature, BLOCK, launches)
+    plan = _Plan(
+        block=BLOCK,
+        launches=launches,
+        layout=_layout(lists),
+        tensors=tuple(tuple(lst) for lst in (params, exp_avgs, exp_avg_sqs, maxes)),
+        later_steps=tuple(steps[1:]),
+        n=len(steps),
+        p_addresses=list(map(Tensor.data_ptr, params)),
+        simple=all(map(Tensor.is_contiguous, params)) and not any(map(Tensor.is_complex, params)),
+        g_dtypes=list(map(_dtype, grads)),
+        numels=list(map(Tensor.numel, params)),
+        devices=list(map(Tensor.get_device, params)),
+    )
+    _remember_grads(plan, grads, list(map(Tensor.data_ptr, grads)))
+    return plan
 
 
 _dtype = Tensor.dtype.__get__
+_deref = weakref.ref.__call__
+_data_ptr = Tensor.data_ptr
+_15 = 15
+
+
+def _remember_grads(plan: _Plan, grads: list[Tensor], addresses: list[int]) -> None:
+    plan.g_addresses = addresses
+    plan.grad_refs = list(map(weakref.ref, grads))
+
+
+def _same(a: Any, b: tuple) -> bool:
+    """The same tensor objects, in order (a tuple passed in again is its own proof)."""
+    return a is b or (len(a) == len(b) and all(map(operator.is_, a, b)))
+
+
+def _layout(lists: tuple[Any, ...]) -> list[Any]:
+    """What the tables encode about the parameters and state: addresses, sizes, strides and
+    dtypes (gradients apart). Equal layouts mean equal tables, whatever the tensor objects."""
+    params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
+    layout: list[Any] = []
+    for lst in (params, exp_avgs, exp_avg_sqs, maxes, steps):
+        layout += map(_data_ptr, lst)
+    layout += map(Tensor.numel, params)
+    layout += map(Tensor.stride, params)
+    layout += map(_dtype, params)
+    layout += map(_dtype, exp_avgs)
+    return layout
+
+
+def _still_valid(plan: _Plan, lists: tuple[Any, ...], amsgrad: bool) -> bool:
+    """Whether ``plan``'s tables describe these tensors.
+
+    Per step, with the tensors the plan was built from: identity checks and one ``data_ptr``
+    per parameter (``p.data = ...`` keeps the object, not the address). Other tensor objects
+    with the same layout (the local shards of DTensor parameters are new views every step)
+    are checked address by address and adopted. New gradient tensors
+    (``zero_grad(set_to_none=True)``) are checked for dtype, size, device, contiguity and
+    alignment, and their addresses refreshed on the device.
+    """
+    params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
+    params0, exp_avgs0, exp_avg_sqs0, maxes0 = plan.tensors
+    if not (
+        plan.block == BLOCK
+        and len(steps) == plan.n
+        and all(map(operator.is_, itertools.islice(steps, 1, None), plan.later_steps))
+    ):
+        return False
+    if not (
+        (params is params0 or _same(params, params0))
+        and (exp_avgs is exp_avgs0 or _same(exp_avgs, exp_avgs0))
+        and (exp_avg_sqs is exp_avg_sqs0 or _same(exp_avg_sqs, exp_avg_sqs0))
+        and (not amsgrad or maxes is maxes0 or _same(maxes, maxes0))
+        and list(map(_data_ptr, params)) == plan.p_addresses
+    ):
+        if _layout(lists) != plan.layout:
+            return False
+        plan.tensors = (tuple(params), tuple(exp_avgs), tuple(exp_avg_sqs), tuple(maxes))
+    if all(map(operator.is_, grads, map(_deref, plan.grad_refs))):
+        return True
+    if not (
+        plan.simple
+        and list(map(_dtype, grads)) == plan.g_dtypes
+        and all(map(Tensor.is_contiguous, grads))
+        and list(map(Tensor.numel, grads)) == plan.numels
+        and list(map(Tensor.get_device, grads)) == plan.devices
+    ):
+        return False
+    addresses = list(map(Tensor.data_ptr, grads))
+    if addresses != plan.g_addresses:
+        for launch in plan.launches:
+            column = addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
+            if launch.aligned and any(map(_15.__and__, column)):
+                return False  # the kernel was specialized for 16-byte aligned addresses
+            table = torch.tensor(column, dtype=torch.int64)
+            if launch.grads.is_cuda:
+                table = table.pin_memory()
+            launch.grads.copy_(table, non_blocking=True)  # stream-ordered after the last launch
+    _remember_grads(plan, grads, addresses)
+    return True
 
 
 def _plan_for(lists: tuple[list[Tensor], ...], amsgrad: bool) -> _Plan:
-    checked = lists if amsgrad else lists[:4] + lists[5:]  # without amsgrad, lists[4] is lists[3]
-    # The only O(n) host work per step: what the tables encode. Every address, and the size
-    # (numel: the chunk count and the mask) and dtype (the launch) of every parameter; the
-    # gradient and state are checked against their parameter whenever the plan is built.
-    params = lists[0]
-    signature: list[Any] = [a for lst in checked for a in map(Tensor.data_ptr, lst)]
-    signature += map(Tensor.numel, params)
-    signature += map(_dtype, params)
     key = id(lists[5][0])
     plan = _plans.get(key)
-    if plan is None or plan.signature != signature or plan.block != BLOCK:
-        if plan is None:  # forget the plan (and free its tables) with the step tensor it hangs on
-            weakref.finalize(lists[5][0], _plans.pop, key, None)
-        plan = _plans[key] = _build_plan(lists, signature)
+    if plan is not None and _still_valid(plan, lists, amsgrad):
+        return plan
+    if plan is None:  # forget the plan (and free its tables) with the step tensor it hangs on
+        weakref.finalize(lists[5][0], _plans.pop, key, None)
+    plan = _plans[key] = _build_plan(lists)
     return plan
 
 
@@ -234,44 +352,64 @@ def _update(
 ) -> None:
     if not params:
         return
-    module = _kernel_module(interpret)
-    if hasattr(params[0], "_local_tensor"):  # DTensor (FSDP2), called directly: this rank's shards
+    if interpret:
+        if params[0].is_cuda:
+            raise RuntimeError(f"interpreted_update runs on CPU tensors; got {params[0].device}")
+    elif not params[0].is_cuda:
+        raise RuntimeError(f"fused_cuda updates CUDA tensors; got {params[0].device} (use foreach=True)")
+    elif torch.compiler.is_compiling():
+        # Under torch.compile the update runs eagerly: the device tables and the direct
+        # launch are host code (dynamo would guard on every address).
+        return _update_eagerly(
+            interpret, rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
+            bias_correction=bias_correction, capturable=capturable, grad_scale=grad_scale, found_inf=found_inf,
+        )  # fmt: skip
+    module = _modules.get(interpret) or _kernel_module(interpret)
+    if is_dtensor(params[0]):  # FSDP2, called directly: this rank's shards
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
     plan = _plan_for(lists, amsgrad)
-    device = params[0].device
     lr_on_device = isinstance(lr, Tensor)
-    if lr_on_device and lr.device != device:
-        lr = lr.to(device=device, dtype=torch.float32)
+    if lr_on_device and lr.device != params[0].device:
+        lr = lr.to(device=params[0].device, dtype=torch.float32)
     variant = (
         rule, bias_correction, amsgrad, maximize, decoupled_weight_decay, weight_decay != 0, lr_on_device,
         grad_scale is not None, found_inf is not None, NUM_WARPS,
     )  # fmt: skip
-    for launch in plan.launches:
-        dummy = launch.counters  # stands in for absent pointers; never read
-        args = (
-            launch.meta,
-            launch.chunks,
-            launch.counters,
-            0.0 if lr_on_device else float(lr),
-            lr if lr_on_device else dummy,
-            dummy if grad_scale is None else grad_scale,
-            dummy if found_inf is None else found_inf,
-            1.0 - beta1,  # computed in float64, then rounded: 1-β2 keeps its 7 digits
-            1.0 - beta2,
-            eps,
-            weight_decay,
-        )
-        if interpret:
-            module.adam_family_kernel[(launch.n_chunks,)](*args, **_flags(module, launch, variant))
-            continue
-        if device.index != torch.cuda.current_device():  # Triton launches on the current device
-            with torch.cuda.device(device):
-                _launch(module, launch, variant, args, device.index)
-        else:
-            _launch(module, launch, variant, args, device.index)
+    # lr, grad_scale and found_inf: tensors (pointers) or None; the rest plain numbers
+    scalars = (
+        0.0 if lr_on_device else float(lr),
+        lr if lr_on_device else None,
+        grad_scale,
+        found_inf,
+        1.0 - beta1,  # computed in float64, then rounded: 1-β2 keeps its 7 digits
+        1.0 - beta2,
+        eps,
+        weight_decay,
+    )
+    if interpret:
+        for launch in plan.launches:
+            module.adam_family_kernel[(launch.n_chunks,)](*_args(launch, scalars), **_flags(module, launch, variant))
+        return
+    index = params[0].get_device()
+    if index != torch._C._cuda_getDevice():  # Triton launches on the current device
+        with torch.cuda.device(index):
+            for launch in plan.launches:
+                _launch(module, launch, variant, scalars, index)
+    else:
+        for launch in plan.launches:
+            _launch(module, launch, variant, scalars, index)
+
+
+def _args(launch: _Launch, scalars: tuple) -> tuple:
+    """The kernel's runtime arguments for a JIT launch (pointers as tensors)."""
+    lr, lr_tensor, grad_scale, found_inf, *rest = scalars
+    pointers = [launch.counters if t is None else t for t in (lr_tensor, grad_scale, found_inf)]
+    return (launch.meta, launch.grads, launch.chunks, launch.counters, lr, *pointers, *rest)
 
 
 def _flags(module: ModuleType, launch: _Launch, variant: tuple) -> dict[str, Any]:
@@ -294,46 +432,81 @@ def _flags(module: ModuleType, launch: _Launch, variant: tuple) -> dict[str, Any
     )
 
 
-def _no_launch_hooks() -> bool:
-    """True unless a profiler registered Triton launch hooks (then the JIT path calls them)."""
-    from triton import knobs
-
-    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
-    return all(h is None or not getattr(h, "calls", True) for h in hooks)  # Triton 3.6: empty HookChain
-
-
-def _current_stream(device_index: int) -> int:
-    return torch._C._cuda_getCurrentRawStream(device_index)
-
-
-def _launch(module: ModuleType, launch: _Launch, variant: tuple, args: tuple, device_index: int) -> None:
+def _launch(module: ModuleType, launch: _Launch, variant: tuple, scalars: tuple, device_index: int) -> None:
     """Launch on the current stream. The first launch of a variant goes through Triton's
-    JIT (compiling if needed); later ones call the compiled kernel directly, which skips
-    about ten microseconds of argument binding and cache lookup per step."""
-    compiled = launch.compiled.get(variant)
-    if compiled is not None and _no_launch_hooks():
-        kernel, constants = compiled
-        stream = _current_stream(device_index)
-        kernel.run(
-            launch.n_chunks, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants
-        )
+    JIT (compiling if needed) and keeps a direct way into the compiled kernel's launcher;
+    later launches take it, with plain addresses for the pointers (see :class:`_Direct`)."""
+    direct = launch.direct.get(variant)
+    if direct is not None and direct.usable(module):
+        lr, lr_tensor, grad_scale, found_inf, *rest = scalars
+        dummy = launch.addresses[3]  # stands in for absent pointers; never read
+        direct.call(
+            torch._C._cuda_getCurrentRawStream(device_index),
+            *launch.addresses, lr,
+            dummy if lr_tensor is None else lr_tensor.data_ptr(),
+            dummy if grad_scale is None else grad_scale.data_ptr(),
+            dummy if found_inf is None else found_inf.data_ptr(),
+            *rest,
+        )  # fmt: skip
         return
     flags = _flags(module, launch, variant)
+    args = _args(launch, scalars)
     kernel = module.adam_family_kernel[(launch.n_chunks,)](*args, **flags, num_warps=NUM_WARPS)
-    names = module.adam_family_kernel.arg_names[len(args) :]
-    launch.compiled[variant] = (kernel, tuple(flags[name] for name in names))
+    launch.direct[variant] = _Direct.of(module, kernel, launch.n_chunks, flags, len(args))
 
 
-@torch.compiler.disable  # under torch.compile: run eagerly (the device tables and direct launch are host code)
-def fused_cuda_update(rule: str, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
-    """One step of ``rule`` on CUDA tensors; the signature of every implementation."""
-    if params and params[0].device.type != "cuda":
-        raise RuntimeError(f"fused_cuda updates CUDA tensors; got {params[0].device} (use foreach=True)")
-    _update(False, rule, params, *args, **kwargs)
+class _Direct:
+    """A compiled kernel's C launcher, called without Triton's Python layers.
+
+    Triton's JIT launch binds arguments, looks up its cache and, for every tensor, calls
+    ``data_ptr()`` and asks CUDA about the pointer: about 30 microseconds per step, more
+    than a small model's whole update. The launcher it ends in is a C function; this calls
+    it with the same arguments, pointers passed as integers. Its argument list is Triton's
+    own business, so this is used only on the Triton versions it was checked against (see
+    ``_DIRECT_TRITON``), only while no launch hooks (profilers) are registered, and never
+    for a kernel that needs scratch memory; everything else goes through the JIT.
+    """
+
+    __slots__ = ("c_launch", "head", "tail")
+
+    def __init__(self, c_launch: Any, head: tuple, tail: tuple) -> None:
+        self.c_launch, self.head, self.tail = c_launch, head, tail
+
+    @classmethod
+    def of(cls, module: ModuleType, kernel: Any, n_chunks: int, flags: dict, n_args: int) -> _Direct | None:
+        """The direct way into ``kernel``'s launcher, or None where it is not known to be safe."""
+        run = kernel.run
+        if (
+            not module.triton.__version__.startswith(_DIRECT_TRITON)
+            or run.global_scratch_size
+            or (run.profile_scratch_size)
+        ):
+            return None
+        after_stream = (kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None)
+        after_stream += (kernel.packed_metadata, None, None, None)  # launch metadata, enter/exit hooks
+        constants = tuple(flags[name] for name in module.adam_family_kernel.arg_names[n_args:])
+        return cls(run.launch, ((n_chunks, 1, 1), after_stream), constants)
+
+    def usable(self, module: ModuleType) -> bool:
+        hooks = module.triton.knobs.runtime
+        return _no_hook(hooks.launch_enter_hook) and _no_hook(hooks.launch_exit_hook)
+
+    def call(self, stream: int, *args: Any) -> None:
+        grid, after_stream = self.head
+        self.c_launch(*grid, stream, *after_stream, *args, *self.tail)
 
 
-def interpreted_update(rule: str, params: list[Tensor], *args: Any, **kwargs: Any) -> None:
-    """The same kernel on CPU tensors under Triton's interpreter (slow; for tests)."""
-    if params and params[0].device.type != "cpu":
-        raise RuntimeError(f"interpreted_update runs on CPU tensors; got {params[0].device}")
-    _update(True, rule, params, *args, **kwargs)
+_DIRECT_TRITON = ("3.6.",)  # launcher argument lists checked against (GPU run in benchmarks/RESULTS.md)
+
+
+def _no_hook(hook: Any) -> bool:
+    return hook is None or not getattr(hook, "calls", True)  # Triton 3.6: an empty HookChain
+
+
+_update_eagerly = torch.compiler.disable(_update)
+
+fused_cuda_update = functools.partial(_update, False)
+fused_cuda_update.__doc__ = "One step of ``rule`` on CUDA tensors; the signature of every implementation."
+
+interpreted_update = functools.partial(_update, True)
+interpreted_update.__doc__ = "The same kernel on CPU tensors under Triton's interpreter (slow; for tests)."

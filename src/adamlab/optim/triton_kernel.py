@@ -6,11 +6,15 @@ runs without Triton. The same source is also loaded a second time with
 
 One launch updates every tensor of a group. Program ``pid`` owns one chunk of ``BLOCK``
 elements of one tensor; it finds which through a device-side table built once on the host
-(``triton_fused.Table``) and reused across steps:
+(``triton_fused._Launch``) and reused across steps:
 
     chunks[pid, 0]  tensor index i       chunks[pid, 1]  chunk index c within tensor i
-    meta[i, k]      addresses of p, g, v (exp_avg), s (exp_avg_sq), max(s), step  (k = 0..5)
-    meta[i, 6]      numel of tensor i     meta[i, 7]      number of chunks of tensor i
+    meta[i, k]      addresses of p, v (exp_avg), s (exp_avg_sq), max(s), step  (k = 0..4)
+    meta[i, 5]      numel of tensor i     meta[i, 6]      number of chunks of tensor i
+    grads[i]        address of tensor i's gradient
+
+The gradient addresses are a table of their own: ``zero_grad(set_to_none=True)`` gives new
+gradient buffers every step, and refreshing one column is one small copy.
 
 The update follows :func:`adamlab.reference.step` line by line, in float32 (parameters and
 state may be bf16/fp16; they are widened on load and rounded once on store)::
@@ -122,6 +126,7 @@ def update(
 @triton.jit(do_not_specialize_on_alignment=["lr_ptr", "grad_scale_ptr", "found_inf_ptr"])
 def adam_family_kernel(
     meta_ptr,  # int64 [n_tensors, 8]: see the module docstring
+    grads_ptr,  # int64 [n_tensors]: gradient addresses
     chunks_ptr,  # int32 [n_chunks, 2]
     counters_ptr,  # int32 [n_tensors], all zero between launches
     lr,  # float, unless LR_ON_DEVICE
@@ -157,13 +162,13 @@ def adam_family_kernel(
         c = tl.load(chunks_ptr + 2 * pid + 1)
         row = meta_ptr + 8 * i.to(tl.int64)
         p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
-        g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
-        v_ptr = tl.load(row + 2).to(tl.pointer_type(S_DTYPE))
-        s_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
-        m_ptr = tl.load(row + 4).to(tl.pointer_type(S_DTYPE))
-        step_ptr = tl.load(row + 5).to(tl.pointer_type(tl.float32))
-        numel = tl.load(row + 6)
-        tensor_chunks = tl.load(row + 7)
+        g_ptr = tl.load(grads_ptr + i).to(tl.pointer_type(G_DTYPE))
+        v_ptr = tl.load(row + 1).to(tl.pointer_type(S_DTYPE))
+        s_ptr = tl.load(row + 2).to(tl.pointer_type(S_DTYPE))
+        m_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
+        step_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+        numel = tl.load(row + 5)
+        tensor_chunks = tl.load(row + 6)
         if ALIGNED:
             p_ptr = tl.multiple_of(p_ptr, 16)
             g_ptr = tl.multiple_of(g_ptr, 16)
