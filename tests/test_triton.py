@@ -509,3 +509,28 @@ def test_new_views_of_the_same_tensors_keep_the_tables(backend):
         run.check(before, grads)
         plans.append(triton_fused._plans[id(run.steps[0])])
     assert plans[0] is plans[1] is plans[2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_parameter_shrunk_in_place_rebuilds_the_table(backend):
+    """``p.data = p.data[:k]`` on the same tensor objects (parameter, gradient buffer and
+    state alike): same objects, same addresses, smaller sizes. The kernel must update k
+    elements, not the old numel: the memory past the views is left alone."""
+    run = Run(backend, "adam", {}, shapes=[(1500,), (7,)])
+    grad_buffers = [torch.empty_like(p) for p in run.params]
+    for buf, g in zip(grad_buffers, run.grads()):
+        buf.copy_(g)
+    run.step(grad_buffers)
+    k = 5
+    fulls = [lst[0].data for lst in (run.params, grad_buffers, run.exp_avgs, run.exp_avg_sqs)]
+    for lst in (run.params, grad_buffers, run.exp_avgs, run.exp_avg_sqs):
+        lst[0].data = lst[0].data[:k]
+    tails = [full[k:].clone() for full in fulls]
+    grads = run.grads()
+    for buf, g in zip(grad_buffers, grads):
+        buf.copy_(g)
+    before = run.snapshot()
+    run.step(grad_buffers)
+    run.check(before, grad_buffers)
+    for full, tail in zip(fulls, tails):
+        assert torch.equal(full[k:], tail), "the kernel wrote past the shrunk view"

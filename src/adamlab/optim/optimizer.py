@@ -284,11 +284,14 @@ class _AdamFamily(Optimizer):
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
             states.append(state)
-        if not torch.compiler.is_compiling():
-            lists = tuple(map(tuple, (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)))
-            self._gathered[id(group)] = _Gathered(group, lists, states)
-            self._state_watch = None  # look at the state again after this step
-        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        if torch.compiler.is_compiling():
+            return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        # The same tuples from now on: an implementation that keeps them (the fused CUDA
+        # tables) recognises them with one identity check.
+        p, v, s, m, t = lists = tuple(map(tuple, (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)))
+        self._gathered[id(group)] = _Gathered(group, lists, states)
+        self._state_watch = None  # look at the state again after this step
+        return p, grads, v, s, m, t
 
     @property
     def _gathered(self) -> dict[int, _Gathered]:

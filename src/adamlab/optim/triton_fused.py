@@ -5,13 +5,16 @@ with the one signature every implementation shares. The kernel is in
 :mod:`adamlab.optim.triton_kernel`; this module plans and launches it and imports Triton
 only on first use, so adamlab imports and runs everything else without it.
 
-Host work per step is kept small. The first step of a parameter set builds a device-side
-table of addresses, sizes and chunk offsets (a *plan*); later steps only read the
-``data_ptr`` of every tensor and the ``numel`` and ``dtype`` of every parameter, and compare
-them with the plan's (a new gradient buffer, ``p.data = ...`` or a loaded state_dict changes
-them, and then the plan is rebuilt and the tensors validated again). Sizes count as well as
-addresses: ``p.data = p.data[:k]`` keeps the address, and a stale size would write past the
-view. A plan lives as long as the first parameter's ``step`` tensor.
+Host work per step is kept small. The first step of a parameter set validates the tensors
+and builds device-side tables of addresses, sizes and chunk offsets (a *plan*). The plan
+keeps the parameter and state tensors it was built from; a later step with the same tensor
+objects (the optimizer passes the very same tuples) checks only each parameter's address and
+size (``p.data = ...`` keeps the object, not the address or size) and each gradient's
+identity. New gradient tensors (``zero_grad(set_to_none=True)``) get a light check (dtype,
+size, device, contiguity, alignment) and, if they moved, a refreshed address table; new
+views of the same memory (DTensor shards) are compared address by address; anything else
+builds a new plan. Gradients are held weakly, so the plan never keeps them alive. A plan
+lives as long as the first parameter's ``step`` tensor. See :func:`_still_valid`.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
@@ -237,6 +240,7 @@ def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
 _dtype = Tensor.dtype.__get__
 _deref = weakref.ref.__call__
 _data_ptr = Tensor.data_ptr
+_numel = Tensor.numel
 _15 = 15
 
 
@@ -268,7 +272,8 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...], amsgrad: bool) -> bool:
     """Whether ``plan``'s tables describe these tensors.
 
     Per step, with the tensors the plan was built from: identity checks and one ``data_ptr``
-    per parameter (``p.data = ...`` keeps the object, not the address). Other tensor objects
+    and ``numel`` per parameter (``p.data = ...`` keeps the object, not the address or the
+    size). Other tensor objects
     with the same layout (the local shards of DTensor parameters are new views every step)
     are checked address by address and adopted. New gradient tensors
     (``zero_grad(set_to_none=True)``) are checked for dtype, size, device, contiguity and
@@ -288,6 +293,7 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...], amsgrad: bool) -> bool:
         and (exp_avg_sqs is exp_avg_sqs0 or _same(exp_avg_sqs, exp_avg_sqs0))
         and (not amsgrad or maxes is maxes0 or _same(maxes, maxes0))
         and list(map(_data_ptr, params)) == plan.p_addresses
+        and list(map(_numel, params)) == plan.numels
     ):
         if _layout(lists) != plan.layout:
             return False
@@ -437,16 +443,18 @@ def _launch(module: ModuleType, launch: _Launch, variant: tuple, scalars: tuple,
     JIT (compiling if needed) and keeps a direct way into the compiled kernel's launcher;
     later launches take it, with plain addresses for the pointers (see :class:`_Direct`)."""
     direct = launch.direct.get(variant)
-    if direct is not None and direct.usable(module):
+    hooks = module.triton.knobs.runtime  # a profiler's launch hooks need the JIT path
+    if direct is not None and _no_hook(hooks.launch_enter_hook) and _no_hook(hooks.launch_exit_hook):
         lr, lr_tensor, grad_scale, found_inf, *rest = scalars
         dummy = launch.addresses[3]  # stands in for absent pointers; never read
-        direct.call(
-            torch._C._cuda_getCurrentRawStream(device_index),
+        grid, after_stream = direct.head
+        direct.c_launch(
+            *grid, torch._C._cuda_getCurrentRawStream(device_index), *after_stream,
             *launch.addresses, lr,
             dummy if lr_tensor is None else lr_tensor.data_ptr(),
             dummy if grad_scale is None else grad_scale.data_ptr(),
             dummy if found_inf is None else found_inf.data_ptr(),
-            *rest,
+            *rest, *direct.tail,
         )  # fmt: skip
         return
     flags = _flags(module, launch, variant)
@@ -459,9 +467,9 @@ class _Direct:
     """A compiled kernel's C launcher, called without Triton's Python layers.
 
     Triton's JIT launch binds arguments, looks up its cache and, for every tensor, calls
-    ``data_ptr()`` and asks CUDA about the pointer: about 30 microseconds per step, more
-    than a small model's whole update. The launcher it ends in is a C function; this calls
-    it with the same arguments, pointers passed as integers. Its argument list is Triton's
+    ``data_ptr()`` and asks CUDA about the pointer: 22 microseconds per launch on the H200
+    machine's host, against 4 for the C launcher it ends in (benchmarks/RESULTS.md). This
+    calls that C function with the same arguments, pointers passed as integers. Its argument list is Triton's
     own business, so this is used only on the Triton versions it was checked against (see
     ``_DIRECT_TRITON``), only while no launch hooks (profilers) are registered, and never
     for a kernel that needs scratch memory; everything else goes through the JIT.
@@ -476,24 +484,13 @@ class _Direct:
     def of(cls, module: ModuleType, kernel: Any, n_chunks: int, flags: dict, n_args: int) -> _Direct | None:
         """The direct way into ``kernel``'s launcher, or None where it is not known to be safe."""
         run = kernel.run
-        if (
-            not module.triton.__version__.startswith(_DIRECT_TRITON)
-            or run.global_scratch_size
-            or (run.profile_scratch_size)
-        ):
+        known = module.triton.__version__.startswith(_DIRECT_TRITON)
+        if not known or run.global_scratch_size or run.profile_scratch_size:
             return None
         after_stream = (kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None)
         after_stream += (kernel.packed_metadata, None, None, None)  # launch metadata, enter/exit hooks
         constants = tuple(flags[name] for name in module.adam_family_kernel.arg_names[n_args:])
         return cls(run.launch, ((n_chunks, 1, 1), after_stream), constants)
-
-    def usable(self, module: ModuleType) -> bool:
-        hooks = module.triton.knobs.runtime
-        return _no_hook(hooks.launch_enter_hook) and _no_hook(hooks.launch_exit_hook)
-
-    def call(self, stream: int, *args: Any) -> None:
-        grid, after_stream = self.head
-        self.c_launch(*grid, stream, *after_stream, *args, *self.tail)
 
 
 _DIRECT_TRITON = ("3.6.",)  # launcher argument lists checked against (GPU run in benchmarks/RESULTS.md)
