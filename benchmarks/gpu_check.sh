@@ -12,7 +12,8 @@
 #    (gloo) since one GPU cannot hold two nccl ranks;
 # 3. python -m adamlab.bench.gpu: issue 6's table, with copy bandwidth measured in the same
 #    process and the first fused step in a new process;
-# 4. where the host time of one small step goes (benchmarks/gpu/host_profile.py).
+# 4. where the host time of an eager step goes (benchmarks/gpu/host_profile.py);
+# 5. the lab's own command, adamlab bench --device cuda, on two of its sets.
 # Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,14 +50,18 @@ timeout 270 "$PY" -m adamlab.bench.gpu "${BENCH[@]}" --json "$OUT/gpu_bench.json
 BENCH_RC=${PIPESTATUS[0]}
 
 if [[ $DRY == 0 ]]; then
-  echo "== 4. host time of one fused step (2 tiny tensors)"
-  timeout 60 "$PY" benchmarks/gpu/host_profile.py 2>&1 | tee "$OUT/host_profile.log"
+  echo "== 4. host time of one fused step (2 tiny tensors, 4000 small ones)"
+  timeout 90 "$PY" benchmarks/gpu/host_profile.py 2>&1 | tee "$OUT/host_profile.log"
+  echo "== 5. the lab command on the GPU: adamlab bench --device cuda (two of its sets)"
+  timeout 120 "$PY" -m adamlab.bench --device cuda --set many-small --set linear-2 --repeats 5 \
+    --no-first-step --out "$OUT/lab-bench" 2>&1 | tee "$OUT/lab_bench.log"
+  LAB_RC=${PIPESTATUS[0]}
 fi
 
 echo
 echo "== summary"
 tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
 grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
-echo "bench rc $BENCH_RC"
+echo "bench rc $BENCH_RC${LAB_RC:+, adamlab bench --device cuda rc $LAB_RC}"
 [[ -f "$OUT/host_profile.log" ]] && grep "us/call" "$OUT/host_profile.log"
 sed -n '/^| parameter set/,$p' "$OUT/bench.log"
