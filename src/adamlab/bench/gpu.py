@@ -299,6 +299,8 @@ def first_call(device: torch.device, dry: bool) -> dict[str, float]:
 
 def machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
+        "host load average (1, 5, 15 min)": os.getloadavg(),
+        "host cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -326,6 +328,7 @@ def table(rows: list[Row], copy_bps: float, info: dict[str, Any], first: dict[st
         f"{info['card']} | driver {info.get('driver')} | torch {info['torch']} | triton {info['triton']}"
         f" | {info['date']}",
         f"copy bandwidth (read + write): {copy_bps / 1e12:.3f} TB/s; fp32, {BYTES_PER_PARAM} B/param/step",
+        f"host: {info['host cpus']} CPUs, load average {info['host load average (1, 5, 15 min)']} at the start",
         "",
         f"| {'parameter set':38s} | {'optimizer':34s} | {'ms/step':>10s} | {'% copy':>6s} |",
         f"|{'-' * 40}|{'-' * 36}|{'-' * 12}|{'-' * 8}|",
@@ -334,7 +337,8 @@ def table(rows: list[Row], copy_bps: float, info: dict[str, Any], first: dict[st
         ms = f"{r.ms * 1e3:.1f} us" if r.ms < 1 else f"{r.ms:.3f}"
         lines.append(f"| {r.set:38s} | {r.name:34s} | {ms:>10s} | {r.copy_pct:6.1f} |")
     lines.append("")
-    lines.append("first fused step in a new process: " + ", ".join(f"{k} {v:.2f} s" for k, v in first.items()))
+    if first:
+        lines.append("first fused step in a new process: " + ", ".join(f"{k} {v:.2f} s" for k, v in first.items()))
     return "\n".join(lines)
 
 
@@ -343,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny CPU sets, fused rows on the interpreter")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--set", action="append", default=[], help="only sets whose name contains this (repeatable)")
+    parser.add_argument("--no-first-call", action="store_true", help="skip timing the first step in a new process")
     args = parser.parse_args(argv)
     dry = args.cpu_dry_run
     if dry:
@@ -360,10 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy bandwidth: {copy_bps / 1e12:.3f} TB/s", flush=True)
     rows: list[Row] = []
     for name, shapes in parameter_sets(dry).items():
+        if args.set and not any(s in name for s in args.set):
+            continue
         print(name, flush=True)
         rows += bench_set(name, shapes, device, optimizers(device), timer, copy_bps, dry)
     sweep_rows = [] if args.no_sweep else sweep(device, timer, copy_bps, dry)
-    first = first_call(device, dry)
+    first = {} if args.no_first_call else first_call(device, dry)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
