@@ -534,3 +534,35 @@ def test_a_parameter_shrunk_in_place_rebuilds_the_table(backend):
     run.check(before, grad_buffers)
     for full, tail in zip(fulls, tails):
         assert torch.equal(full[k:], tail), "the kernel wrote past the shrunk view"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_at_addresses_seen_before_reuse_their_table(backend):
+    """Two gradient buffers in turn (new objects at known addresses): after the first round
+    no address table is uploaded again; many distinct buffers keep at most a few tables."""
+    from adamlab.optim import triton_fused
+
+    run = Run(backend, "adam", {}, shapes=[(40,), (9,)])
+    sets = [[torch.empty_like(p) for p in run.params] for _ in range(6)]
+    tables = []
+    for k in range(6):
+        buffers = sets[k % 2]
+        before = run.snapshot()
+        grads = run.grads()
+        for buf, g in zip(buffers, grads):
+            buf.copy_(g)
+        run.step(list(buffers))  # a new list each step
+        run.check(before, buffers)
+        (launch,) = triton_fused._plans[id(run.steps[0])].launches
+        tables.append(launch.grads)
+    assert tables[2] is tables[0] and tables[3] is tables[1] and tables[0] is not tables[1]
+    for k in range(6):  # six distinct sets: the oldest tables are dropped
+        buffers = [b.clone() for b in sets[k]]
+        before = run.snapshot()
+        grads = run.grads()
+        for buf, g in zip(buffers, grads):
+            buf.copy_(g)
+        run.step(buffers)
+        run.check(before, buffers)
+    (launch,) = triton_fused._plans[id(run.steps[0])].launches
+    assert len(launch.grad_tables) == triton_fused._GRAD_TABLES

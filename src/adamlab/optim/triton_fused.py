@@ -95,7 +95,7 @@ class _Launch:
 
     index: list[int]  # positions of this launch's tensors in the lists
     meta: Tensor  # int64 [n, 8]
-    grads: Tensor  # int64 [n]: gradient addresses, refreshed when gradients move
+    grads: Tensor  # int64 [n]: gradient addresses (the current one of grad_tables)
     chunks: Tensor  # int32 [n_chunks, 2]
     counters: Tensor  # int32 [n]
     n_chunks: int
@@ -106,6 +106,24 @@ class _Launch:
     direct: dict[tuple, Any] = field(default_factory=dict)  # variant -> _Direct, or None (JIT every time)
 
     def __post_init__(self) -> None:
+        # gradient address tables by content, newest last; never written once made, so a
+        # launch still in flight can keep reading the one it was given
+        self.grad_tables: dict[tuple[int, ...], Tensor] = {}
+        self.use_grad_table(None)
+
+    def use_grad_table(self, column: list[int] | None) -> None:
+        """Point the launch at the table of these gradient addresses (None: the current one),
+        uploading it only if none of the last few tables holds them. Gradients that come back
+        at addresses seen before (two buffers in turn, or the same blocks from the caching
+        allocator) cost no copy."""
+        if column is not None:
+            key = tuple(column)
+            table = self.grad_tables.pop(key, None)
+            if table is None:
+                table = _upload(torch.tensor(column, dtype=torch.int64), self.grads.device)
+            self.grad_tables[key] = self.grads = table
+            while len(self.grad_tables) > _GRAD_TABLES:
+                del self.grad_tables[next(iter(self.grad_tables))]
         # what a direct launch passes for the tables: plain addresses (see _Direct)
         self.addresses = tuple(t.data_ptr() for t in (self.meta, self.grads, self.chunks, self.counters))
 
@@ -135,6 +153,7 @@ class _Plan:
 
 
 _plans: dict[int, _Plan] = {}
+_GRAD_TABLES = 4  # gradient address tables kept per launch
 
 
 def _real(t: Tensor) -> Tensor:
@@ -220,6 +239,7 @@ def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
                 and all(a % 16 == 0 for a in g_addresses),
             )
         )
+        launches[-1].grad_tables[tuple(g_addresses)] = launches[-1].grads
     plan = _Plan(
         block=BLOCK,
         launches=launches,
@@ -310,14 +330,12 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...], amsgrad: bool) -> bool:
         return False
     addresses = list(map(Tensor.data_ptr, grads))
     if addresses != plan.g_addresses:
-        for launch in plan.launches:
-            column = addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
-            if launch.aligned and any(map(_15.__and__, column)):
-                return False  # the kernel was specialized for 16-byte aligned addresses
-            table = torch.tensor(column, dtype=torch.int64)
-            if launch.grads.is_cuda:
-                table = table.pin_memory()
-            launch.grads.copy_(table, non_blocking=True)  # stream-ordered after the last launch
+        columns = [addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
+                   for launch in plan.launches]  # fmt: skip
+        if any(launch.aligned and any(map(_15.__and__, column)) for launch, column in zip(plan.launches, columns)):
+            return False  # the kernel was specialized for 16-byte aligned addresses
+        for launch, column in zip(plan.launches, columns):
+            launch.use_grad_table(column)
     _remember_grads(plan, grads, addresses)
     return True
 
