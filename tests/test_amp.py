@@ -213,6 +213,39 @@ def test_skip_nonfinite_skips_the_group(rule: str, impl: str, bad: str) -> None:
     assert all(torch.isfinite(t).all() for s in opt.state.values() for t in s.values())
 
 
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("rule", list(OPTIMIZERS))
+def test_a_skipped_first_step_leaves_no_state(rule: str, impl: str) -> None:
+    """A group skipped at its very first step has not stepped: no state is left behind
+    (as if step() had not been called for it); the other group steps as usual. State that
+    existed before the skipped step (here: initialize_moments) is kept."""
+    kwargs = impl_kwargs(impl)
+    model = make_model()
+    opt = make_opt(OPTIMIZERS[rule], model, skip_nonfinite=True, **kwargs)
+    loss_of(model, 0).backward()
+    poison(model, math.nan, where=0)
+    opt.step()
+    assert all(p not in opt.state for p in model[0].parameters())
+    assert all(opt.state[p]["step"].item() == 1 for p in model[2].parameters())
+    opt.zero_grad()
+    loss_of(model, 1).backward()
+    opt.step()  # group 0's first real step
+    assert all(opt.state[p]["step"].item() == 1 for p in model[0].parameters())
+
+    model = make_model()
+    opt = make_opt(OPTIMIZERS[rule], model, skip_nonfinite=True, **kwargs)
+    opt.initialize_moments([lambda i=i: loss_of(model, i) for i in range(2)])
+    before = snapshot(model, opt)
+    opt.zero_grad()
+    loss_of(model, 2).backward()
+    poison(model, math.inf, where=0)
+    opt.step()
+    after = snapshot(model, opt)
+    for i in (0, 1):
+        for name, value in before["opt"]["state"][i].items():
+            assert torch.equal(value, after["opt"]["state"][i][name]), name
+
+
 @pytest.mark.parametrize("bad", list(BAD_VALUES))
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))

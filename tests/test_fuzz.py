@@ -166,21 +166,26 @@ def run_case(case: dict[str, Any]) -> None:
         grads = [gradient(pattern if i == 0 else "normal", p.shape, gen).to(dtype) for i, p in enumerate(params)]
         for p, g in zip(params, grads):
             p.grad = g
+        had_state = [bool(opt.state.get(p)) for p in params]
         before = [(to64(p), _state64(opt, p, group)) for p in params]
         nonfinite = any(not torch.isfinite(g).all() for g in grads)
 
         opt.step()  # must not raise
 
-        for p, g, (theta0, state0), skip_mask in zip(params, grads, before, excluded):
+        for p, g, (theta0, state0), skip_mask, had in zip(params, grads, before, excluded, had_state):
             assert p.dtype == dtype and p.grad is g
-            st = opt.state[p]
-            assert st["exp_avg"].dtype == sd and st["exp_avg_sq"].dtype == sd
             if fl["skip_nonfinite"] and nonfinite:  # the whole group's step is skipped
                 assert np.array_equal(to64(p), theta0, equal_nan=True)
+                if not had:  # skipped at its first step: no state left behind
+                    assert not opt.state.get(p)
+                    continue
+                st = opt.state[p]
                 assert int(st["step"].item()) == state0.t
                 np.testing.assert_array_equal(to64(st["exp_avg"]), state0.v)
                 np.testing.assert_array_equal(to64(st["exp_avg_sq"]), state0.s)
                 continue
+            st = opt.state[p]
+            assert st["exp_avg"].dtype == sd and st["exp_avg_sq"].dtype == sd
             assert int(st["step"].item()) == state0.t + 1
             _check_step(case, hyper, opt, p, g, theta0, state0, skip_mask, cd, sd, rtol, atol)
         if fl["skip_nonfinite"]:

@@ -268,14 +268,20 @@ class _AdamFamily(Optimizer):
             cached = self._gathered.get(id(group))
             found = cached.gather(group) if cached is not None else None
             if found is not None:
+                self.__dict__["_new_states"] = ()
                 return found
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, states = [], [], [], [], [], [], []
+        new = self.__dict__["_new_states"] = []  # created by this gather (see _step_group)
         for p in group["params"]:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            state = self.state[p] if len(self.state[p]) else self._init_state(p, group)
+            if len(self.state[p]):
+                state = self.state[p]
+            else:
+                state = self._init_state(p, group)
+                new.append(p)
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
@@ -374,10 +380,16 @@ class _AdamFamily(Optimizer):
             # tensors (p.grad stays as the caller left it); found_inf decides below
             tensors = (tensors[0], torch._foreach_div(tensors[1], grad_scale), *tensors[2:])
             grad_scale = None
-        if found_inf is not None and not implementation.startswith("fused"):
-            # Unfused paths cannot mask the update on the device: decide on the host
-            # (one sync; free on CPU). Fused kernels skip without synchronizing.
+        if found_inf is not None and (implementation != "fused_cuda" or not found_inf.is_cuda):
+            # Only the CUDA kernel masks the update on the device, without synchronizing.
+            # Elsewhere decide on the host (one sync; free on CPU), and a skipped step also
+            # takes back the state this step created: the parameter has not stepped yet.
             if found_inf.item():
+                new = self.__dict__.get("_new_states", ())
+                for p in new:
+                    del self.state[p]
+                if new:
+                    self._forget_gathered()
                 return
             found_inf = None
         adam_family_update(
