@@ -92,7 +92,7 @@ class _Gathered:
         self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
         self.states = tuple(states)
         self.lists = lists  # params (with a gradient), exp_avgs, exp_avg_sqs, maxes, steps
-        # every state tensor the update writes, in the order _entries reads them
+        # every state tensor the update writes, in the order gather() reads them
         self.entries = (*lists[1], *lists[2], *lists[4], *lists[3])
 
     def gather(self, group: dict[str, Any]) -> tuple[Any, ...] | None:
