@@ -337,6 +337,27 @@ def test_grad_scale_and_found_inf_passed_directly() -> None:
     assert torch.equal(p, q) and torch.equal(v, v2) and torch.equal(s, s2) and t.item() == t2.item() == 1
 
 
+@pytest.mark.parametrize("which", ["gradient", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"])
+def test_a_smaller_state_or_gradient_is_refused_not_overrun(which: str) -> None:
+    """The kernel walks numel(p) elements of every tensor: a 4-element view where 5 are
+    needed would be written past its end. It raises, naming the tensor, and writes nothing."""
+    from adamlab.optim.fused_cpu import fused_cpu_update
+
+    buffer = torch.zeros(8)
+    tensors = {name: torch.zeros(5) for name in ("gradient", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    tensors[which] = buffer[:4]
+    p = torch.randn(5)
+    hyper = dict(
+        lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+        amsgrad=True, maximize=False, bias_correction=True, capturable=False,
+    )  # fmt: skip
+    before = p.clone()
+    lists = [[tensors[k]] for k in ("gradient", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
+    with pytest.raises(RuntimeError, match=f"the {which} of parameter 0 has 4 elements, the parameter 5"):
+        fused_cpu_update("adam", [p], *lists, [torch.zeros(())], **hyper)
+    assert torch.equal(p, before) and not buffer.any()
+
+
 def test_fails_soft_without_a_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """No compiler: fused=True raises a clear RuntimeError; every other path still works."""
     monkeypatch.setattr(fused_cpu, "_lib", None)

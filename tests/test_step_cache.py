@@ -82,6 +82,11 @@ CHANGES: dict[str, Callable[[Any, list[torch.Tensor]], None]] = {
     ),
     "parameter data replaced": lambda opt, ps: setattr(ps[0], "data", ps[0].data.clone() * 2),
     "state loaded": lambda opt, ps: opt.load_state_dict(opt.state_dict()),
+    "state dict cleared in place": lambda opt, ps: opt.state[ps[1]].clear(),
+    "state tensors moved with .data": lambda opt, ps: [
+        setattr(t, "data", t.data.clone()) for t in opt.state[ps[1]].values() if torch.is_tensor(t)
+    ],
+    "parameter group replaced by a copy": lambda opt, ps: opt.param_groups.__setitem__(0, dict(opt.param_groups[0])),
     "hyperparameters changed": lambda opt, ps: opt.param_groups[0].update(lr=0.2, betas=(0.5, 0.9), eps=1e-2),
 }
 
@@ -95,6 +100,23 @@ def test_a_change_between_steps_is_seen(impl_name: str, change: str) -> None:
     twins.check()
     twins.both(CHANGES[change])
     for _ in range(3):
+        twins.step()
+        twins.check()
+
+
+@pytest.mark.parametrize("impl_name", IMPLS)
+def test_amsgrad_turned_on_between_steps(impl_name: str) -> None:
+    twins = Twins(impl_name)
+    for _ in range(2):
+        twins.step()
+
+    def amsgrad_on(opt, ps):
+        for state in opt.state.values():
+            state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+        opt.param_groups[0]["amsgrad"] = True
+
+    twins.both(amsgrad_on)
+    for _ in range(2):
         twins.step()
         twins.check()
 
@@ -121,6 +143,51 @@ def test_the_optimizer_does_not_keep_gradients_alive(impl_name: str) -> None:
     opt.zero_grad(set_to_none=True)
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("impl_name", IMPLS)
+def test_replaced_or_dropped_state_is_freed_at_once(impl_name: str) -> None:
+    """Nothing cached holds state tensors: a replaced entry, a deleted state or a whole
+    removed group is freed when the user lets go of it, not at the next step."""
+    impl = require(impl_name)
+    params = _params()
+    extra = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = adamlab.Adam([{"params": params}, {"params": [extra]}], lr=0.1, **impl.kwargs)
+    for _ in range(2):
+        _give_gradients([*params, extra])
+        opt.step()
+    old = weakref.ref(opt.state[params[0]]["exp_avg"])
+    opt.state[params[0]]["exp_avg"] = opt.state[params[0]]["exp_avg"].clone()
+    dropped = [weakref.ref(t) for t in opt.state[params[1]].values()]
+    del opt.state[params[1]]
+    gc.collect()
+    assert old() is None and all(r() is None for r in dropped)
+    # a removed group: its parameter and state go once the user drops them (after a step)
+    gone = [weakref.ref(extra), *(weakref.ref(t) for t in opt.state[extra].values())]
+    del opt.param_groups[1], opt.state[extra], extra
+    opt.step()
+    gc.collect()
+    assert all(r() is None for r in gone)
+
+
+def _give_gradients(tensors: list[torch.Tensor]) -> None:
+    for t in tensors:
+        t.grad = torch.ones_like(t)
+
+
+def test_a_post_hook_registered_by_the_closure_runs_that_step() -> None:
+    params = _params()
+    opt = adamlab.Adam(params, lr=0.1)
+    calls = []
+
+    def closure():
+        opt.register_step_post_hook(lambda o, args, kwargs: calls.append(1))
+        for p in params:
+            p.grad = torch.ones_like(p)
+        return 0.0
+
+    opt.step(closure)
+    assert calls == [1]  # as torch.optim.Adam: the hook is there when the step ends
 
 
 def test_a_sparse_gradient_after_dense_ones_raises() -> None:

@@ -566,3 +566,56 @@ def test_gradients_at_addresses_seen_before_reuse_their_table(backend):
         run.check(before, buffers)
     (launch,) = triton_fused._plans[id(run.steps[0])].launches
     assert len(launch.grad_tables) == triton_fused._GRAD_TABLES
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("which", ["exp_avg", "exp_avg_sq", "step", "grad"])
+def test_a_tensor_moved_with_data_is_followed(backend, which):
+    """``t.data = t.data.clone()`` (what moving state between devices, or ``Module._apply``
+    on a gradient, does): the same tensor object at new memory. The kernel must update the
+    new memory, never the old."""
+    run = Run(backend, "adam", {}, shapes=[(40,), (9,)])
+    buffers = [torch.empty_like(p) for p in run.params]
+    for buf, g in zip(buffers, run.grads()):
+        buf.copy_(g)
+    run.step(buffers)
+    target = {"exp_avg": run.exp_avgs, "exp_avg_sq": run.exp_avg_sqs, "step": run.steps, "grad": buffers}[which][0]
+    old = target.data
+    target.data = target.data.clone()
+    old_before = old.clone()
+    for buf, g in zip(buffers, run.grads()):
+        buf.copy_(g)
+    before = run.snapshot()
+    run.step(buffers)
+    run.check(before, buffers)
+    if which != "grad":
+        assert torch.equal(old, old_before), "the kernel wrote to the tensor's old memory"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_tables_do_not_keep_replaced_state_alive(backend):
+    import gc
+    import weakref
+
+    run = Run(backend, "yogi", {}, shapes=[(40,), (9,)])
+    run.step(run.grads())
+    old = weakref.ref(run.exp_avgs[1])
+    run.exp_avgs[1] = run.exp_avgs[1].clone()
+    gc.collect()
+    assert old() is None
+    before = run.snapshot()
+    grads = run.grads()
+    run.step(grads)
+    run.check(before, grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_parameter_transposed_in_place_is_not_updated_in_the_old_order(backend):
+    """``p.data = p.data.t()`` on a square parameter: same address and size, other element
+    order. The tables must not be reused: the state no longer matches the layout, and the
+    kernel says so instead of pairing the wrong elements."""
+    run = Run(backend, "adam", {}, shapes=[(4, 4)])
+    run.step(run.grads())
+    run.params[0].data = run.params[0].data.t()
+    with pytest.raises(RuntimeError, match="laid out like the parameter"):
+        run.step(run.grads())

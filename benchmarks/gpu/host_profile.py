@@ -47,7 +47,7 @@ def pieces(shapes, n):
                  amsgrad=False, maximize=False, bias_correction=True, capturable=False)  # fmt: skip
     update = get_implementation("fused_cuda")
     lists = (tensors[0], tensors[1], tensors[2], tensors[3], tensors[3], tensors[5])
-    plan = triton_fused._plan_for(lists, False)
+    plan = triton_fused._plan_for(lists)
     launch = plan.launches[0]
     variant, direct = next(iter(launch.direct.items()))
     module = triton_fused._kernel_module(False)
@@ -61,7 +61,7 @@ def pieces(shapes, n):
         "  optimizer._state_unchanged()": opt._state_unchanged,
         "  optimizer._gather(group) (cached)": lambda: opt._gather(group, True),
         "  fused_cuda_update(...)": lambda: update("yogi", *tensors, **hyper),
-        "    _plan_for (table check)": lambda: triton_fused._plan_for(lists, False),
+        "    _plan_for (table check)": lambda: triton_fused._plan_for(lists),
         "    _launch (direct)": lambda: triton_fused._launch(module, launch, variant, scalars, 0),
         "    Triton JIT launch (kernel[grid](...))": lambda: module.adam_family_kernel[(launch.n_chunks,)](
             *triton_fused._args(launch, scalars), **triton_fused._flags(module, launch, variant)

@@ -180,6 +180,7 @@ def _fused_cpu_update(
     )
     yogi = {"adam": 0, "yogi": 1}[rule]
     maxes: list[Tensor | None] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
+    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None)
 
     # The common case -- one dtype pair, everything contiguous -- is checked list by list
     # (a few C-level calls per tensor); anything else goes tensor by tensor.
@@ -231,6 +232,26 @@ _PLAIN_TYPES = {Tensor, torch.nn.Parameter}
 
 _dtype = attrgetter("dtype")
 _is_cpu = attrgetter("is_cpu")
+
+
+def _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes) -> None:
+    """The kernel walks numel(p) elements of every tensor: a smaller gradient or state
+    tensor would be read or written past its end. Refuse it, naming it (torch raises too)."""
+    numels = list(map(Tensor.numel, params))
+    for name, lst in (
+        ("gradient", grads),
+        ("exp_avg", exp_avgs),
+        ("exp_avg_sq", exp_avg_sqs),
+        ("max_exp_avg_sq", maxes),
+    ):
+        if lst is None or list(map(Tensor.numel, lst)) == numels:
+            continue
+        if len(lst) != len(numels):
+            raise RuntimeError(f"fused CPU update: {len(lst)} {name} tensors for {len(numels)} parameters")
+        i = next(i for i, (t, n) in enumerate(zip(lst, numels)) if t.numel() != n)
+        raise RuntimeError(
+            f"fused CPU update: the {name} of parameter {i} has {lst[i].numel()} elements, the parameter {numels[i]}"
+        )
 
 
 def _all_plain(params, grads, exp_avgs, exp_avg_sqs, maxes, steps) -> bool:

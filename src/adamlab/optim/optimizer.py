@@ -11,7 +11,7 @@ import functools
 import inspect
 import operator
 from collections.abc import Callable, Iterable
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from typing import Any, ClassVar
 
 import torch
@@ -54,6 +54,9 @@ def _hooks_and_profiling(step: Callable[..., Any]) -> Callable[..., Any]:
             return hooked(self, *args, **kwargs)
         out = step(self, *args, **kwargs)
         self._optimizer_step_code()
+        if self._optimizer_step_post_hooks or _global_optimizer_post_hooks:  # registered by the closure
+            for hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
+                hook(self, (self, *args), kwargs)
         return out
 
     wrapper.hooked = True  # type: ignore[attr-defined]  # torch's Optimizer then leaves it as is
@@ -69,54 +72,58 @@ _max_exp_avg_sq = operator.itemgetter("max_exp_avg_sq")
 _step = operator.itemgetter("step")
 
 
-def _same(a: Any, b: tuple) -> bool:
-    return len(a) == len(b) and all(map(_is, a, b))
-
-
 class _Gathered:
-    """What ``_gather`` found for one group, and the objects that prove it still holds.
+    """What ``_gather`` found for one group last time, to find it again cheaply.
 
-    Valid while the group holds the same parameters, the optimizer's state maps them to the
-    same dicts (checked once per step, see ``_AdamFamily._state_unchanged``), those dicts hold
-    the same tensors, and the same parameters have gradients. Gradients themselves are read
-    anew every step and not held (``zero_grad(set_to_none=True)`` frees them).
+    It remembers which parameters had a gradient and where their state dicts sit in
+    ``self.state`` (positions in its order, valid while its keys are the same objects in the
+    same order: checked once per step, see ``_AdamFamily._state_unchanged``). It holds the
+    group's parameters (the group does too) and nothing else: the gradients and the state
+    tensors are read anew every step, so a replaced, moved or freed tensor is never used or
+    kept alive. A cleared state dict, a gradient that appears or goes, a change of the
+    group's parameters or of ``amsgrad`` sends the group through the full gather.
     """
 
-    __slots__ = ("entries", "group", "has_grad", "lists", "no_grad", "params", "states")
+    __slots__ = ("amsgrad", "check_sparse", "group", "has_grad", "no_grad", "params", "positions", "with_grad")
 
-    def __init__(self, group: dict[str, Any], lists: tuple[tuple[Tensor, ...], ...], states: list[dict]) -> None:
+    def __init__(self, group: dict[str, Any], with_grad: list[Tensor]) -> None:
         self.group = group
         self.params = tuple(group["params"])
-        grads = list(map(_grad, self.params))
-        self.no_grad = list(map(_is, grads, repeat(None)))
+        self.no_grad = list(map(_is, map(_grad, self.params), repeat(None)))
         self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
-        self.states = tuple(states)
-        self.lists = lists  # params (with a gradient), exp_avgs, exp_avg_sqs, maxes, steps
-        # every state tensor the update writes, in the order gather() reads them
-        self.entries = (*lists[1], *lists[2], *lists[4], *lists[3])
+        self.with_grad = with_grad
+        self.amsgrad = bool(group["amsgrad"])
+        # fused CUDA tables check every new gradient's layout themselves
+        self.check_sparse = not (group["fused"] and with_grad and with_grad[0].is_cuda)
+        self.positions: list[int] | None = None  # set by _AdamFamily._watch_state
 
-    def gather(self, group: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The group's lists (gradients read now), or None if anything changed."""
+    def gather(self, group: dict[str, Any], states_in_order: list[dict]) -> tuple[Any, ...] | None:
+        """The group's lists, read now; None if anything that decides them changed."""
         params = group["params"]
-        if group is not self.group or len(params) != len(self.params) or not all(map(_is, params, self.params)):
+        if (
+            group is not self.group
+            or self.positions is None
+            or bool(group["amsgrad"]) is not self.amsgrad
+            or len(params) != len(self.params)
+            or not all(map(_is, params, self.params))
+        ):
             return None
         grads = list(map(_grad, params))
         if list(map(_is, grads, repeat(None))) != self.no_grad:
             return None
         if self.has_grad is not None:
             grads = list(compress(grads, self.has_grad))
-        states = self.states
-        entries = chain(map(_exp_avg, states), map(_exp_avg_sq, states), map(_step, states))
-        if group["amsgrad"]:
-            entries = chain(entries, map(_max_exp_avg_sq, states))
-        if not all(map(_is, entries, self.entries)):
+        states = list(map(states_in_order.__getitem__, self.positions))
+        try:
+            exp_avgs = list(map(_exp_avg, states))
+            exp_avg_sqs = list(map(_exp_avg_sq, states))
+            steps = list(map(_step, states))
+            maxes = list(map(_max_exp_avg_sq, states)) if self.amsgrad else []
+        except KeyError:  # a state dict cleared or cut down: the full gather deals with it
             return None
-        # A gradient that turned sparse: the full gather raises the error. Fused kernels
-        # check every new gradient's layout themselves.
-        if not group["fused"] and any(map(_is_sparse, grads)):
-            return None
-        p, v, s, m, steps = self.lists
-        return p, grads, v, s, m, steps
+        if self.check_sparse and any(map(_is_sparse, grads)):
+            return None  # the full gather raises the error
+        return list(self.with_grad), grads, exp_avgs, exp_avg_sqs, maxes, steps
 
 
 class _AdamFamily(Optimizer):
@@ -256,21 +263,21 @@ class _AdamFamily(Optimizer):
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
         return state
 
-    def _gather(self, group: dict[str, Any], state_unchanged: bool = False) -> tuple[Any, ...]:
+    def _gather(self, group: dict[str, Any], states_in_order: list[dict] | None = None) -> tuple[Any, ...]:
         """The group's parameters that have a gradient, their gradients and their state
-        (created here at a parameter's first step), as parallel sequences.
+        (created here at a parameter's first step), as parallel lists.
 
-        ``state_unchanged`` (the optimizer's state maps the same parameters to the same dicts
-        as at the last step) lets a group reuse what it found last time after a few identity
-        checks per parameter, instead of a dict lookup per parameter and key.
+        ``states_in_order`` (``self.state``'s values, when its keys are those of the last
+        step) lets a group find its state dicts by position instead of one dict lookup per
+        parameter (see :class:`_Gathered`).
         """
-        if state_unchanged:
+        if states_in_order is not None:
             cached = self._gathered.get(id(group))
-            found = cached.gather(group) if cached is not None else None
+            found = cached.gather(group, states_in_order) if cached is not None else None
             if found is not None:
                 self.__dict__["_new_states"] = ()
                 return found
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, states = [], [], [], [], [], [], []
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
         new = self.__dict__["_new_states"] = []  # created by this gather (see _step_group)
         for p in group["params"]:
             if p.grad is None:
@@ -289,15 +296,10 @@ class _AdamFamily(Optimizer):
             if group["amsgrad"]:
                 max_exp_avg_sqs.append(state["max_exp_avg_sq"])
             steps.append(state["step"])
-            states.append(state)
-        if torch.compiler.is_compiling():
-            return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
-        # The same tuples from now on: an implementation that keeps them (the fused CUDA
-        # tables) recognises them with one identity check.
-        p, v, s, m, t = lists = tuple(map(tuple, (params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)))
-        self._gathered[id(group)] = _Gathered(group, lists, states)
-        self._state_watch = None  # look at the state again after this step
-        return p, grads, v, s, m, t
+        if not torch.compiler.is_compiling():
+            self._gathered[id(group)] = _Gathered(group, list(params))
+            self.__dict__["_state_watch"] = None  # look at the state again after this step
+        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
 
     @property
     def _gathered(self) -> dict[int, _Gathered]:
@@ -310,15 +312,32 @@ class _AdamFamily(Optimizer):
         self.__dict__.pop("_gathered_by_group", None)
         self.__dict__.pop("_state_watch", None)
 
-    def _state_unchanged(self) -> bool:
-        """Whether ``self.state`` maps the same parameters to the same dicts as it did at the
-        end of the last step (two identity checks per entry)."""
+    def _state_unchanged(self) -> list[dict] | None:
+        """``self.state``'s values in order if its keys are the same objects, in the same
+        order, as at the end of the last step (then every ``_Gathered`` position holds);
+        else None. Keys are compared by ``id``: nothing here keeps a parameter alive."""
         watch = self.__dict__.get("_state_watch")
         state = self.state
-        return watch is not None and watch[0] is state and _same(state, watch[1]) and _same(state.values(), watch[2])
+        if watch is None or watch[0] is not state or list(map(id, state)) != watch[1]:
+            return None
+        return list(state.values())
 
     def _watch_state(self) -> None:
-        self.__dict__["_state_watch"] = (self.state, tuple(self.state), tuple(self.state.values()))
+        """Remember ``self.state``'s keys and place every group's state dicts in its order;
+        forget groups that left the optimizer."""
+        state = self.state
+        keys = list(map(id, state))
+        self.__dict__["_state_watch"] = (state, keys)
+        position = {k: i for i, k in enumerate(keys)}
+        live = {id(group) for group in self.param_groups}
+        gathered = self._gathered
+        for key in [k for k in gathered if k not in live]:
+            del gathered[key]
+        for cached in gathered.values():
+            try:
+                cached.positions = [position[id(p)] for p in cached.with_grad]
+            except KeyError:  # a parameter whose state is gone: gather it in full next time
+                cached.positions = None
 
     # ---- dispatch ------------------------------------------------------------------------
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
@@ -351,10 +370,10 @@ class _AdamFamily(Optimizer):
         grad_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            state_unchanged = self._state_unchanged()
+            states_in_order = self._state_unchanged()
             for group in self.param_groups:
-                self._step_group(group, self._gather(group, state_unchanged))
-            if self.__dict__.get("_state_watch") is None:
+                self._step_group(group, self._gather(group, states_in_order))
+            if self.__dict__.get("_state_watch") is None or len(self._gathered) > len(self.param_groups):
                 self._watch_state()
         finally:
             torch._C._set_grad_enabled(grad_enabled)

@@ -6,15 +6,15 @@ with the one signature every implementation shares. The kernel is in
 only on first use, so adamlab imports and runs everything else without it.
 
 Host work per step is kept small. The first step of a parameter set validates the tensors
-and builds device-side tables of addresses, sizes and chunk offsets (a *plan*). The plan
-keeps the parameter and state tensors it was built from; a later step with the same tensor
-objects (the optimizer passes the very same tuples) checks only each parameter's address and
-size (``p.data = ...`` keeps the object, not the address or size) and each gradient's
-identity. New gradient tensors (``zero_grad(set_to_none=True)``) get a light check (dtype,
-size, device, contiguity, alignment) and, if they moved, a refreshed address table; new
-views of the same memory (DTensor shards) are compared address by address; anything else
-builds a new plan. Gradients are held weakly, so the plan never keeps them alive. A plan
-lives as long as the first parameter's ``step`` tensor. See :func:`_still_valid`.
+and builds device-side tables of addresses, sizes and chunk offsets (a *plan*). Later steps
+read the address of every tensor and the size and dtype of every parameter and compare them
+with the plan's (``t.data = ...`` keeps a tensor object and changes its memory, so identity
+alone proves nothing); gradients that are the tensors checked last time, at the same
+addresses, need nothing more. New gradient tensors (``zero_grad(set_to_none=True)``) get a
+light check (dtype, size, device, contiguity, alignment) and the launch switches to the
+table of their addresses, uploaded once per address set. Anything else builds a new plan.
+The plan holds no tensor (gradients weakly), so it never keeps freed memory alive; it lives
+as long as the first parameter's ``step`` tensor. See :func:`_still_valid`.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
@@ -130,20 +130,17 @@ class _Launch:
 
 @dataclass(eq=False)
 class _Plan:
-    """The device tables of one parameter set, and what proves they still describe it.
+    """The device tables of one parameter set, and what they were built from.
 
-    The plan holds the parameters and state it was built from (strongly, except the first
-    step tensor, which it hangs on); the same objects at the same addresses mean the same
-    tables. Gradients are held weakly (``zero_grad(set_to_none=True)`` must free them).
+    The plan holds no tensor: it must not keep alive a state tensor the user replaced or a
+    gradient ``zero_grad(set_to_none=True)`` dropped. It keeps the signature of what its
+    tables encode -- every address, each parameter's size and dtype -- and weak references
+    to the gradients it last checked, so that unchanged gradients skip the checks.
     """
 
     block: int
     launches: list[_Launch]
-    layout: list[Any]  # see _layout
-    tensors: tuple[tuple[Tensor, ...], ...]  # params, exp_avgs, exp_avg_sqs, maxes
-    later_steps: tuple[Tensor, ...]  # steps[1:]
-    n: int
-    p_addresses: list[int]
+    signature: list[Any]  # see _signature
     simple: bool  # every parameter real and contiguous: new gradients need only a light check
     g_dtypes: list[torch.dtype]
     numels: list[int]
@@ -243,11 +240,7 @@ def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
     plan = _Plan(
         block=BLOCK,
         launches=launches,
-        layout=_layout(lists),
-        tensors=tuple(tuple(lst) for lst in (params, exp_avgs, exp_avg_sqs, maxes)),
-        later_steps=tuple(steps[1:]),
-        n=len(steps),
-        p_addresses=list(map(Tensor.data_ptr, params)),
+        signature=_signature(lists),
         simple=all(map(Tensor.is_contiguous, params)) and not any(map(Tensor.is_complex, params)),
         g_dtypes=list(map(_dtype, grads)),
         numels=list(map(Tensor.numel, params)),
@@ -269,56 +262,35 @@ def _remember_grads(plan: _Plan, grads: list[Tensor], addresses: list[int]) -> N
     plan.grad_refs = list(map(weakref.ref, grads))
 
 
-def _same(a: Any, b: tuple) -> bool:
-    """The same tensor objects, in order (a tuple passed in again is its own proof)."""
-    return a is b or (len(a) == len(b) and all(map(operator.is_, a, b)))
-
-
-def _layout(lists: tuple[Any, ...]) -> list[Any]:
-    """What the tables encode about the parameters and state: addresses, sizes, strides and
-    dtypes (gradients apart). Equal layouts mean equal tables, whatever the tensor objects."""
+def _signature(lists: tuple[Any, ...]) -> list[Any]:
+    """What the tables encode apart from gradients: the address of every parameter, state
+    tensor and step count, and each parameter's size, dtype and layout. Addresses are read anew
+    every step: ``t.data = ...`` (moving state to another device, ``Module._apply``) keeps
+    the tensor object and changes its memory."""
     params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
-    layout: list[Any] = []
-    for lst in (params, exp_avgs, exp_avg_sqs, maxes, steps):
-        layout += map(_data_ptr, lst)
-    layout += map(Tensor.numel, params)
-    layout += map(Tensor.stride, params)
-    layout += map(_dtype, params)
-    layout += map(_dtype, exp_avgs)
-    return layout
+    if maxes is exp_avg_sqs:  # no amsgrad: the kernel never touches a max
+        maxes = ()
+    signature: list[Any] = list(map(_data_ptr, itertools.chain(params, exp_avgs, exp_avg_sqs, maxes, steps)))
+    signature += map(_numel, params)
+    signature += map(_dtype, params)
+    contiguous = list(map(Tensor.is_contiguous, params))
+    signature += contiguous  # p.data = p.data.t(): same address and size, other element order
+    if not all(contiguous):
+        signature += map(Tensor.stride, params)
+    return signature
 
 
-def _still_valid(plan: _Plan, lists: tuple[Any, ...], amsgrad: bool) -> bool:
-    """Whether ``plan``'s tables describe these tensors.
-
-    Per step, with the tensors the plan was built from: identity checks and one ``data_ptr``
-    and ``numel`` per parameter (``p.data = ...`` keeps the object, not the address or the
-    size). Other tensor objects
-    with the same layout (the local shards of DTensor parameters are new views every step)
-    are checked address by address and adopted. New gradient tensors
-    (``zero_grad(set_to_none=True)``) are checked for dtype, size, device, contiguity and
-    alignment, and their addresses refreshed on the device.
-    """
-    params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
-    params0, exp_avgs0, exp_avg_sqs0, maxes0 = plan.tensors
-    if not (
-        plan.block == BLOCK
-        and len(steps) == plan.n
-        and all(map(operator.is_, itertools.islice(steps, 1, None), plan.later_steps))
-    ):
+def _still_valid(plan: _Plan, lists: tuple[Any, ...]) -> bool:
+    """Whether ``plan``'s tables describe these tensors: the same signature, and gradients
+    that are the tensors last checked at the addresses last seen. Other gradients (new
+    tensors after ``zero_grad(set_to_none=True)``, or moved ones) are checked for dtype,
+    size, device, contiguity and 16-byte alignment, and the launch switches to the table of
+    their addresses (see :meth:`_Launch.use_grad_table`)."""
+    if plan.block != BLOCK or _signature(lists) != plan.signature:
         return False
-    if not (
-        (params is params0 or _same(params, params0))
-        and (exp_avgs is exp_avgs0 or _same(exp_avgs, exp_avgs0))
-        and (exp_avg_sqs is exp_avg_sqs0 or _same(exp_avg_sqs, exp_avg_sqs0))
-        and (not amsgrad or maxes is maxes0 or _same(maxes, maxes0))
-        and list(map(_data_ptr, params)) == plan.p_addresses
-        and list(map(_numel, params)) == plan.numels
-    ):
-        if _layout(lists) != plan.layout:
-            return False
-        plan.tensors = (tuple(params), tuple(exp_avgs), tuple(exp_avg_sqs), tuple(maxes))
-    if all(map(operator.is_, grads, map(_deref, plan.grad_refs))):
+    grads = lists[1]
+    addresses = list(map(_data_ptr, grads))
+    if addresses == plan.g_addresses and all(map(operator.is_, grads, map(_deref, plan.grad_refs))):
         return True
     if not (
         plan.simple
@@ -340,10 +312,10 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...], amsgrad: bool) -> bool:
     return True
 
 
-def _plan_for(lists: tuple[list[Tensor], ...], amsgrad: bool) -> _Plan:
+def _plan_for(lists: tuple[list[Tensor], ...]) -> _Plan:
     key = id(lists[5][0])
     plan = _plans.get(key)
-    if plan is not None and _still_valid(plan, lists, amsgrad):
+    if plan is not None and _still_valid(plan, lists):
         return plan
     if plan is None:  # forget the plan (and free its tables) with the step tensor it hangs on
         weakref.finalize(lists[5][0], _plans.pop, key, None)
@@ -396,7 +368,7 @@ def _update(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
-    plan = _plan_for(lists, amsgrad)
+    plan = _plan_for(lists)
     lr_on_device = isinstance(lr, Tensor)
     if lr_on_device and lr.device != params[0].device:
         lr = lr.to(device=params[0].device, dtype=torch.float32)
