@@ -1,0 +1,56 @@
+"""Host time of the eager fused CUDA step, measured on a machine without a GPU.
+
+``optimizer.step()`` of ``adamlab.Yogi(fused=True)`` runs its real Python path -- the
+cached gather, the dispatcher, the table checks of ``adamlab.optim.triton_fused`` -- on CPU
+tensors that pretend to be CUDA tensors, with the kernel launch replaced by a no-op. What is
+left is the host work per step that a GPU would wait on when the step is host-bound (many
+small tensors, tiny models). Not a GPU measurement: the launch itself (about 4 µs for
+Triton's C launcher on the H200 machine) is not included.
+
+    python benchmarks/gpu/host_time_cpu.py        # median of 9 windows, microseconds per step
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+import adamlab
+from adamlab.optim import triton_fused
+
+
+def pretend_cuda() -> None:
+    """Route fused=True to the fused CUDA path on CPU tensors, launching nothing."""
+    triton_fused._launch = lambda *args: None
+    torch._C._cuda_getDevice = lambda: -1  # CPU tensors report device -1
+    torch.Tensor.is_cuda = property(lambda self: True)
+    triton_fused._kernel_module(True)
+    triton_fused._modules[False] = triton_fused._modules[True]
+
+
+def host_us(shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
+    params = [torch.zeros(s, requires_grad=True) for s in shapes]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = adamlab.Yogi(params, lr=1e-3, fused=True)
+    opt.step()
+    opt.step()
+    times = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            opt.step()
+        times.append((time.perf_counter() - t0) / n)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    pretend_cuda()
+    for name, shapes, n in [("2 tiny tensors", [(5, 1), (1,)], 20000), ("4000 tensors", [(4, 4)] * 4000, 40)]:
+        print(f"{name}: {host_us(shapes, n):.1f} us of host work per eager step (launch not included)")
+
+
+if __name__ == "__main__":
+    main()
