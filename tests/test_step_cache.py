@@ -12,6 +12,7 @@ global ones) and still opens torch's profiler range while a profiler records.
 
 from __future__ import annotations
 
+import collections
 import gc
 import weakref
 from collections.abc import Callable
@@ -162,17 +163,43 @@ def test_replaced_or_dropped_state_is_freed_at_once(impl_name: str) -> None:
     del opt.state[params[1]]
     gc.collect()
     assert old() is None and all(r() is None for r in dropped)
-    # a removed group: its parameter and state go once the user drops them (after a step)
-    gone = [weakref.ref(extra), *(weakref.ref(t) for t in opt.state[extra].values())]
+    # a removed group: its parameter, gradient and state go as soon as the user drops them
+    gone = [weakref.ref(extra), weakref.ref(extra.grad), *(weakref.ref(t) for t in opt.state[extra].values())]
     del opt.param_groups[1], opt.state[extra], extra
-    opt.step()
     gc.collect()
     assert all(r() is None for r in gone)
+    # the reset-the-state idiom: the old state is freed before the next step allocates anew
+    old_state = [weakref.ref(t) for s in opt.state.values() for t in s.values()]
+    opt.state = collections.defaultdict(dict)
+    gc.collect()
+    assert old_state and all(r() is None for r in old_state)
+    opt.step()
+    assert all(opt.state[p]["step"].item() == 1 for p in params)
 
 
 def _give_gradients(tensors: list[torch.Tensor]) -> None:
     for t in tensors:
         t.grad = torch.ones_like(t)
+
+
+def test_load_state_dict_takes_non_tensor_entries_and_empty_states() -> None:
+    """What torch.optim.Adam loads, adamlab loads: a state entry that is not a tensor (kept
+    as is), and a parameter whose saved state is {} (a lookup in the defaultdict left it)."""
+    params = _params()
+    opt = adamlab.Adam(params, lr=0.1)
+    _give_gradients(params[:2])
+    opt.step()
+    opt.state[params[0]]["note"] = 7
+    _ = opt.state[params[3]]  # leaves {} behind, saved as such
+    saved = opt.state_dict()
+    assert saved["state"][3] == {}
+    fresh = adamlab.Adam(_params(), lr=0.1)
+    fresh.load_state_dict(saved)
+    first = fresh.param_groups[0]["params"][0]
+    assert fresh.state[first]["note"] == 7 and fresh.state[first]["step"].item() == 1
+    _give_gradients(fresh.param_groups[0]["params"])
+    fresh.step()
+    assert fresh.state[first]["step"].item() == 2
 
 
 def test_a_post_hook_registered_by_the_closure_runs_that_step() -> None:

@@ -619,3 +619,24 @@ def test_a_parameter_transposed_in_place_is_not_updated_in_the_old_order(backend
     run.params[0].data = run.params[0].data.t()
     with pytest.raises(RuntimeError, match="laid out like the parameter"):
         run.step(run.grads())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_tensor_shrunk_at_its_address_is_refused(backend):
+    """A state tensor narrowed in place (same object, same address, fewer bytes) must not be
+    written numel(p) elements deep: the tables are rebuilt, and the mismatch named."""
+    run = Run(backend, "adam", {}, shapes=[(40,), (9,)])
+    run.step(run.grads())
+    run.exp_avg_sqs[0].data = run.exp_avg_sqs[0].data[:20]
+    with pytest.raises(RuntimeError, match="laid out like the parameter"):
+        run.step(run.grads())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sparse_gradient_after_dense_ones_is_refused_by_name(backend):
+    run = Run(backend, "adam", {}, shapes=[(40,), (9,)])
+    run.step(run.grads())
+    grads = run.grads()
+    grads[1] = grads[1].to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        run.step(grads)

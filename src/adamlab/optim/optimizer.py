@@ -77,42 +77,47 @@ class _Gathered:
 
     It remembers which parameters had a gradient and where their state dicts sit in
     ``self.state`` (positions in its order, valid while its keys are the same objects in the
-    same order: checked once per step, see ``_AdamFamily._state_unchanged``). It holds the
-    group's parameters (the group does too) and nothing else: the gradients and the state
-    tensors are read anew every step, so a replaced, moved or freed tensor is never used or
-    kept alive. A cleared state dict, a gradient that appears or goes, a change of the
-    group's parameters or of ``amsgrad`` sends the group through the full gather.
+    same order: checked once per step, see ``_AdamFamily._state_unchanged``). It holds no
+    tensor and no group (only ``id``s): the gradients and the state tensors are read anew
+    every step, so a replaced, moved or dropped tensor is never used or kept alive. A cleared
+    state dict, a gradient that appears or goes, a change of the group's parameters or of
+    ``amsgrad`` sends the group through the full gather.
     """
 
-    __slots__ = ("amsgrad", "check_sparse", "group", "has_grad", "no_grad", "params", "positions", "with_grad")
+    __slots__ = ("amsgrad", "group_id", "has_grad", "no_grad", "param_ids", "positions", "with_grad_ids")
 
     def __init__(self, group: dict[str, Any], with_grad: list[Tensor]) -> None:
-        self.group = group
-        self.params = tuple(group["params"])
-        self.no_grad = list(map(_is, map(_grad, self.params), repeat(None)))
+        params = group["params"]
+        self.group_id = id(group)
+        self.param_ids = list(map(id, params))
+        self.no_grad = list(map(_is, map(_grad, params), repeat(None)))
         self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
-        self.with_grad = with_grad
+        self.with_grad_ids = list(map(id, with_grad))
         self.amsgrad = bool(group["amsgrad"])
-        # fused CUDA tables check every new gradient's layout themselves
-        self.check_sparse = not (group["fused"] and with_grad and with_grad[0].is_cuda)
         self.positions: list[int] | None = None  # set by _AdamFamily._watch_state
 
     def gather(self, group: dict[str, Any], states_in_order: list[dict]) -> tuple[Any, ...] | None:
-        """The group's lists, read now; None if anything that decides them changed."""
+        """The group's lists, read now; None if anything that decides them changed.
+
+        Parameters are recognised by ``id``: a recycled id can only point at a parameter
+        that is in the group now and whose state sits at that position now (the key order
+        was checked), which is the right one."""
         params = group["params"]
         if (
-            group is not self.group
+            id(group) != self.group_id
             or self.positions is None
             or bool(group["amsgrad"]) is not self.amsgrad
-            or len(params) != len(self.params)
-            or not all(map(_is, params, self.params))
+            or list(map(id, params)) != self.param_ids
         ):
             return None
         grads = list(map(_grad, params))
         if list(map(_is, grads, repeat(None))) != self.no_grad:
             return None
-        if self.has_grad is not None:
+        if self.has_grad is None:
+            with_grad = list(params)
+        else:
             grads = list(compress(grads, self.has_grad))
+            with_grad = list(compress(params, self.has_grad))
         states = list(map(states_in_order.__getitem__, self.positions))
         try:
             exp_avgs = list(map(_exp_avg, states))
@@ -121,9 +126,11 @@ class _Gathered:
             maxes = list(map(_max_exp_avg_sq, states)) if self.amsgrad else []
         except KeyError:  # a state dict cleared or cut down: the full gather deals with it
             return None
-        if self.check_sparse and any(map(_is_sparse, grads)):
-            return None  # the full gather raises the error
-        return list(self.with_grad), grads, exp_avgs, exp_avg_sqs, maxes, steps
+        # a gradient that turned sparse: the full gather raises the error (the fused CUDA
+        # tables check every new gradient's layout themselves)
+        if not (group["fused"] and with_grad and with_grad[0].is_cuda) and any(map(_is_sparse, grads)):
+            return None
+        return with_grad, grads, exp_avgs, exp_avg_sqs, maxes, steps
 
 
 class _AdamFamily(Optimizer):
@@ -318,16 +325,14 @@ class _AdamFamily(Optimizer):
         else None. Keys are compared by ``id``: nothing here keeps a parameter alive."""
         watch = self.__dict__.get("_state_watch")
         state = self.state
-        if watch is None or watch[0] is not state or list(map(id, state)) != watch[1]:
+        if watch is None or list(map(id, state)) != watch:
             return None
         return list(state.values())
 
     def _watch_state(self) -> None:
         """Remember ``self.state``'s keys and place every group's state dicts in its order;
         forget groups that left the optimizer."""
-        state = self.state
-        keys = list(map(id, state))
-        self.__dict__["_state_watch"] = (state, keys)
+        keys = self.__dict__["_state_watch"] = list(map(id, self.state))
         position = {k: i for i, k in enumerate(keys)}
         live = {id(group) for group in self.param_groups}
         gathered = self._gathered
@@ -335,7 +340,7 @@ class _AdamFamily(Optimizer):
             del gathered[key]
         for cached in gathered.values():
             try:
-                cached.positions = [position[id(p)] for p in cached.with_grad]
+                cached.positions = [position[k] for k in cached.with_grad_ids]
             except KeyError:  # a parameter whose state is gone: gather it in full next time
                 cached.positions = None
 
@@ -376,6 +381,7 @@ class _AdamFamily(Optimizer):
             if self.__dict__.get("_state_watch") is None or len(self._gathered) > len(self.param_groups):
                 self._watch_state()
         finally:
+            self.__dict__.pop("_new_states", None)
             torch._C._set_grad_enabled(grad_enabled)
         return loss
 
@@ -469,7 +475,7 @@ class _AdamFamily(Optimizer):
                 for k, value in state.items():
                     # torch's .to() returns the caller's own tensor when nothing changes: stepping
                     # would then write into the state_dict the caller passed in. Own our state.
-                    if value is saved.get(k):
+                    if torch.is_tensor(value) and value is saved.get(k):
                         state[k] = value.clone()
 
 
@@ -496,8 +502,8 @@ def _check_state_dict(opt: Optimizer, state_dict: Any) -> None:
         amsgrad = saved.get("amsgrad", False)
         for pi, (p, key) in enumerate(zip(group["params"], saved["params"])):
             p_state = state_dict["state"].get(key)
-            if p_state is None:
-                continue  # a parameter that has not stepped yet
+            if not p_state:
+                continue  # a parameter that has not stepped yet (None, or the {} a lookup leaves)
             name = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
             needed = _STATE_KEYS + (("max_exp_avg_sq",) if amsgrad else ())
             missing = [k for k in needed if k not in p_state]

@@ -254,6 +254,7 @@ _dtype = Tensor.dtype.__get__
 _deref = weakref.ref.__call__
 _data_ptr = Tensor.data_ptr
 _numel = Tensor.numel
+_nbytes = Tensor.nbytes.__get__
 _15 = 15
 
 
@@ -264,7 +265,8 @@ def _remember_grads(plan: _Plan, grads: list[Tensor], addresses: list[int]) -> N
 
 def _signature(lists: tuple[Any, ...]) -> list[Any]:
     """What the tables encode apart from gradients: the address of every parameter, state
-    tensor and step count, and each parameter's size, dtype and layout. Addresses are read anew
+    tensor and step count, each parameter's size, dtype and layout, and each state tensor's
+    size in bytes. Addresses are read anew
     every step: ``t.data = ...`` (moving state to another device, ``Module._apply``) keeps
     the tensor object and changes its memory."""
     params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
@@ -273,6 +275,8 @@ def _signature(lists: tuple[Any, ...]) -> list[Any]:
     signature: list[Any] = list(map(_data_ptr, itertools.chain(params, exp_avgs, exp_avg_sqs, maxes, steps)))
     signature += map(_numel, params)
     signature += map(_dtype, params)
+    # a state tensor freed and made again, smaller or narrower, can land at the old address
+    signature += map(_nbytes, itertools.chain(exp_avgs, exp_avg_sqs, maxes))
     contiguous = list(map(Tensor.is_contiguous, params))
     signature += contiguous  # p.data = p.data.t(): same address and size, other element order
     if not all(contiguous):
@@ -289,7 +293,10 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...]) -> bool:
     if plan.block != BLOCK or _signature(lists) != plan.signature:
         return False
     grads = lists[1]
-    addresses = list(map(_data_ptr, grads))
+    try:
+        addresses = list(map(_data_ptr, grads))
+    except RuntimeError:  # a gradient without storage (sparse): rebuilding names the problem
+        return False
     if addresses == plan.g_addresses and all(map(operator.is_, grads, map(_deref, plan.grad_refs))):
         return True
     if not (
