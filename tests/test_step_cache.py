@@ -1,10 +1,11 @@
 """What ``step()`` remembers between steps, and that it notices every change.
 
-``optimizer.step()`` keeps, per group, the tensors it gathered last time and reuses them
-after identity checks (see ``adamlab.optim.optimizer._Gathered``); the fused CUDA kernel
-keeps device tables the same way. Each test here changes something between two steps, the
-way user code does, and compares the optimizer with a twin that forgets everything before
-every step (the uncached path): results must be identical, bit for bit.
+``optimizer.step()`` keeps, per group, which parameters had gradients and where their state
+dicts sit in ``self.state`` (see ``adamlab.optim.optimizer._Gathered``); the fused CUDA
+kernel keeps device tables, reused while every address and size matches. Each test here
+changes something between two steps, the way user code does, and compares the optimizer
+with a twin that forgets everything before every step (the uncached path): results must
+be identical, bit for bit.
 
 Also here: ``step()``'s lighter wrapper still runs step hooks (the optimizer's own and the
 global ones) and still opens torch's profiler range while a profiler records.

@@ -42,7 +42,7 @@ def pieces(shapes, n):
     opt.step()
     opt.step()
     group = opt.param_groups[0]
-    tensors = opt._gather(group, True)
+    tensors = opt._gather(group, opt._state_unchanged())
     hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-3, weight_decay=0.0, decoupled_weight_decay=False,
                  amsgrad=False, maximize=False, bias_correction=True, capturable=False)  # fmt: skip
     update = get_implementation("fused_cuda")
@@ -59,7 +59,7 @@ def pieces(shapes, n):
         "optimizer.step() (adamlab Yogi fused)": opt.step,
         "torch.optim.Adam(fused=True).step()": torch_opt.step,
         "  optimizer._state_unchanged()": opt._state_unchanged,
-        "  optimizer._gather(group) (cached)": lambda: opt._gather(group, True),
+        "  _gather(group), cached, with the state check": lambda: opt._gather(group, opt._state_unchanged()),
         "  fused_cuda_update(...)": lambda: update("yogi", *tensors, **hyper),
         "    _plan_for (table check)": lambda: triton_fused._plan_for(lists),
         "    _launch (direct)": lambda: triton_fused._launch(module, launch, variant, scalars, 0),

@@ -134,8 +134,8 @@ class _Plan:
 
     The plan holds no tensor: it must not keep alive a state tensor the user replaced or a
     gradient ``zero_grad(set_to_none=True)`` dropped. It keeps the signature of what its
-    tables encode -- every address, each parameter's size and dtype -- and weak references
-    to the gradients it last checked, so that unchanged gradients skip the checks.
+    tables encode (see :func:`_signature`) and weak references to the gradients it last
+    checked, so that unchanged gradients skip the checks.
     """
 
     block: int
@@ -255,7 +255,7 @@ _deref = weakref.ref.__call__
 _data_ptr = Tensor.data_ptr
 _numel = Tensor.numel
 _nbytes = Tensor.nbytes.__get__
-_15 = 15
+_misaligned = (15).__and__  # an address that is not a multiple of 16 bytes
 
 
 def _remember_grads(plan: _Plan, grads: list[Tensor], addresses: list[int]) -> None:
@@ -266,9 +266,8 @@ def _remember_grads(plan: _Plan, grads: list[Tensor], addresses: list[int]) -> N
 def _signature(lists: tuple[Any, ...]) -> list[Any]:
     """What the tables encode apart from gradients: the address of every parameter, state
     tensor and step count, each parameter's size, dtype and layout, and each state tensor's
-    size in bytes. Addresses are read anew
-    every step: ``t.data = ...`` (moving state to another device, ``Module._apply``) keeps
-    the tensor object and changes its memory."""
+    size in bytes. Addresses are read anew every step: ``t.data = ...`` (moving state to
+    another device, ``Module._apply``) keeps the tensor object and changes its memory."""
     params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
     if maxes is exp_avg_sqs:  # no amsgrad: the kernel never touches a max
         maxes = ()
@@ -307,11 +306,10 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...]) -> bool:
         and list(map(Tensor.get_device, grads)) == plan.devices
     ):
         return False
-    addresses = list(map(Tensor.data_ptr, grads))
     if addresses != plan.g_addresses:
         columns = [addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
                    for launch in plan.launches]  # fmt: skip
-        if any(launch.aligned and any(map(_15.__and__, column)) for launch, column in zip(plan.launches, columns)):
+        if any(launch.aligned and any(map(_misaligned, column)) for launch, column in zip(plan.launches, columns)):
             return False  # the kernel was specialized for 16-byte aligned addresses
         for launch, column in zip(plan.launches, columns):
             launch.use_grad_table(column)

@@ -11,10 +11,11 @@ elements of one tensor; it finds which through a device-side table built once on
     chunks[pid, 0]  tensor index i       chunks[pid, 1]  chunk index c within tensor i
     meta[i, k]      addresses of p, v (exp_avg), s (exp_avg_sq), max(s), step  (k = 0..4)
     meta[i, 5]      numel of tensor i     meta[i, 6]      number of chunks of tensor i
+    meta[i, 7]      unused (a row is 64 bytes)
     grads[i]        address of tensor i's gradient
 
 The gradient addresses are a table of their own: ``zero_grad(set_to_none=True)`` gives new
-gradient buffers every step, and refreshing one column is one small copy.
+gradient buffers every step, and switching tables (kept by content) costs no rebuild.
 
 The update follows :func:`adamlab.reference.step` line by line, in float32 (parameters and
 state may be bf16/fp16; they are widened on load and rounded once on store)::
