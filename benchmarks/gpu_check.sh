@@ -14,6 +14,7 @@
 #    process and the first fused step in a new process;
 # 4. where the host time of an eager step goes (benchmarks/gpu/host_profile.py);
 # 5. the lab's own command, adamlab bench --device cuda, on two of its sets.
+# (0 builds the host accelerator first, so that the steps after it find it cached.)
 # Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,9 @@ else
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia-smi.txt"
 fi
 "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== 0. the host accelerator (C++ bookkeeping of step(); built here once, then cached)"
+"$PY" -c "import time; from adamlab.optim import _host; t = time.perf_counter(); _host.load(wait=True); print(_host.status(), f'in {time.perf_counter() - t:.1f} s')" 2>&1 | tee "$OUT/host_build.log"
 
 echo "== 1. correctness on the device"
 timeout 200 "$PY" -m pytest -q -p no:cacheprovider -rfEs "${TESTS[@]}" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
@@ -60,6 +64,7 @@ fi
 
 echo
 echo "== summary"
+sed "s/^/host accelerator: /" "$OUT/host_build.log"
 tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
 grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
 echo "bench rc $BENCH_RC${LAB_RC:+, adamlab bench --device cuda rc $LAB_RC}"

@@ -28,6 +28,9 @@ from tests.registry import IMPLEMENTATIONS, require
 
 IMPLS = list(IMPLEMENTATIONS)
 
+# every test twice: Python bookkeeping, and the host accelerator's C++ (fused groups use it)
+pytestmark = pytest.mark.usefixtures("host_mode")
+
 
 def _params(seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

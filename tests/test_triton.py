@@ -256,7 +256,7 @@ def test_found_inf_skips_everything(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_unaligned_views_and_guard_zones(backend):
+def test_unaligned_views_and_guard_zones(backend, host_mode):
     """Tensors at odd offsets of one buffer: the unaligned path, and nothing written outside."""
     device = _device(backend)
     sizes, guard = [5, 1029, 1, 2048], 3
@@ -295,7 +295,7 @@ def test_unaligned_views_and_guard_zones(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_new_gradient_buffers_and_repeated_launches(backend):
+def test_new_gradient_buffers_and_repeated_launches(backend, host_mode):
     """Fresh gradient tensors every step (zero_grad(set_to_none=True)) refresh the table; the
     counters that decide who writes the step count are back at zero after every launch."""
     from adamlab.optim import triton_fused
@@ -313,7 +313,7 @@ def test_new_gradient_buffers_and_repeated_launches(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("change", ["shrink", "retype"])
-def test_tensor_changed_at_the_same_address_rebuilds_the_table(backend, change):
+def test_tensor_changed_at_the_same_address_rebuilds_the_table(backend, change, host_mode):
     """``p.data = p.data[:k]`` (or a same-size dtype view) keeps every ``data_ptr``; a table
     keyed on addresses alone would update the old numel (writing past the new view) or read
     with the old dtype. Gradients live in fixed buffers, so no address changes either."""
@@ -350,7 +350,7 @@ def test_tensor_changed_at_the_same_address_rebuilds_the_table(backend, change):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mixed_dtypes_in_one_call(backend):
+def test_mixed_dtypes_in_one_call(backend, host_mode):
     """fp32 and bf16 parameters in one group: one launch per dtype, both right."""
     run = Run(backend, "adam", {}, shapes=[(9,), (1025,)])
     run.params[1] = run.params[1].to(torch.bfloat16)
@@ -405,7 +405,7 @@ def test_adamlab_runs_without_triton():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_tables_do_not_keep_gradients_alive(backend):
+def test_the_tables_do_not_keep_gradients_alive(backend, host_mode):
     """The plan remembers gradients weakly: zero_grad(set_to_none=True) must free them."""
     import gc
     import weakref
@@ -424,7 +424,7 @@ def test_the_tables_do_not_keep_gradients_alive(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_misaligned_new_gradient_rebuilds_the_tables(backend):
+def test_a_misaligned_new_gradient_rebuilds_the_tables(backend, host_mode):
     """The kernel is specialized for 16-byte aligned addresses (vector loads); a new gradient
     that is a view 4 bytes into a buffer must not reuse those tables."""
     from adamlab.optim import triton_fused
@@ -447,7 +447,7 @@ def test_a_misaligned_new_gradient_rebuilds_the_tables(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tuples_and_lists_share_a_plan(backend):
+def test_tuples_and_lists_share_a_plan(backend, host_mode):
     """The same tensors passed as tuples (as the optimizer does) or as lists: one plan, and
     a list changed in place between steps is noticed."""
     from adamlab.optim import triton_fused
@@ -493,7 +493,7 @@ def test_a_sparse_gradient_is_refused_by_name():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_new_views_of_the_same_tensors_keep_the_tables(backend):
+def test_new_views_of_the_same_tensors_keep_the_tables(backend, host_mode):
     """DTensor parameters hand the kernel new local views every step (same memory, new
     objects): the tables are kept, not rebuilt, and the update stays right."""
     from adamlab.optim import triton_fused
@@ -512,7 +512,7 @@ def test_new_views_of_the_same_tensors_keep_the_tables(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_parameter_shrunk_in_place_rebuilds_the_table(backend):
+def test_a_parameter_shrunk_in_place_rebuilds_the_table(backend, host_mode):
     """``p.data = p.data[:k]`` on the same tensor objects (parameter, gradient buffer and
     state alike): same objects, same addresses, smaller sizes. The kernel must update k
     elements, not the old numel: the memory past the views is left alone."""
@@ -537,7 +537,7 @@ def test_a_parameter_shrunk_in_place_rebuilds_the_table(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_gradients_at_addresses_seen_before_reuse_their_table(backend):
+def test_gradients_at_addresses_seen_before_reuse_their_table(backend, host_mode):
     """Two gradient buffers in turn (new objects at known addresses): after the first round
     no address table is uploaded again; many distinct buffers keep at most a few tables."""
     from adamlab.optim import triton_fused
@@ -570,7 +570,7 @@ def test_gradients_at_addresses_seen_before_reuse_their_table(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("which", ["exp_avg", "exp_avg_sq", "step", "grad"])
-def test_a_tensor_moved_with_data_is_followed(backend, which):
+def test_a_tensor_moved_with_data_is_followed(backend, which, host_mode):
     """``t.data = t.data.clone()`` (what moving state between devices, or ``Module._apply``
     on a gradient, does): the same tensor object at new memory. The kernel must update the
     new memory, never the old."""
@@ -593,7 +593,7 @@ def test_a_tensor_moved_with_data_is_followed(backend, which):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_tables_do_not_keep_replaced_state_alive(backend):
+def test_the_tables_do_not_keep_replaced_state_alive(backend, host_mode):
     import gc
     import weakref
 
@@ -610,7 +610,7 @@ def test_the_tables_do_not_keep_replaced_state_alive(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_parameter_transposed_in_place_is_not_updated_in_the_old_order(backend):
+def test_a_parameter_transposed_in_place_is_not_updated_in_the_old_order(backend, host_mode):
     """``p.data = p.data.t()`` on a square parameter: same address and size, other element
     order. The tables must not be reused: the state no longer matches the layout, and the
     kernel says so instead of pairing the wrong elements."""
@@ -622,7 +622,7 @@ def test_a_parameter_transposed_in_place_is_not_updated_in_the_old_order(backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_state_tensor_shrunk_at_its_address_is_refused(backend):
+def test_a_state_tensor_shrunk_at_its_address_is_refused(backend, host_mode):
     """A state tensor narrowed in place (same object, same address, fewer bytes) must not be
     written numel(p) elements deep: the tables are rebuilt, and the mismatch named."""
     run = Run(backend, "adam", {}, shapes=[(40,), (9,)])
@@ -633,7 +633,7 @@ def test_a_state_tensor_shrunk_at_its_address_is_refused(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_sparse_gradient_after_dense_ones_is_refused_by_name(backend):
+def test_a_sparse_gradient_after_dense_ones_is_refused_by_name(backend, host_mode):
     run = Run(backend, "adam", {}, shapes=[(40,), (9,)])
     run.step(run.grads())
     grads = run.grads()

@@ -4,7 +4,9 @@ For the chapter's 2-tensor model and for 4000 tensors of 256x256: times (median 
 windows, synchronized only at the ends) ``optimizer.step()`` and its pieces -- the state
 check, the cached gather, the registered update, the table check, the direct launch and
 Triton's own JIT launch -- then torch's fused Adam for comparison, and prints a cProfile of
-the small step. Host time per call; the GPU runs behind it.
+the small step. Host time per call; the GPU runs behind it. Everything runs twice: with the
+step's bookkeeping in Python, and with the host accelerator (``adamlab.optim._host``, built
+first if it is not cached).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import torch
 
 import adamlab
-from adamlab.optim import triton_fused
+from adamlab.optim import _host, triton_fused
 from adamlab.optim.functional import get_implementation
 
 
@@ -74,8 +76,13 @@ def pieces(shapes, n):
 
 
 def main():
-    update, tensors, hyper = pieces([(5, 1), (1,)], n=2000)
-    pieces([(256, 256)] * 4000, n=20)
+    host = _host.load(wait=True)
+    print(f"host accelerator: {_host.status()}")
+    for mode in ("Python bookkeeping", "host accelerator"):
+        _host._module = host if mode == "host accelerator" else None
+        print(f"== {mode}")
+        update, tensors, hyper = pieces([(5, 1), (1,)], n=2000)
+        pieces([(256, 256)] * 4000, n=20)
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(3000):

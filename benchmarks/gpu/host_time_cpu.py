@@ -8,6 +8,10 @@ small tensors, tiny models). Not a GPU measurement: the launch itself (about 4 Â
 Triton's C launcher on the H200 machine) is not included.
 
     python benchmarks/gpu/host_time_cpu.py        # median of 9 windows, microseconds per step
+
+Both bookkeeping paths are timed in the same process, interleaved: Python (what a step does
+before the host accelerator is built) and the host accelerator (``adamlab.optim._host``,
+built here first if it is not cached).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 import torch
 
 import adamlab
-from adamlab.optim import triton_fused
+from adamlab.optim import _host, triton_fused
 
 
 def pretend_cuda() -> None:
@@ -48,8 +52,19 @@ def host_us(shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
 
 def main() -> None:
     pretend_cuda()
+    host = _host.load(wait=True)
+    if host is None:
+        raise SystemExit(f"the host accelerator is not available: {_host.status()}")
     for name, shapes, n in [("2 tiny tensors", [(5, 1), (1,)], 20000), ("4000 tensors", [(4, 4)] * 4000, 40)]:
-        print(f"{name}: {host_us(shapes, n):.1f} us of host work per eager step (launch not included)")
+        results: dict[str, list[float]] = {"python": [], "host accelerator": []}
+        for _ in range(3):  # interleaved rounds
+            for mode in results:
+                _host._module = host if mode == "host accelerator" else None
+                _host._status = "ready" if _host._module else "disabled (benchmark)"
+                results[mode].append(host_us(shapes, n))
+        for mode, values in results.items():
+            print(f"{name}, {mode}: {statistics.median(values):.1f} us of host work per eager step "
+                  f"(launch not included; rounds {', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
 
 
 if __name__ == "__main__":

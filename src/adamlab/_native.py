@@ -46,6 +46,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Bump when the cache layout, the key or the build command line changes meaning.
 CACHE_VERSION = 1
@@ -262,7 +263,21 @@ def _cached(directory: Path, stem: str, n_sets: int) -> Path | None:
     return None
 
 
-def build_cached(
+def build_cached(name: str, source: str | bytes, **options: Any) -> ctypes.CDLL:
+    """Compile ``source`` (once per cache key; see the module docstring) and load it.
+
+    Takes :func:`build_cached_path`'s arguments. The library is loaded with
+    :class:`ctypes.CDLL`'s defaults, so shared libraries it needs that the process already
+    has (e.g. the ``libgomp`` torch loaded) are reused, not loaded twice.
+
+    Raises ``RuntimeError`` (no compiler, every flag set fails) or ``OSError`` (loading).
+    """
+    path = build_cached_path(name, source, **options)
+    assert path is not None
+    return ctypes.CDLL(str(path))
+
+
+def build_cached_path(
     name: str,
     source: str | bytes,
     *,
@@ -273,16 +288,16 @@ def build_cached(
     abi: int = 0,
     compiler: str | None = None,
     timeout: float = 300.0,
-) -> ctypes.CDLL:
-    """Compile ``source`` (once per cache key; see the module docstring) and load it.
+    build: bool = True,
+) -> Path | None:
+    """Compile ``source`` (once per cache key; see the module docstring); the library's path.
 
     ``lang`` is ``"c"`` or ``"c++"``; ``flags`` one command line, or ``flag_sets`` candidates
     tried in order; ``libs`` go after the source (e.g. ``["-lm"]``); ``abi`` is the caller's
-    ABI version; ``compiler`` defaults to :func:`find_compiler`. The library is loaded with
-    :class:`ctypes.CDLL`'s defaults, so shared libraries it needs that the process already
-    has (e.g. the ``libgomp`` torch loaded) are reused, not loaded twice.
+    ABI version; ``compiler`` defaults to :func:`find_compiler`. With ``build=False``
+    nothing is compiled: the path of the cached library, or None if there is none yet.
 
-    Raises ``RuntimeError`` (no compiler, every flag set fails) or ``OSError`` (loading).
+    Raises ``RuntimeError`` (no compiler, every flag set fails).
     """
     if lang not in _COMPILERS:
         raise ValueError(f"Invalid lang: {lang!r} (expected one of {tuple(_COMPILERS)})")
@@ -294,18 +309,22 @@ def build_cached(
     src = source.encode() if isinstance(source, str) else source
     key = cache_key(name, src, lang=lang, compiler=compiler, flag_sets=sets, libs=libs, abi=abi)
     stem = f"{name}-{key}"
-    build = functools.partial(_build_in, stem=stem, src=src, lang=lang, compiler=compiler, sets=sets, libs=libs)
+    make = functools.partial(_build_in, stem=stem, src=src, lang=lang, compiler=compiler, sets=sets, libs=libs)
     with _lock:
         directory = cache_dir()
         path = None
         if trusted_dir(directory):
             path = _cached(directory, stem, len(sets))
+            if path is None and not build:
+                return None
             if path is None and os.access(directory, os.W_OK | os.X_OK):
                 try:
                     with _LockFile(directory / f"{stem}.lock"):
-                        path = build(directory, timeout=timeout, write_markers=True)
+                        path = make(directory, timeout=timeout, write_markers=True)
                 except OSError:  # e.g. a full disk or a symlinked lock file: build privately
                     path = None
         if path is None:
-            path = build(private_dir(), timeout=timeout, write_markers=False)
-        return ctypes.CDLL(str(path))
+            if not build:
+                return None
+            path = make(private_dir(), timeout=timeout, write_markers=False)
+        return path

@@ -11,11 +11,17 @@ Bandwidth is counted as Adam/Yogi's minimum traffic, 28 bytes per parameter per 
 p, g, v, s; write p, v, s), and compared with a device-to-device copy measured in the same
 process (bytes read + written). ``--cpu-dry-run`` runs the same code on tiny CPU sets, with
 the fused rows on Triton's interpreter, to check the script without a GPU.
+
+The host accelerator (:mod:`adamlab.optim._host`) is built (or loaded from the cache) before
+anything is timed, so the adamlab rows use it from the first step; rows named "Python
+bookkeeping" time the same optimizer with it switched off (what a step costs before the
+accelerator is built, or where it cannot be).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +37,7 @@ from typing import Any
 import torch
 
 import adamlab
+from adamlab.optim import _host
 
 BYTES_PER_PARAM = 28
 
@@ -118,6 +125,7 @@ def optimizers(device: torch.device) -> dict[str, Callable[[list[torch.Tensor]],
     makers["adamlab Yogi fused, update() only"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True)
     makers["torch Adam fused, fresh grads"] = lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True)
     makers["adamlab Yogi fused, fresh grads"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True)
+    makers["adamlab Yogi fused, Python bookkeeping"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True)
     if cuda:
         makers["torch Adam fused, CUDA graph"] = lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True, capturable=True)
         makers["adamlab Yogi fused, CUDA graph"] = lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True, capturable=True)
@@ -179,6 +187,18 @@ def fresh_gradients(opt: Any, params: list[torch.Tensor]) -> Callable[[], None]:
     return step
 
 
+@contextlib.contextmanager
+def python_bookkeeping(on: bool):
+    """Within: steps do their bookkeeping in Python (the host accelerator switched off)."""
+    saved = _host._module, _host._status
+    if on:
+        _host._module, _host._status = None, "disabled (benchmark row)"
+    try:
+        yield
+    finally:
+        _host._module, _host._status = saved
+
+
 def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
     gen = torch.Generator(device=device).manual_seed(0)
     params = [torch.randn(s, device=device, generator=gen) for s in shapes]
@@ -194,24 +214,25 @@ def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
         slow = "loop" in opt_name and (big or len(shapes) > 1000)
         opt = step = None
         try:
-            opt = make(params)
-            step = graphed(opt) if "CUDA graph" in opt_name else opt.step
-            if "update() only" in opt_name:
-                step = update_only(opt)
-            if "fresh grads" in opt_name:
-                step = fresh_gradients(opt, params)
-            for _ in range(warmup):
-                step()
-            times = timer(step, n=1 if slow else n, repeats=repeats)
+            with python_bookkeeping("Python bookkeeping" in opt_name):
+                opt = make(params)
+                step = graphed(opt) if "CUDA graph" in opt_name else opt.step
+                if "update() only" in opt_name:
+                    step = update_only(opt)
+                if "fresh grads" in opt_name:
+                    step = fresh_gradients(opt, params)
+                for _ in range(warmup):
+                    step()
+                times = timer(step, n=1 if slow else n, repeats=repeats)
         except Exception as error:  # one failing row (out of memory, say) does not end the run
-            print(f"  {opt_name:34s} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
+            print(f"  {opt_name:40s} FAILED: {type(error).__name__}: {str(error)[:300]}", flush=True)
             del opt, step
             continue
         ms = statistics.median(times) * 1e3
         gbps = BYTES_PER_PARAM * n_params / (ms / 1e3) / 1e9
         spread = (max(times) - min(times)) / statistics.median(times) * 100
         rows.append(Row(name, opt_name, ms, gbps, 100 * gbps * 1e9 / copy_bps, spread))
-        print(f"  {opt_name:34s} {ms:10.4f} ms  {gbps:8.1f} GB/s  {rows[-1].copy_pct:5.1f}% of copy", flush=True)
+        print(f"  {opt_name:40s} {ms:10.4f} ms  {gbps:8.1f} GB/s  {rows[-1].copy_pct:5.1f}% of copy", flush=True)
         del opt, step
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -329,13 +350,14 @@ def table(rows: list[Row], copy_bps: float, info: dict[str, Any], first: dict[st
         f" | {info['date']}",
         f"copy bandwidth (read + write): {copy_bps / 1e12:.3f} TB/s; fp32, {BYTES_PER_PARAM} B/param/step",
         f"host: {info['host cpus']} CPUs, load average {info['host load average (1, 5, 15 min)']} at the start",
+        f"host accelerator: {info.get('host accelerator')}",
         "",
-        f"| {'parameter set':38s} | {'optimizer':34s} | {'ms/step':>10s} | {'% copy':>6s} |",
-        f"|{'-' * 40}|{'-' * 36}|{'-' * 12}|{'-' * 8}|",
+        f"| {'parameter set':38s} | {'optimizer':40s} | {'ms/step':>10s} | {'% copy':>6s} |",
+        f"|{'-' * 40}|{'-' * 42}|{'-' * 12}|{'-' * 8}|",
     ]
     for r in rows:
         ms = f"{r.ms * 1e3:.1f} us" if r.ms < 1 else f"{r.ms:.3f}"
-        lines.append(f"| {r.set:38s} | {r.name:34s} | {ms:>10s} | {r.copy_pct:6.1f} |")
+        lines.append(f"| {r.set:38s} | {r.name:40s} | {ms:>10s} | {r.copy_pct:6.1f} |")
     lines.append("")
     if first:
         lines.append("first fused step in a new process: " + ", ".join(f"{k} {v:.2f} s" for k, v in first.items()))
@@ -361,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("no CUDA GPU (use --cpu-dry-run to check the script on a CPU)")
         device = torch.device("cuda")
     timer = Timer(device)
+    t0 = time.perf_counter()
+    _host.load(wait=True)
     info = machine(device)
+    info["host accelerator"] = f"{_host.status()} (built or loaded in {time.perf_counter() - t0:.1f} s)"
+    print(f"host accelerator: {info['host accelerator']}", flush=True)
     copy_bps = copy_bandwidth(device, dry, timer)
     print(f"copy bandwidth: {copy_bps / 1e12:.3f} TB/s", flush=True)
     rows: list[Row] = []

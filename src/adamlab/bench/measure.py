@@ -136,6 +136,8 @@ def first_fused_step(device: str, *, cold: bool) -> dict[str, Any]:
         if cold:
             env["ADAMLAB_CACHE_DIR"] = os.path.join(tmp, "adamlab")
             env["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton")
+            # no background build of the host accelerator into a folder about to be removed
+            env["ADAMLAB_HOST_EXT"] = "0"
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", _FIRST_STEP, device], capture_output=True, text=True, env=env, timeout=600

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
+from array import array
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from typing import Any, ClassVar
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
+from adamlab.optim import _host
 from adamlab.optim.functional import IMPLEMENTATIONS, adam_family_update
 from adamlab.validation import check_known_keys, validate_betas, validate_hyperparameters, validate_state_dtype
 
@@ -81,34 +84,42 @@ class _Gathered:
     tensor and no group (only ``id``s): the gradients and the state tensors are read anew
     every step, so a replaced, moved or dropped tensor is never used or kept alive. A cleared
     state dict, a gradient that appears or goes, a change of the group's parameters or of
-    ``amsgrad`` sends the group through the full gather.
+    ``amsgrad`` sends the group through the full gather. The host accelerator
+    (:mod:`adamlab.optim._host`) does the same reads in C++ (the same lists as ints in bytes).
     """
 
-    __slots__ = ("amsgrad", "group_id", "has_grad", "no_grad", "param_ids", "positions", "with_grad_ids")
+    __slots__ = (
+        "amsgrad", "group_id", "has_grad", "no_grad", "no_grad_bytes", "param_ids", "param_ids_bytes",
+        "positions", "positions_bytes", "with_grad_ids",
+    )  # fmt: skip
 
     def __init__(self, group: dict[str, Any], with_grad: list[Tensor]) -> None:
         params = group["params"]
         self.group_id = id(group)
         self.param_ids = list(map(id, params))
+        self.param_ids_bytes = array("q", self.param_ids).tobytes()
         self.no_grad = list(map(_is, map(_grad, params), repeat(None)))
+        self.no_grad_bytes = bytes(self.no_grad)
         self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
         self.with_grad_ids = list(map(id, with_grad))
         self.amsgrad = bool(group["amsgrad"])
         self.positions: list[int] | None = None  # set by _AdamFamily._watch_state
+        self.positions_bytes = b""
 
-    def gather(self, group: dict[str, Any], states_in_order: list[dict]) -> tuple[Any, ...] | None:
+    def gather(self, group: dict[str, Any], states_in_order: list[dict], host: Any = None) -> tuple[Any, ...] | None:
         """The group's lists, read now; None if anything that decides them changed.
 
         Parameters are recognised by ``id``: a recycled id can only point at a parameter
         that is in the group now and whose state sits at that position now (the key order
         was checked), which is the right one."""
         params = group["params"]
-        if (
-            id(group) != self.group_id
-            or self.positions is None
-            or bool(group["amsgrad"]) is not self.amsgrad
-            or list(map(id, params)) != self.param_ids
-        ):
+        if id(group) != self.group_id or self.positions is None or bool(group["amsgrad"]) is not self.amsgrad:
+            return None
+        if host is not None and type(params) is list:
+            return host.gather(
+                params, self.param_ids_bytes, self.no_grad_bytes, states_in_order, self.positions_bytes, self.amsgrad
+            )
+        if list(map(id, params)) != self.param_ids:
             return None
         grads = list(map(_grad, params))
         if list(map(_is, grads, repeat(None))) != self.no_grad:
@@ -280,7 +291,8 @@ class _AdamFamily(Optimizer):
         """
         if states_in_order is not None:
             cached = self._gathered.get(id(group))
-            found = cached.gather(group, states_in_order) if cached is not None else None
+            host = _host.get() if group["fused"] else None
+            found = cached.gather(group, states_in_order, host) if cached is not None else None
             if found is not None:
                 self.__dict__["_new_states"] = ()
                 return found
@@ -324,8 +336,13 @@ class _AdamFamily(Optimizer):
         order, as at the end of the last step (then every ``_Gathered`` position holds);
         else None. Keys are compared by ``id``: nothing here keeps a parameter alive."""
         watch = self.__dict__.get("_state_watch")
+        if watch is None:
+            return None
         state = self.state
-        if watch is None or list(map(id, state)) != watch:
+        host = _host.loaded()
+        if host is not None and type(state) in (defaultdict, dict):  # torch's is a defaultdict
+            return host.state_values(state, self.__dict__["_state_watch_bytes"])
+        if list(map(id, state)) != watch:
             return None
         return list(state.values())
 
@@ -333,6 +350,7 @@ class _AdamFamily(Optimizer):
         """Remember ``self.state``'s keys and place every group's state dicts in its order;
         forget groups that left the optimizer."""
         keys = self.__dict__["_state_watch"] = list(map(id, self.state))
+        self.__dict__["_state_watch_bytes"] = array("q", keys).tobytes()
         position = {k: i for i, k in enumerate(keys)}
         live = {id(group) for group in self.param_groups}
         gathered = self._gathered
@@ -343,6 +361,8 @@ class _AdamFamily(Optimizer):
                 cached.positions = [position[k] for k in cached.with_grad_ids]
             except KeyError:  # a parameter whose state is gone: gather it in full next time
                 cached.positions = None
+            else:
+                cached.positions_bytes = array("q", cached.positions).tobytes()
 
     # ---- dispatch ------------------------------------------------------------------------
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:

@@ -14,7 +14,9 @@ addresses, need nothing more. New gradient tensors (``zero_grad(set_to_none=True
 light check (dtype, size, device, contiguity, alignment) and the launch switches to the
 table of their addresses, uploaded once per address set. Anything else builds a new plan.
 The plan holds no tensor (gradients weakly), so it never keeps freed memory alive; it lives
-as long as the first parameter's ``step`` tensor. See :func:`_still_valid`.
+as long as the first parameter's ``step`` tensor. See :func:`_still_valid`. Once the host
+accelerator (:mod:`adamlab.optim._host`) is loaded, new plans are checked by its C++
+``signature`` and ``grads`` instead: the same reads, one call per list.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
@@ -29,6 +31,7 @@ import operator
 import os
 import threading
 import weakref
+from array import array
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adamlab.optim import _host
 from adamlab.optim.functional import is_dtensor, local_shards
 
 # One program per BLOCK elements; 4 warps move 16 bytes per load per thread in float32.
@@ -140,13 +144,16 @@ class _Plan:
 
     block: int
     launches: list[_Launch]
-    signature: list[Any]  # see _signature
+    signature: list[Any] | bytes  # see _signature (bytes: the host accelerator's)
     simple: bool  # every parameter real and contiguous: new gradients need only a light check
     g_dtypes: list[torch.dtype]
     numels: list[int]
     devices: list[int]
     g_addresses: list[int] = field(default_factory=list)
     grad_refs: list[weakref.ref] = field(default_factory=list)
+    host: ModuleType | None = None  # the accelerator that made `signature`, if one did
+    g_layout: bytes = b""  # with `host`: the gradients' layout and addresses (host.grads)
+    g_address_bytes: bytes = b""
 
 
 _plans: dict[int, _Plan] = {}
@@ -240,14 +247,34 @@ def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
     plan = _Plan(
         block=BLOCK,
         launches=launches,
-        signature=_signature(lists),
+        signature=[],
         simple=all(map(Tensor.is_contiguous, params)) and not any(map(Tensor.is_complex, params)),
         g_dtypes=list(map(_dtype, grads)),
         numels=list(map(Tensor.numel, params)),
         devices=list(map(Tensor.get_device, params)),
     )
+    plan.signature = _signature(lists)
     _remember_grads(plan, grads, list(map(Tensor.data_ptr, grads)))
+    _adopt_host(plan, lists)
     return plan
+
+
+def _adopt_host(plan: _Plan, lists: tuple[Any, ...]) -> None:
+    """Let the host accelerator, if loaded, check ``plan`` from now on: record what it
+    reads of the tensors the plan was just checked (or built) against."""
+    host = _host.loaded()
+    signature = host.signature(*_host_lists(lists)) if host is not None else None
+    info = host.grads(lists[1]) if signature is not None else None
+    if info is not None:  # else no accelerator, or tensors it does not read (a subclass)
+        plan.host, plan.signature = host, signature
+        plan.g_layout, plan.g_address_bytes = info
+        plan.grad_refs = []
+
+
+def _host_lists(lists: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments of the accelerator's ``signature``: what :func:`_signature` reads."""
+    params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
+    return params, exp_avgs, exp_avg_sqs, () if maxes is exp_avg_sqs else maxes, steps
 
 
 _dtype = Tensor.dtype.__get__
@@ -289,9 +316,13 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...]) -> bool:
     tensors after ``zero_grad(set_to_none=True)``, or moved ones) are checked for dtype,
     size, device, contiguity and 16-byte alignment, and the launch switches to the table of
     their addresses (see :meth:`_Launch.use_grad_table`)."""
-    if plan.block != BLOCK or _signature(lists) != plan.signature:
+    if plan.block != BLOCK:
         return False
     grads = lists[1]
+    if plan.host is not None:
+        return _still_valid_host(plan, lists)
+    if _signature(lists) != plan.signature:
+        return False
     try:
         addresses = list(map(_data_ptr, grads))
     except RuntimeError:  # a gradient without storage (sparse): rebuilding names the problem
@@ -307,13 +338,38 @@ def _still_valid(plan: _Plan, lists: tuple[Any, ...]) -> bool:
     ):
         return False
     if addresses != plan.g_addresses:
-        columns = [addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
-                   for launch in plan.launches]  # fmt: skip
-        if any(launch.aligned and any(map(_misaligned, column)) for launch, column in zip(plan.launches, columns)):
-            return False  # the kernel was specialized for 16-byte aligned addresses
-        for launch, column in zip(plan.launches, columns):
-            launch.use_grad_table(column)
+        if not _use_grad_addresses(plan, addresses):
+            return False
     _remember_grads(plan, grads, addresses)
+    return True
+
+
+def _still_valid_host(plan: _Plan, lists: tuple[Any, ...]) -> bool:
+    """:func:`_still_valid` by the host accelerator: the same signature, the gradients'
+    layout as when the plan was built (checked then), and their addresses."""
+    host = plan.host
+    assert host is not None
+    if host.signature(*_host_lists(lists)) != plan.signature:
+        return False
+    info = host.grads(lists[1])
+    if info is None or info[0] != plan.g_layout:
+        return False
+    if info[1] != plan.g_address_bytes:
+        if not plan.simple or not _use_grad_addresses(plan, array("q", info[1]).tolist()):
+            return False
+        plan.g_address_bytes = info[1]
+    return True
+
+
+def _use_grad_addresses(plan: _Plan, addresses: list[int]) -> bool:
+    """Point every launch at the table of these gradient addresses; False (rebuild) if one
+    is misaligned for a kernel specialized for 16-byte alignment."""
+    columns = [addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
+               for launch in plan.launches]  # fmt: skip
+    if any(launch.aligned and any(map(_misaligned, column)) for launch, column in zip(plan.launches, columns)):
+        return False  # the kernel was specialized for 16-byte aligned addresses
+    for launch, column in zip(plan.launches, columns):
+        launch.use_grad_table(column)
     return True
 
 
@@ -321,6 +377,8 @@ def _plan_for(lists: tuple[list[Tensor], ...]) -> _Plan:
     key = id(lists[5][0])
     plan = _plans.get(key)
     if plan is not None and _still_valid(plan, lists):
+        if plan.host is None and _host.loaded() is not None:
+            _adopt_host(plan, lists)  # the accelerator was loaded since this plan was made
         return plan
     if plan is None:  # forget the plan (and free its tables) with the step tensor it hangs on
         weakref.finalize(lists[5][0], _plans.pop, key, None)
