@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import adamlab
-from adamlab.optim import _host, triton_fused
+from adamlab.optim import _host, fused_cpu, triton_fused
 
 
 def _tensors(n: int, seed: int = 0) -> list[torch.Tensor]:
@@ -27,9 +27,10 @@ def _tensors(n: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def _stepped(amsgrad: bool = False, n: int = 5, **kwargs: Any) -> tuple[adamlab.Yogi, list[torch.Tensor]]:
+    """A fused Yogi stepped twice; the last parameter has no gradient."""
     params = _tensors(n)
     opt = adamlab.Yogi(params, lr=0.1, amsgrad=amsgrad, fused=True, **kwargs)
-    for p in params:
+    for p in params[:-1]:
         p.grad = torch.ones_like(p)
     opt.step()
     opt.step()  # the second step records the state's order
@@ -60,13 +61,23 @@ def test_gather_returns_the_objects_the_python_gather_returns(host, amsgrad):
     assert cpp[1][2] is params[2].grad and _same(python, cpp)
 
 
+def _give_grad(t: torch.Tensor) -> torch.Tensor:
+    t.grad = torch.ones_like(t)
+    return t
+
+
 CHANGES = {
     "a gradient gone": lambda opt, ps: setattr(ps[1], "grad", None),
     "a state key gone": lambda opt, ps: opt.state[ps[3]].pop("exp_avg_sq"),
     "a state dict cleared": lambda opt, ps: opt.state[ps[0]].clear(),
     "a parameter appended": lambda opt, ps: opt.param_groups[0]["params"].append(torch.ones(2, requires_grad=True)),
     "a parameter replaced": lambda opt, ps: opt.param_groups[0]["params"].__setitem__(1, torch.ones(2)),
-    "a sparse gradient": lambda opt, ps: setattr(ps[4], "grad", torch.ones_like(ps[4]).to_sparse()),
+    "a sparse gradient": lambda opt, ps: setattr(ps[3], "grad", torch.ones_like(ps[3]).to_sparse()),
+    # as many gradients as before, so only the order or the identity tells
+    "a gradient moved to another parameter": lambda opt, ps: (setattr(ps[1], "grad", None), _give_grad(ps[4])),
+    "a parameter replaced by one with a gradient": lambda opt, ps: opt.param_groups[0]["params"].__setitem__(
+        1, _give_grad(torch.ones(2, 3, requires_grad=True))
+    ),
     "a state dict replaced by a non-dict": lambda opt, ps: opt.state.__setitem__(ps[2], collections.UserDict()),
 }
 
@@ -152,6 +163,8 @@ def test_grads_reports_layout_and_addresses(host):
     assert host.grads([g.clone() for g in grads])[0] == layout  # new tensors, same layout
     assert host.grads([grads[0].double(), grads[1]])[0] != layout
     assert host.grads([grads[0], torch.ones(5, 4).t()])[0] != layout  # size and contiguity
+    assert host.grads([grads[0], torch.ones(3, 3)])[0] != layout  # size alone
+    assert host.grads([grads[0], torch.ones(3, 2)])[0] != layout  # shape alone (same size)
     assert host.grads([grads[0].to_sparse()]) is None
     assert host.grads([grads[0], 3.0]) is None
 
@@ -166,11 +179,13 @@ def test_the_optimizer_uses_it(host, monkeypatch):
     class Spy:
         def __init__(self) -> None:
             self.calls = collections.Counter()
+            self.results = collections.defaultdict(list)
 
         def __getattr__(self, name: str) -> Any:
             def call(*args: Any) -> Any:
                 self.calls[name] += 1
-                return getattr(host, name)(*args)
+                self.results[name].append(getattr(host, name)(*args))
+                return self.results[name][-1]
 
             return call
 
@@ -181,11 +196,14 @@ def test_the_optimizer_uses_it(host, monkeypatch):
     for _ in range(3):
         opt.step()
     assert spy.calls["state_values"] >= 3 and spy.calls["gather"] >= 3
-    assert all(not torch.equal(p, q) for p, q in zip(params, before))
+    assert None not in spy.results["state_values"] and None not in spy.results["gather"]  # it did the work
+    assert all(not torch.equal(p, q) for p, q in zip(params[:-1], before))
+    assert torch.equal(params[-1], before[-1])  # no gradient: not stepped
 
 
 def test_a_failed_background_build_fails_soft(monkeypatch, tmp_path):
     """No working compiler: the build process fails, the status says so, steps go on."""
+    fused_cpu.load()  # the fused CPU kernel itself is built with a working compiler
     monkeypatch.setenv("ADAMLAB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", "/bin/false")
     monkeypatch.delenv(_host.ENV, raising=False)
@@ -198,8 +216,34 @@ def test_a_failed_background_build_fails_soft(monkeypatch, tmp_path):
     monkeypatch.setattr(_host, "_next_poll", 0.0)
     opt.step()
     assert _host.status().startswith("failed: the build exited with status 1"), _host.status()
+    assert list((tmp_path / "cache").glob("host-*.failed")), "the compiler was not what failed"
     assert _host.get() is None and _host.loaded() is None
     opt.step()
+
+
+def test_a_known_failure_starts_no_new_build(monkeypatch, tmp_path):
+    """A build that failed before (its marker in the cache) is not retried by every process."""
+    fused_cpu.load()
+    monkeypatch.setenv("ADAMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", "/bin/false")
+    monkeypatch.setenv(_host.ENV, "wait")
+    monkeypatch.setattr(_host, "_status", "not requested")
+    assert _host.load(wait=True) is None  # records the failure
+    monkeypatch.delenv(_host.ENV)
+    monkeypatch.setattr(_host, "_status", "not requested")
+    monkeypatch.setattr(_host, "_child", None)
+    monkeypatch.setattr(_host, "_next_poll", 0.0)
+    assert _host.get() is None
+    assert _host._child is None and _host.status().startswith("failed: could not compile host"), _host.status()
+
+
+def test_an_unknown_setting_warns_and_keeps_it_off(monkeypatch):
+    monkeypatch.setenv(_host.ENV, "off")
+    monkeypatch.setattr(_host, "_status", "not requested")
+    monkeypatch.setattr(_host, "_next_poll", 0.0)
+    with pytest.warns(RuntimeWarning, match="ADAMLAB_HOST_EXT='off'"):
+        _stepped()
+    assert _host.status().startswith("failed: ADAMLAB_HOST_EXT='off'") and _host._child is None
 
 
 def test_it_can_be_switched_off(monkeypatch):
@@ -221,3 +265,28 @@ def test_a_cached_build_is_loaded_at_the_first_request(host, monkeypatch):
     assert _host.get() is not None
     assert _host.status() == "ready" and _host._child is None
     assert os.path.samefile(_host.loaded().__file__, host.__file__)
+
+
+@pytest.mark.slow
+def test_a_background_build_is_picked_up_by_the_steps(monkeypatch, tmp_path):
+    """The default: the first fused step starts the build in another process, steps go on
+    in Python, and a later step switches to the accelerator (about 20 s of compiling)."""
+    from adamlab import _native
+
+    if _native.find_compiler("c++") is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("ADAMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(_host.ENV, raising=False)
+    monkeypatch.setattr(_host, "_status", "not requested")
+    monkeypatch.setattr(_host, "_child", None)
+    monkeypatch.setattr(_host, "_next_poll", 0.0)
+    opt, params = _stepped()
+    assert _host.status() == "building" and _host.loaded() is None
+    assert _host._child.wait(timeout=300) == 0
+    monkeypatch.setattr(_host, "_next_poll", 0.0)
+    opt.step()
+    assert _host.status() == "ready" and _host.loaded() is not None
+    assert list((tmp_path / "cache").glob("host-*.so"))
+    before = [p.detach().clone() for p in params[:-1]]
+    opt.step()  # now through the accelerator
+    assert all(not torch.equal(p, q) for p, q in zip(params, before))

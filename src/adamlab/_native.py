@@ -297,7 +297,8 @@ def build_cached_path(
     ABI version; ``compiler`` defaults to :func:`find_compiler`. With ``build=False``
     nothing is compiled: the path of the cached library, or None if there is none yet.
 
-    Raises ``RuntimeError`` (no compiler, every flag set fails).
+    Raises ``RuntimeError`` (no compiler, every flag set fails, or with ``build=False``
+    every flag set is recorded as failed).
     """
     if lang not in _COMPILERS:
         raise ValueError(f"Invalid lang: {lang!r} (expected one of {tuple(_COMPILERS)})")
@@ -316,6 +317,12 @@ def build_cached_path(
         if trusted_dir(directory):
             path = _cached(directory, stem, len(sets))
             if path is None and not build:
+                failed = [directory / f"{stem}-{i}.failed" for i in range(len(sets))]
+                if all(map(_trusted_file, failed)):  # every flag set is known not to compile
+                    raise RuntimeError(
+                        f"could not compile {name} (an earlier build failed; delete {directory} to retry):\n"
+                        + failed[-1].read_text(errors="replace")[-2000:]
+                    )
                 return None
             if path is None and os.access(directory, os.W_OK | os.X_OK):
                 try:

@@ -24,7 +24,7 @@ directory and file owned by this user are trusted). Set ``ADAMLAB_HOST_EXT``:
 
 - ``0``: never build or use it;
 - ``wait``: build it in this process at the first request, and use it from that step on;
-- unset (default): build it in the background as above.
+- unset or ``1`` (default): build it in the background as above.
 
 :func:`status` says what happened (``"ready"``, ``"building"``, ``"failed: ..."``...).
 """
@@ -38,6 +38,7 @@ import sys
 import sysconfig
 import threading
 import time
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -49,8 +50,9 @@ _POLL_SECONDS = 0.5  # how often a step looks whether the background build is do
 _module: ModuleType | None = None
 _status = "not requested"
 _child: subprocess.Popen | None = None
+_child_owner = 0  # the process that started _child
 _next_poll = 0.0
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def loaded() -> ModuleType | None:
@@ -111,8 +113,9 @@ def load(*, wait: bool = True) -> ModuleType | None:
     with _lock:
         if _module is not None:
             return _module
-        if os.environ.get(ENV) == "0":
-            _status = f"disabled ({ENV}=0)"
+        if _mode() == "0":
+            if not _status.startswith("failed"):
+                _status = f"disabled ({ENV}=0)"
             return None
         try:
             path = _native.build_cached_path(**_options(), build=wait)
@@ -120,50 +123,85 @@ def load(*, wait: bool = True) -> ModuleType | None:
                 return None
             _module = _import(path)
         except Exception as error:  # no compiler, no torch headers, a link error: fail soft
-            _status = f"failed: {str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}"
+            lines = str(error).strip().splitlines() or [type(error).__name__]
+            _status = f"failed: {lines[0]}" + (f" ... {lines[-1][-300:]}" if len(lines) > 1 else "")
             return None
         _status = "ready"
         return _module
 
 
+def _mode() -> str:
+    """``ADAMLAB_HOST_EXT``: ``"0"``, ``"wait"``, or ``""``/``"1"`` (background); an unknown
+    value warns once and keeps the accelerator off."""
+    global _status
+    mode = os.environ.get(ENV, "")
+    if mode not in ("", "1", "0", "wait"):
+        if not _status.startswith("failed"):
+            warnings.warn(
+                f"{ENV}={mode!r} is not 0, 1 or wait: the host accelerator stays off", RuntimeWarning, stacklevel=2
+            )
+        _status = f"failed: {ENV}={mode!r} is not 0, 1 or wait"
+        return "0"
+    return mode
+
+
 def _poll() -> ModuleType | None:
     """Start the background build at the first request; load its result once it is done."""
-    global _status, _child, _next_poll
+    global _status, _child, _child_owner, _next_poll
     now = time.monotonic()
     if now < _next_poll:
         return None
-    _next_poll = now + _POLL_SECONDS
-    mode = os.environ.get(ENV, "")
-    if mode == "0":
-        _status = f"disabled ({ENV}=0)"
-        return None
-    if mode == "wait":
-        return load(wait=True)
-    if _child is None:
-        if load(wait=False) is not None:  # built by an earlier process
-            return _module
-        from adamlab import _native
+    with _lock:
+        _next_poll = now + _POLL_SECONDS
+        mode = _mode()
+        if mode == "0":
+            if not _status.startswith("failed"):
+                _status = f"disabled ({ENV}=0)"
+            return None
+        if mode == "wait":
+            return load(wait=True)
+        if _child is not None and _child_owner != os.getpid():
+            _child = None  # a forked process: the build belongs to the parent (its result is cached)
+        if _child is None:
+            return _start_build()
+        code = _child.poll()
+        if code is None:
+            return None
+        _child = None
+        if code != 0:
+            _status = f"failed: the build exited with status {code} (run with {ENV}=wait to see the error)"
+        elif load(wait=False) is None and not _status.startswith("failed"):
+            _status = "failed: the build finished but left no library in the cache"
+        return _module
 
-        if not _native.trusted_dir(_native.cache_dir()):
-            _status = f"failed: the cache directory {_native.cache_dir()} is not private to this user"
-            return None
-        # A process of its own: the build finishes (and is cached for the next process)
-        # even if this one exits first, and a crash there cannot take this one down.
-        command = [sys.executable, "-c", "from adamlab.optim import _host; _host.load(wait=True) or exit(1)"]
-        try:
-            _child = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, ENV: "wait"},
-            )  # fmt: skip
-        except OSError as error:
-            _status = f"failed: could not start the build ({error})"
-            return None
-        _status = "building"
+
+def _start_build() -> ModuleType | None:
+    """Load the accelerator if an earlier process built it, else start the build process."""
+    global _status, _child, _child_owner
+    from adamlab import _native
+
+    if load(wait=False) is not None or _status.startswith("failed"):  # cached, or known to fail
+        return _module
+    directory = _native.cache_dir()
+    if not _native.trusted_dir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+        _status = f"failed: the cache directory {directory} is not private to this user and writable"
         return None
-    code = _child.poll()
-    if code is None:
+    # A process of its own: the build finishes (and is cached for the next process) even if
+    # this one exits first, and a crash there cannot take this one down. It imports this
+    # very adamlab (its folder first on sys.path), so it builds this very source.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from adamlab.optim import _host; "
+        "raise SystemExit(0 if _host.load(wait=True) else 1)"
+    )
+    try:
+        _child = subprocess.Popen(
+            [sys.executable, "-c", code, str(Path(__file__).resolve().parents[2])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, ENV: "wait"},
+        )  # fmt: skip
+    except OSError as error:
+        _status = f"failed: could not start the build ({error})"
         return None
-    if code != 0 or load(wait=False) is None:
-        _status = f"failed: the build exited with status {code} (run with {ENV}=wait to see the error)"
-        return None
-    return _module
+    _child_owner = os.getpid()
+    _status = "building"
+    return None

@@ -27,6 +27,36 @@ PyObject* kExpAvgSq;
 PyObject* kMaxExpAvgSq;
 PyObject* kStep;
 
+// An owned reference: released when it goes out of scope.
+class Ref {
+ public:
+  Ref() = default;
+  explicit Ref(PyObject* owned) : obj_(owned) {}
+  static Ref borrowed(PyObject* obj) {
+    Py_XINCREF(obj);
+    return Ref(obj);
+  }
+  Ref(Ref&& other) noexcept : obj_(other.release()) {}
+  Ref& operator=(Ref&& other) noexcept {
+    Py_XDECREF(obj_);
+    obj_ = other.release();
+    return *this;
+  }
+  Ref(const Ref&) = delete;
+  Ref& operator=(const Ref&) = delete;
+  ~Ref() { Py_XDECREF(obj_); }
+  PyObject* get() const { return obj_; }
+  PyObject* release() {
+    PyObject* obj = obj_;
+    obj_ = nullptr;
+    return obj;
+  }
+  explicit operator bool() const { return obj_ != nullptr; }
+
+ private:
+  PyObject* obj_ = nullptr;
+};
+
 // A list argument, or nullptr with TypeError set.
 bool is_list(PyObject* obj, const char* what) {
   if (!PyList_Check(obj)) {
@@ -103,49 +133,50 @@ PyObject* gather(PyObject*, PyObject* args) {
     return nullptr;
   }
   const Py_ssize_t n = PyList_GET_SIZE(params);
-  const Py_ssize_t n_states = PyList_GET_SIZE(states);
   if (n_ids != n || PyBytes_GET_SIZE(no_grad_obj) != n) Py_RETURN_NONE;
   const char* no_grad = PyBytes_AS_STRING(no_grad_obj);
 
-  PyObject* lists[6] = {PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0), PyList_New(0)};
-  auto fail = [&](bool none) -> PyObject* {
-    for (PyObject* l : lists) Py_XDECREF(l);
-    if (none) Py_RETURN_NONE;
-    return nullptr;
-  };
-  for (PyObject* l : lists)
-    if (!l) return fail(false);
+  // Every object is held by a strong reference (Ref) from the moment it is read: wrapping a
+  // gradient allocates, which can run the garbage collector and so arbitrary __del__ code,
+  // and a dict lookup can run a key's __eq__; either could drop what a borrowed reference
+  // points to. Refs also release everything on every way out, C++ exceptions included.
+  Ref lists[6];
+  for (Ref& l : lists)
+    if (!(l = Ref(PyList_New(0)))) return nullptr;
   PyObject* keys[4] = {kExpAvg, kExpAvgSq, kMaxExpAvgSq, kStep};
   Py_ssize_t j = 0;  // index among parameters with a gradient
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* p = PyList_GET_ITEM(params, i);
-    if (reinterpret_cast<int64_t>(p) != ids[i] || !THPVariable_CheckExact(p)) return fail(true);
-    const at::Tensor& grad = THPVariable_Unpack(p).grad();
-    if (grad.defined() == static_cast<bool>(no_grad[i])) return fail(true);
+    if (i >= PyList_GET_SIZE(params)) Py_RETURN_NONE;  // the list changed under us
+    Ref p = Ref::borrowed(PyList_GET_ITEM(params, i));
+    if (reinterpret_cast<int64_t>(p.get()) != ids[i] || !THPVariable_CheckExact(p.get())) Py_RETURN_NONE;
+    const at::Tensor grad = THPVariable_Unpack(p.get()).grad();  // a copy: owns the gradient
+    if (grad.defined() == static_cast<bool>(no_grad[i])) Py_RETURN_NONE;
     if (!grad.defined()) continue;
-    if (grad.layout() != c10::kStrided) return fail(true);  // sparse: the full gather names it
-    if (j >= n_positions || positions[j] < 0 || positions[j] >= n_states) return fail(true);
-    PyObject* state = PyList_GET_ITEM(states, positions[j]);
+    if (grad.layout() != c10::kStrided) Py_RETURN_NONE;  // sparse: the full gather names it
+    if (j >= n_positions || positions[j] < 0 || positions[j] >= PyList_GET_SIZE(states)) Py_RETURN_NONE;
+    Ref state = Ref::borrowed(PyList_GET_ITEM(states, positions[j]));
     ++j;
-    if (!PyDict_CheckExact(state)) return fail(true);
-    PyObject* found[4] = {nullptr, nullptr, nullptr, nullptr};
+    if (!PyDict_CheckExact(state.get())) Py_RETURN_NONE;
+    Ref g(THPVariable_Wrap(grad));
+    if (!g) return nullptr;
+    Ref found[4];
     for (int k = 0; k < 4; ++k) {
       if (k == 2 && !amsgrad) continue;
-      found[k] = PyDict_GetItemWithError(state, keys[k]);  // borrowed
-      if (!found[k]) return fail(!PyErr_Occurred());
+      found[k] = Ref::borrowed(PyDict_GetItemWithError(state.get(), keys[k]));
+      if (!found[k]) {
+        if (PyErr_Occurred()) return nullptr;
+        Py_RETURN_NONE;  // a state dict cleared or cut down: the full gather deals with it
+      }
     }
-    PyObject* g = THPVariable_Wrap(grad);
-    if (!g) return fail(false);
-    bool ok = PyList_Append(lists[0], p) == 0 && PyList_Append(lists[1], g) == 0 &&
-              PyList_Append(lists[2], found[0]) == 0 && PyList_Append(lists[3], found[1]) == 0 &&
-              (!amsgrad || PyList_Append(lists[4], found[2]) == 0) && PyList_Append(lists[5], found[3]) == 0;
-    Py_DECREF(g);
-    if (!ok) return fail(false);
+    if (PyList_Append(lists[0].get(), p.get()) || PyList_Append(lists[1].get(), g.get()) ||
+        PyList_Append(lists[2].get(), found[0].get()) || PyList_Append(lists[3].get(), found[1].get()) ||
+        (amsgrad && PyList_Append(lists[4].get(), found[2].get())) || PyList_Append(lists[5].get(), found[3].get()))
+      return nullptr;
   }
-  if (j != n_positions) return fail(true);
+  if (j != n_positions) Py_RETURN_NONE;
   PyObject* out = PyTuple_New(6);
-  if (!out) return fail(false);
-  for (int k = 0; k < 6; ++k) PyTuple_SET_ITEM(out, k, lists[k]);  // steals
+  if (!out) return nullptr;
+  for (int k = 0; k < 6; ++k) PyTuple_SET_ITEM(out, k, lists[k].release());  // steals
   return out;
 }
 
@@ -204,27 +235,27 @@ PyObject* signature(PyObject*, PyObject* args) {
 }
 
 // grads(grads) -> (layout: bytes, addresses: bytes) | None
-// Per gradient: dtype, number of elements, device index, contiguity and (if not
-// contiguous) its strides; and its address. None if one is not a plain dense tensor.
-// Python twin: triton_fused._grad_info.
+// Per gradient: dtype, device index, contiguity, shape and (if not contiguous) strides;
+// and its address. None if one is not a plain dense tensor. The Python twin is the
+// gradient half of triton_fused._still_valid (which checks dtype, size, device and
+// contiguity against the parameters'; the plan keeps this layout from when it checked).
 PyObject* grads(PyObject*, PyObject* list) {
   if (!is_list(list, "grads")) return nullptr;
   const Py_ssize_t n = PyList_GET_SIZE(list);
   std::vector<int64_t> layout, addresses;
-  layout.reserve(4 * n);
+  layout.reserve(6 * n);
   addresses.reserve(n);
   for (Py_ssize_t i = 0; i < n; ++i) {
     const at::Tensor* g = tensor(PyList_GET_ITEM(list, i));
     if (!g || g->layout() != c10::kStrided) Py_RETURN_NONE;
     const bool c = g->is_contiguous();
     layout.push_back(static_cast<int64_t>(g->scalar_type()));
-    layout.push_back(g->numel());
     layout.push_back(g->get_device());
     layout.push_back(c);
-    if (!c) {
-      layout.push_back(g->dim());
+    layout.push_back(g->dim());
+    for (int64_t size : g->sizes()) layout.push_back(size);
+    if (!c)
       for (int64_t stride : g->strides()) layout.push_back(stride);
-    }
     addresses.push_back(reinterpret_cast<int64_t>(g->data_ptr()));
   }
   PyObject* a = pack(layout);
