@@ -60,6 +60,15 @@ _lock = threading.Lock()  # one build at a time within this process (flock cover
 _private_dir: Path | None = None
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it (building) at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def cache_dir() -> Path:
     """Where built libraries are cached: ``$ADAMLAB_CACHE_DIR``, else the user cache dir."""
     root = os.environ.get("ADAMLAB_CACHE_DIR")

@@ -55,6 +55,15 @@ _next_poll = 0.0
 _lock = threading.RLock()
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def loaded() -> ModuleType | None:
     """The accelerator if it is loaded, else None (never starts a build)."""
     return _module
@@ -63,10 +72,14 @@ def loaded() -> ModuleType | None:
 def get() -> ModuleType | None:
     """The accelerator, or None while it is not (yet) available; the first call starts
     its build (see the module docstring). Cheap enough to call every step."""
+    global _status
     if _module is not None:
         return _module
     if _status in ("not requested", "building"):
-        return _poll()
+        try:
+            return _poll()
+        except Exception as error:  # never let the optional part fail a step
+            _status = f"failed: {type(error).__name__}: {error}"
     return None
 
 
@@ -136,11 +149,12 @@ def _mode() -> str:
     global _status
     mode = os.environ.get(ENV, "")
     if mode not in ("", "1", "0", "wait"):
-        if not _status.startswith("failed"):
+        warned = _status.startswith("failed")
+        _status = f"failed: {ENV}={mode!r} is not 0, 1 or wait"  # first: the warning may raise
+        if not warned:
             warnings.warn(
                 f"{ENV}={mode!r} is not 0, 1 or wait: the host accelerator stays off", RuntimeWarning, stacklevel=2
             )
-        _status = f"failed: {ENV}={mode!r} is not 0, 1 or wait"
         return "0"
     return mode
 
@@ -160,8 +174,10 @@ def _poll() -> ModuleType | None:
             return None
         if mode == "wait":
             return load(wait=True)
-        if _child is not None and _child_owner != os.getpid():
-            _child = None  # a forked process: the build belongs to the parent (its result is cached)
+        if _status == "building" and (_child is None or _child_owner != os.getpid()):
+            # a forked process: the build is the parent's; its result lands in the cache
+            _child = None
+            return load(wait=False)
         if _child is None:
             return _start_build()
         code = _child.poll()

@@ -273,6 +273,9 @@ PyObject* wrap(PyObject* (*f)(PyObject*, PyObject*), PyObject* self, PyObject* a
   } catch (const std::exception& e) {  // a c10::Error from a tensor call: a Python error
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
+  } catch (...) {
+    PyErr_SetString(PyExc_RuntimeError, "adamlab host accelerator: unknown C++ exception");
+    return nullptr;
   }
 }
 
