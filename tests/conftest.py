@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -27,8 +28,13 @@ _HOST_MODULE: list[Any] = []  # built once per test process
 os.environ["ADAMLAB_HOST_EXT"] = "0"  # and in the processes tests start
 
 
+_HAS_TORCH = importlib.util.find_spec("torch") is not None  # the MXNet environment has none
+
+
 @pytest.fixture(autouse=True)
 def _host_accelerator_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not _HAS_TORCH:
+        return
     from adamlab.optim import _host
 
     monkeypatch.setattr(_host, "_module", None)
