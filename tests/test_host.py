@@ -105,7 +105,7 @@ def test_gather_refuses_tensor_subclasses(host):
     cached = opt._gathered[id(group)]
     sub = params[0].as_subclass(Sub)
     group["params"][0] = sub
-    cached.param_ids_bytes = _ids([sub, *params[1:]])  # as if it had always been there
+    cached.param_ids = _ids([sub, *params[1:]])  # as if it had always been there
     assert cached.gather(group, list(opt.state.values()), host) is None
 
 

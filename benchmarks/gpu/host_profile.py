@@ -11,6 +11,7 @@ first if it is not cached).
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import pstats
 import statistics
@@ -76,13 +77,13 @@ def pieces(shapes, n):
 
 
 def main():
-    host = _host.load(wait=True)
+    _host.load(wait=True)
     print(f"host accelerator: {_host.status()}")
     for mode in ("Python bookkeeping", "host accelerator"):
-        _host._module = host if mode == "host accelerator" else None
         print(f"== {mode}")
-        update, tensors, hyper = pieces([(5, 1), (1,)], n=2000)
-        pieces([(256, 256)] * 4000, n=20)
+        with _host.python_only() if mode == "Python bookkeeping" else contextlib.nullcontext():
+            update, tensors, hyper = pieces([(5, 1), (1,)], n=2000)
+            pieces([(256, 256)] * 4000, n=20)
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(3000):

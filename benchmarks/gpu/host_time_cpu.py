@@ -16,6 +16,7 @@ built here first if it is not cached).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -52,16 +53,14 @@ def host_us(shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
 
 def main() -> None:
     pretend_cuda()
-    host = _host.load(wait=True)
-    if host is None:
+    if _host.load(wait=True) is None:
         raise SystemExit(f"the host accelerator is not available: {_host.status()}")
     for name, shapes, n in [("2 tiny tensors", [(5, 1), (1,)], 20000), ("4000 tensors", [(4, 4)] * 4000, 40)]:
         results: dict[str, list[float]] = {"python": [], "host accelerator": []}
         for _ in range(3):  # interleaved rounds
             for mode in results:
-                _host._module = host if mode == "host accelerator" else None
-                _host._status = "ready" if _host._module else "disabled (benchmark)"
-                results[mode].append(host_us(shapes, n))
+                with _host.python_only() if mode == "python" else contextlib.nullcontext():
+                    results[mode].append(host_us(shapes, n))
         for mode, values in results.items():
             print(f"{name}, {mode}: {statistics.median(values):.1f} us of host work per eager step "
                   f"(launch not included; rounds {', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip

@@ -187,18 +187,6 @@ def fresh_gradients(opt: Any, params: list[torch.Tensor]) -> Callable[[], None]:
     return step
 
 
-@contextlib.contextmanager
-def python_bookkeeping(on: bool):
-    """Within: steps do their bookkeeping in Python (the host accelerator switched off)."""
-    saved = _host._module, _host._status
-    if on:
-        _host._module, _host._status = None, "disabled (benchmark row)"
-    try:
-        yield
-    finally:
-        _host._module, _host._status = saved
-
-
 def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
     gen = torch.Generator(device=device).manual_seed(0)
     params = [torch.randn(s, device=device, generator=gen) for s in shapes]
@@ -214,7 +202,7 @@ def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
         slow = "loop" in opt_name and (big or len(shapes) > 1000)
         opt = step = None
         try:
-            with python_bookkeeping("Python bookkeeping" in opt_name):
+            with _host.python_only() if "Python bookkeeping" in opt_name else contextlib.nullcontext():
                 opt = make(params)
                 step = graphed(opt) if "CUDA graph" in opt_name else opt.step
                 if "update() only" in opt_name:

@@ -2,10 +2,10 @@
 
 A cached step re-reads every gradient, state tensor and address it is about to use (a
 tensor may have been replaced, moved with ``t.data = ...`` or freed since the last step).
-In Python that is about twenty C-level calls per tensor -- 5 ms per step for 4000 small
-tensors, more than the fused CUDA kernel itself. ``csrc/host.cpp`` does the same reads in
-one call per list. Every function there has a Python twin that stays the reference and the
-fallback:
+In Python that is about twenty C-level calls per tensor -- 5-8 ms per step for 4000 small
+tensors on a 2-core Xeon, more than the fused CUDA kernel itself (benchmarks/RESULTS.md).
+``csrc/host.cpp`` does the same reads in one call per list. Every function there has a
+Python twin that stays the reference and the fallback:
 
 =======================  =================================================
 ``host.cpp``             Python twin
@@ -16,7 +16,7 @@ fallback:
 =======================  =================================================
 
 It is optional and fails soft. It compiles against the installed torch's headers (about
-15 s), so it is built only for optimizers with a ``fused=True`` group (which already
+20 s on 2 cores), so it is built only for optimizers with a ``fused=True`` group (which already
 compile their kernels on first use), in a separate process, while the Python path runs;
 steps switch to it once it is loaded. The library is cached like adamlab's other native
 code (:mod:`adamlab._native`: keyed by source, compiler, flags, torch and Python; only a
@@ -26,11 +26,13 @@ directory and file owned by this user are trusted). Set ``ADAMLAB_HOST_EXT``:
 - ``wait``: build it in this process at the first request, and use it from that step on;
 - unset or ``1`` (default): build it in the background as above.
 
-:func:`status` says what happened (``"ready"``, ``"building"``, ``"failed: ..."``...).
+:func:`status` says what happened (``"ready"``, ``"building"``, ``"failed: ..."``...);
+:func:`python_only` switches it off for a while (benchmarks time both paths with it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -39,6 +41,7 @@ import sysconfig
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -81,6 +84,18 @@ def get() -> ModuleType | None:
         except Exception as error:  # never let the optional part fail a step
             _status = f"failed: {type(error).__name__}: {error}"
     return None
+
+
+@contextlib.contextmanager
+def python_only() -> Iterator[None]:
+    """Within: steps do their bookkeeping in Python, as if the accelerator were not built."""
+    global _module, _status
+    saved = _module, _status
+    _module, _status = None, "disabled (python_only)"
+    try:
+        yield
+    finally:
+        _module, _status = saved
 
 
 def status() -> str:
@@ -126,9 +141,7 @@ def load(*, wait: bool = True) -> ModuleType | None:
     with _lock:
         if _module is not None:
             return _module
-        if _mode() == "0":
-            if not _status.startswith("failed"):
-                _status = f"disabled ({ENV}=0)"
+        if _switched_off():
             return None
         try:
             path = _native.build_cached_path(**_options(), build=wait)
@@ -159,6 +172,16 @@ def _mode() -> str:
     return mode
 
 
+def _switched_off() -> bool:
+    """Whether ``ADAMLAB_HOST_EXT`` keeps the accelerator off (then the status says so)."""
+    global _status
+    if _mode() != "0":
+        return False
+    if not _status.startswith("failed"):
+        _status = f"disabled ({ENV}=0)"
+    return True
+
+
 def _poll() -> ModuleType | None:
     """Start the background build at the first request; load its result once it is done."""
     global _status, _child, _child_owner, _next_poll
@@ -167,12 +190,9 @@ def _poll() -> ModuleType | None:
         return None
     with _lock:
         _next_poll = now + _POLL_SECONDS
-        mode = _mode()
-        if mode == "0":
-            if not _status.startswith("failed"):
-                _status = f"disabled ({ENV}=0)"
+        if _switched_off():
             return None
-        if mode == "wait":
+        if _mode() == "wait":
             return load(wait=True)
         if _status == "building" and (_child is None or _child_owner != os.getpid()):
             # a forked process: the build is the parent's; its result lands in the cache

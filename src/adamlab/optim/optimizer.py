@@ -75,6 +75,11 @@ _max_exp_avg_sq = operator.itemgetter("max_exp_avg_sq")
 _step = operator.itemgetter("step")
 
 
+def _ids(objects: Iterable[Any]) -> bytes:
+    """The ``id`` of every object, as int64 bytes."""
+    return array("q", map(id, objects)).tobytes()
+
+
 class _Gathered:
     """What ``_gather`` found for one group last time, to find it again cheaply.
 
@@ -84,27 +89,22 @@ class _Gathered:
     tensor and no group (only ``id``s): the gradients and the state tensors are read anew
     every step, so a replaced, moved or dropped tensor is never used or kept alive. A cleared
     state dict, a gradient that appears or goes, a change of the group's parameters or of
-    ``amsgrad`` sends the group through the full gather. The host accelerator
-    (:mod:`adamlab.optim._host`) does the same reads in C++ (the same lists as ints in bytes).
+    ``amsgrad`` sends the group through the full gather. Ids, the no-gradient pattern and
+    positions are kept as bytes (int64 ids and positions, one 0/1 per parameter), the form
+    the host accelerator (:mod:`adamlab.optim._host`) reads when it does the same in C++.
     """
 
-    __slots__ = (
-        "amsgrad", "group_id", "has_grad", "no_grad", "no_grad_bytes", "param_ids", "param_ids_bytes",
-        "positions", "positions_bytes", "with_grad_ids",
-    )  # fmt: skip
+    __slots__ = ("amsgrad", "group_id", "has_grad", "no_grad", "param_ids", "positions", "with_grad_ids")
 
     def __init__(self, group: dict[str, Any], with_grad: list[Tensor]) -> None:
         params = group["params"]
         self.group_id = id(group)
-        self.param_ids = list(map(id, params))
-        self.param_ids_bytes = array("q", self.param_ids).tobytes()
-        self.no_grad = list(map(_is, map(_grad, params), repeat(None)))
-        self.no_grad_bytes = bytes(self.no_grad)
+        self.param_ids = _ids(params)
+        self.no_grad = bytes(map(_is, map(_grad, params), repeat(None)))
         self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
         self.with_grad_ids = list(map(id, with_grad))
         self.amsgrad = bool(group["amsgrad"])
-        self.positions: list[int] | None = None  # set by _AdamFamily._watch_state
-        self.positions_bytes = b""
+        self.positions: bytes | None = None  # set by _AdamFamily._watch_state
 
     def gather(self, group: dict[str, Any], states_in_order: list[dict], host: Any = None) -> tuple[Any, ...] | None:
         """The group's lists, read now; None if anything that decides them changed.
@@ -116,20 +116,18 @@ class _Gathered:
         if id(group) != self.group_id or self.positions is None or bool(group["amsgrad"]) is not self.amsgrad:
             return None
         if host is not None and type(params) is list:
-            return host.gather(
-                params, self.param_ids_bytes, self.no_grad_bytes, states_in_order, self.positions_bytes, self.amsgrad
-            )
-        if list(map(id, params)) != self.param_ids:
+            return host.gather(params, self.param_ids, self.no_grad, states_in_order, self.positions, self.amsgrad)
+        if _ids(params) != self.param_ids:
             return None
         grads = list(map(_grad, params))
-        if list(map(_is, grads, repeat(None))) != self.no_grad:
+        if bytes(map(_is, grads, repeat(None))) != self.no_grad:
             return None
         if self.has_grad is None:
             with_grad = list(params)
         else:
             grads = list(compress(grads, self.has_grad))
             with_grad = list(compress(params, self.has_grad))
-        states = list(map(states_in_order.__getitem__, self.positions))
+        states = list(map(states_in_order.__getitem__, array("q", self.positions)))
         try:
             exp_avgs = list(map(_exp_avg, states))
             exp_avg_sqs = list(map(_exp_avg_sq, states))
@@ -341,16 +339,16 @@ class _AdamFamily(Optimizer):
         state = self.state
         host = _host.loaded()
         if host is not None and type(state) in (defaultdict, dict):  # torch's is a defaultdict
-            return host.state_values(state, self.__dict__["_state_watch_bytes"])
-        if list(map(id, state)) != watch:
+            return host.state_values(state, watch)
+        if _ids(state) != watch:
             return None
         return list(state.values())
 
     def _watch_state(self) -> None:
         """Remember ``self.state``'s keys and place every group's state dicts in its order;
         forget groups that left the optimizer."""
-        keys = self.__dict__["_state_watch"] = list(map(id, self.state))
-        self.__dict__["_state_watch_bytes"] = array("q", keys).tobytes()
+        keys = list(map(id, self.state))
+        self.__dict__["_state_watch"] = array("q", keys).tobytes()
         position = {k: i for i, k in enumerate(keys)}
         live = {id(group) for group in self.param_groups}
         gathered = self._gathered
@@ -358,11 +356,9 @@ class _AdamFamily(Optimizer):
             del gathered[key]
         for cached in gathered.values():
             try:
-                cached.positions = [position[k] for k in cached.with_grad_ids]
+                cached.positions = array("q", [position[k] for k in cached.with_grad_ids]).tobytes()
             except KeyError:  # a parameter whose state is gone: gather it in full next time
                 cached.positions = None
-            else:
-                cached.positions_bytes = array("q", cached.positions).tobytes()
 
     # ---- dispatch ------------------------------------------------------------------------
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:

@@ -253,9 +253,10 @@ def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
         numels=list(map(Tensor.numel, params)),
         devices=list(map(Tensor.get_device, params)),
     )
-    plan.signature = _signature(lists)
-    _remember_grads(plan, grads, list(map(Tensor.data_ptr, grads)))
     _adopt_host(plan, lists)
+    if plan.host is None:  # the Python checks
+        plan.signature = _signature(lists)
+        _remember_grads(plan, grads, list(map(Tensor.data_ptr, grads)))
     return plan
 
 
