@@ -6,20 +6,12 @@ tensor's step count, and streams each element once -- θ, g, v, s in; θ, v, s o
 with fp32 math (fp64 for fp64 tensors), split into chunks across tensors and run on
 torch's OpenMP threads. Many small tensors cost one call, not one dispatch each.
 
-Why a plain C ABI loaded with ctypes (and not a torch C++ extension, numba or
-``torch.compile``): it builds from source in about 2.4 s on 2 cores (measured: first fused step, empty cache) with the
-system C++ compiler (torch headers alone take tens of seconds), the build is cached per
-machine, loading it takes milliseconds, and it needs nothing to be installed.
-Measurements are in ``benchmarks/RESULTS.md``.
-
-The library is built on first use by :func:`adamlab._native.build_cached` into
-``$ADAMLAB_CACHE_DIR`` (default ``$XDG_CACHE_HOME/adamlab`` or ``~/.cache/adamlab``; a
-private temporary directory where that is not ours alone) under a file lock, keyed by
-the source, the compiler and its version, the flag sets, the ABI version and this CPU's
-features (it is compiled with ``-march=native`` where the compiler accepts it). It is
-loaded after torch, so its OpenMP calls go to the ``libgomp`` torch already loaded.
-Where no compiler works, :func:`load` raises ``RuntimeError`` -- only when someone asks
-for ``fused=True`` on CPU tensors; everything else runs as before.
+The kernel is compiled when adamlab is installed (``setup.py``: a plain C ABI, no torch or
+Python headers, OpenMP, portable flags with per-CPU ``target_clones`` of the hot loops) and
+opened with ctypes by :mod:`adamlab._library`, which checks the file first. It is loaded
+after torch, so its OpenMP calls share the process with torch's threads. Where the library
+is missing or damaged, :func:`load` raises ``RuntimeError`` saying why (the dispatcher then
+warns once and runs the foreach path). Nothing here runs a compiler.
 
 AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never
 written); a nonzero ``found_inf`` skips the whole step, step counts included, as
@@ -29,84 +21,43 @@ torch's fused Adam does.
 from __future__ import annotations
 
 import ctypes
-import platform
-import subprocess
-import threading
 from array import array
-from importlib import resources
 from operator import attrgetter
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from adamlab import _native
+from adamlab import _library
 from adamlab.optim.functional import local_shards
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _BIAS_CORRECTION_CODES = {False: 0, True: 1, "recursive": 2}
 _ABI_VERSION = 1
 
-# Flag sets tried in order: the first that compiles is used (e.g. a compiler without
-# -march=native or without OpenMP still gives a working, if slower, kernel).
-_BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_FLAG_SETS = [
-    [*_BASE_FLAGS, "-march=native", "-fopenmp"],
-    [*_BASE_FLAGS, "-fopenmp"],
-    [*_BASE_FLAGS, "-march=native"],
-    _BASE_FLAGS,
-]
-
-_lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
-_error: str | None = None
-
-
-def cache_dir() -> Path:
-    """Where built kernels are cached: ``$ADAMLAB_CACHE_DIR``, else the user cache dir."""
-    return _native.cache_dir()
-
-
-def _source() -> bytes:
-    return resources.files("adamlab.optim").joinpath("csrc/fused_cpu.cpp").read_bytes()
-
-
-def _compiler() -> str | None:
-    return _native.find_compiler("c++")
 
 
 def load() -> ctypes.CDLL:
-    """Build (once per machine) and load the kernel; ``RuntimeError`` says why if it cannot."""
-    global _lib, _error
-    if _lib is not None:
-        return _lib
-    with _lock:
-        if _lib is None and _error is None:
-            try:
-                _lib = _load()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-                _error = str(e)
-        if _lib is None:
-            raise RuntimeError(
-                f"fused=True on CPU needs adamlab's C++ kernel, which is not available here: {_error}\n"
-                "Install a C++ compiler with OpenMP (e.g. g++), or use foreach=True."
+    """The kernel library, built with the package (see ``setup.py``), opened and declared once.
+
+    Raises ``RuntimeError`` (:class:`adamlab._library.LibraryUnavailable`) saying why it is
+    unavailable: not installed, damaged, or built for another ABI version."""
+    global _lib
+    if _lib is None:
+        lib = _library.load("_fused_cpu")
+        if lib.adamlab_fused_abi_version() != _ABI_VERSION:
+            raise _library.LibraryUnavailable(
+                f"{lib._name} implements ABI version {lib.adamlab_fused_abi_version()}, this adamlab needs "
+                f"{_ABI_VERSION}: the installed files are from different versions; reinstall adamlab"
             )
-        return _lib
+        _declare(lib)
+        _lib = lib
+    return _lib
 
 
-def _load() -> ctypes.CDLL:
-    if platform.system() == "Windows":
-        raise RuntimeError("the fused CPU kernel is built with a POSIX C++ compiler; Windows is not supported")
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
-    lib = _native.build_cached(
-        "fused_cpu", _source(), lang="c++", flag_sets=_FLAG_SETS, abi=_ABI_VERSION, compiler=compiler
-    )
-    path = lib._name
-    if lib.adamlab_fused_abi_version() != _ABI_VERSION:
-        raise RuntimeError(f"{path} has a different ABI version; delete it to rebuild")
+def _declare(lib: ctypes.CDLL) -> None:
+    """Argument and result types of every function the library exports."""
     p = ctypes.c_void_p
     lib.adamlab_fused_step.restype = ctypes.c_int
     lib.adamlab_fused_step.argtypes = [
@@ -116,16 +67,10 @@ def _load() -> ctypes.CDLL:
         *[ctypes.c_int] * 4,  # decoupled, amsgrad, maximize, bias_correction
         ctypes.c_double,  # inv_grad_scale
     ]  # fmt: skip
-    return lib
-
-
-def library_path() -> Path:
-    """The path of the loaded shared library (builds and loads it if needed)."""
-    return Path(load()._name)
 
 
 def is_available() -> bool:
-    """Whether the kernel builds and loads on this machine (builds it if needed)."""
+    """Whether the installed kernel loads on this machine."""
     try:
         load()
     except RuntimeError:

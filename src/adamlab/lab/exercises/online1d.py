@@ -12,16 +12,14 @@ That recursion is sequential (the projection and Yogi's sign make it nonlinear),
 Python loop pays ~20 µs a step. Two backends run it, with one signature:
 
 * ``"c"``: the same arithmetic, operation for operation and in the same order as
-  :func:`adamlab.reference.step`, in a 60-line C function compiled on first use with the
-  system C compiler (``$CC`` or ``cc``, ``-O2 -ffp-contract=off`` so that no fused
-  multiply-add changes a rounding) and loaded with :mod:`ctypes` by
-  :func:`adamlab._native.build_cached`. The shared library is cached under
-  ``$ADAMLAB_CACHE_DIR`` (default ``~/.cache/adamlab``). No new Python dependency; about
-  5 ms per 10^6 steps.
+  :func:`adamlab.reference.step`, in a 60-line C function (``lab/csrc/online1d.c``)
+  compiled when adamlab is installed (``-O2 -ffp-contract=off``, so that no fused
+  multiply-add changes a rounding) and opened with :mod:`ctypes` by
+  :mod:`adamlab._library`. About 5 ms per 10^6 steps.
 * ``"reference"``: calls :func:`adamlab.reference.step` itself each step: the oracle,
-  slow, and the fallback when no C compiler is available.
+  slow, and the fallback where adamlab was installed without its kernels.
 
-``"auto"`` picks ``"c"`` and falls back to ``"reference"`` when compiling fails. The
+``"auto"`` picks ``"c"`` and falls back to ``"reference"`` when the kernel is not installed. The
 tests run both in lock step and compare every iterate bit for bit.
 """
 
@@ -29,13 +27,12 @@ from __future__ import annotations
 
 import ctypes
 import math
-import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from adamlab import _native, reference
+from adamlab import _library, reference
 
 BACKENDS = ("auto", "c", "reference")
 
@@ -65,67 +62,17 @@ YOGI_PLAIN = Convention("yogi(s0=0,no-bc)", "yogi", eps=1e-3, s0=0.0, bias_corre
 CONVENTIONS = (ADAM, AMSGRAD, YOGI, YOGI_PLAIN)
 
 
-_C_SOURCE = r"""
-#include <math.h>
-
-/* One projected Adam/Yogi trajectory on a scalar; see adamlab/lab/exercises/online1d.py.
-   Every expression mirrors adamlab.reference.step, in the same order of operations.
-   x[0] = x0 and x[t] is the iterate after step t (t = 1..T). */
-static double sgn(double a) { return a > 0.0 ? 1.0 : (a < 0.0 ? -1.0 : a); }
-
-int adamlab_online1d(int yogi, int amsgrad, int bias, long T, const double *g,
-                     double alpha, double beta1, double beta2, double eps, double s0,
-                     double x0, double lo, double hi, double *x)
-{
-    double v = 0.0, s = s0, smax = s0, th = x0;
-    x[0] = th;
-    for (long i = 0; i < T; ++i) {
-        double t = (double)(i + 1);
-        double gi = g[i];
-        double g2 = gi * gi;
-        double lr = alpha / sqrt(t);
-        if (bias == 2) {  /* "recursive": the state holds the debiased estimates */
-            v = v + (gi - v) * ((1.0 - beta1) / (1.0 - pow(beta1, t)));
-            double rho = (1.0 - beta2) / (1.0 - pow(beta2, t));
-            if (yogi) {
-                double c_prev = 1.0 - pow(beta2, t - 1.0);
-                s = (c_prev / (1.0 - pow(beta2, t))) * s + rho * sgn(g2 - c_prev * s) * g2;
-            } else {
-                s = (1.0 - rho) * s + rho * g2;
-            }
-        } else {
-            v = beta1 * v + (1.0 - beta1) * gi;
-            if (yogi) s = s - (1.0 - beta2) * sgn(s - g2) * g2;  /* the one line that differs */
-            else s = beta2 * s + (1.0 - beta2) * g2;
-        }
-        double s_used = s;
-        if (amsgrad) { smax = (smax >= s || isnan(smax)) ? smax : s; s_used = smax; }
-        double v_hat = v, s_hat = s_used;
-        if (bias == 1) {
-            v_hat = v / (1.0 - pow(beta1, t));
-            s_hat = s_used / (1.0 - pow(beta2, t));
-        }
-        th = th - lr * v_hat / (sqrt(s_hat) + eps);
-        th = th < lo ? lo : (th > hi ? hi : th);  /* projection onto [lo, hi] */
-        x[i + 1] = th;
-    }
-    return 0;
-}
-"""
-
-_FLAGS = ("-O2", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared")
-_LIB: Any = None
-_LIB_ERROR: str | None = None
-
-
-def _build() -> Any:
-    """Compile (once per source/flags/compiler, cached on disk) and load the C kernel."""
-    lib = _native.build_cached("online1d", _C_SOURCE, lang="c", flags=_FLAGS, libs=("-lm",))
-    fn = lib.adamlab_online1d
+def _load() -> Any:
+    """The installed C kernel (``csrc/online1d.c``, built with the package), declared."""
+    fn = _library.load("_online1d").adamlab_online1d
     dbl, ptr = ctypes.c_double, ctypes.POINTER(ctypes.c_double)
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long, ptr, *([dbl] * 8), ptr]
     fn.restype = ctypes.c_int
     return fn
+
+
+_LIB: Any = None
+_LIB_ERROR: str | None = None
 
 
 def c_kernel() -> Any:
@@ -133,8 +80,8 @@ def c_kernel() -> Any:
     global _LIB, _LIB_ERROR
     if _LIB is None and _LIB_ERROR is None:
         try:
-            _LIB = _build()
-        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            _LIB = _load()
+        except RuntimeError as err:
             _LIB_ERROR = str(err)
     if _LIB is None:
         raise RuntimeError(f"the C backend is unavailable: {_LIB_ERROR}")
