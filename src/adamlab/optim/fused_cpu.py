@@ -1,29 +1,22 @@
 """The fused CPU implementation: one C++ call per step for all tensors of a group.
 
 Same signature and math as :mod:`adamlab.optim.single_tensor`. The kernel
-(``csrc/fused_cpu.cpp``) takes a table of data pointers and sizes, advances every
-tensor's step count, and streams each element once -- θ, g, v, s in; θ, v, s out --
-with fp32 math (fp64 for fp64 tensors), split into chunks across tensors and run on
-torch's OpenMP threads. Many small tensors cost one call, not one dispatch each.
+(``csrc/fused_cpu.cpp``) takes a table of data pointers and sizes and streams each element
+once -- θ, g, v, s in; θ, v, s out -- with fp32 math (fp64 for fp64 tensors), split into
+chunks across tensors and run on torch's OpenMP threads. Many small tensors cost one call,
+not one dispatch each.
+
+A step is two calls into the library: ``adamlab_advance_steps`` adds 1 to every step count
+and hands the new counts back; :func:`adamlab._moments.coefficients` turns each distinct
+count into a :class:`_Coefficients` record (the C struct ``adamlab_coefficients``, same
+field names); ``adamlab_fused_step`` runs the update.
 
 Why a plain C ABI loaded with ctypes (and not a torch C++ extension, numba or
-``torch.compile``): it builds from source in about 2.4 s on 2 cores (measured: first fused step, empty cache) with the
-system C++ compiler (torch headers alone take tens of seconds), the build is cached per
-machine, loading it takes milliseconds, and it needs nothing to be installed.
-Measurements are in ``benchmarks/RESULTS.md``.
+``torch.compile``): it needs neither torch's headers nor its ABI, so one build serves every
+torch version, and loading it takes milliseconds.
 
-The library is built on first use by :func:`adamlab._native.build_cached` into
-``$ADAMLAB_CACHE_DIR`` (default ``$XDG_CACHE_HOME/adamlab`` or ``~/.cache/adamlab``; a
-private temporary directory where that is not ours alone) under a file lock, keyed by
-the source, the compiler and its version, the flag sets, the ABI version and this CPU's
-features (it is compiled with ``-march=native`` where the compiler accepts it). It is
-loaded after torch, so its OpenMP calls go to the ``libgomp`` torch already loaded.
-Where no compiler works, :func:`load` raises ``RuntimeError`` -- only when someone asks
-for ``fused=True`` on CPU tensors; everything else runs as before.
-
-AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never
-written); a nonzero ``found_inf`` skips the whole step, step counts included, as
-torch's fused Adam does.
+AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never written); a
+nonzero ``found_inf`` skips the whole step, step counts included, as torch's fused Adam does.
 """
 
 from __future__ import annotations
@@ -35,37 +28,59 @@ import threading
 from array import array
 from importlib import resources
 from operator import attrgetter
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from adamlab import _native
-from adamlab.optim.functional import local_shards
+from adamlab._moments import Coefficients, coefficients
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-_BIAS_CORRECTION_CODES = {False: 0, True: 1, "recursive": 2}
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 
-# Flag sets tried in order: the first that compiles is used (e.g. a compiler without
-# -march=native or without OpenMP still gives a working, if slower, kernel).
+# Flag sets tried in order: the first that compiles is used (a compiler without OpenMP still
+# gives a working, if slower, kernel). No -march=native: the element loop carries its own
+# AVX-512/AVX2/baseline clones (ADAMLAB_CLONES in the source), so one build is portable.
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_FLAG_SETS = [
-    [*_BASE_FLAGS, "-march=native", "-fopenmp"],
-    [*_BASE_FLAGS, "-fopenmp"],
-    [*_BASE_FLAGS, "-march=native"],
-    _BASE_FLAGS,
-]
+_FLAG_SETS = [[*_BASE_FLAGS, "-fopenmp"], _BASE_FLAGS]
+
+
+class _Coefficients(ctypes.Structure):
+    """``adamlab_coefficients``: :class:`adamlab._moments.Coefficients` as C doubles."""
+
+    _fields_ = [(name, ctypes.c_double) for name in Coefficients._fields]
+
+
+class _Options(ctypes.Structure):
+    """``adamlab_options``: what is the same for every tensor of one call."""
+
+    _fields_ = [
+        *[(name, ctypes.c_double) for name in ("lr", "beta1", "beta2", "eps", "weight_decay", "inv_grad_scale")],
+        *[
+            (name, ctypes.c_int32)
+            for name in ("param_dtype", "state_dtype", "yogi", "amsgrad", "maximize", "decoupled")
+        ],
+    ]
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Set the argument and result types of every function the library exports."""
+    p = ctypes.c_void_p
+    lib.adamlab_fused_abi_version.argtypes = []
+    lib.adamlab_fused_abi_version.restype = ctypes.c_int
+    lib.adamlab_advance_steps.argtypes = [ctypes.c_int64, p, p]  # n, float* steps[n], double t[n]
+    lib.adamlab_advance_steps.restype = ctypes.c_int
+    lib.adamlab_fused_step.argtypes = [
+        ctypes.c_int64, p, p, p, p, p, p,  # n, numel, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+        ctypes.POINTER(_Coefficients), p, ctypes.POINTER(_Options),  # coefs, coef_index (or NULL), options
+    ]  # fmt: skip
+    lib.adamlab_fused_step.restype = ctypes.c_int
+
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
-
-
-def cache_dir() -> Path:
-    """Where built kernels are cached: ``$ADAMLAB_CACHE_DIR``, else the user cache dir."""
-    return _native.cache_dir()
 
 
 def _source() -> bytes:
@@ -77,7 +92,7 @@ def _compiler() -> str | None:
 
 
 def load() -> ctypes.CDLL:
-    """Build (once per machine) and load the kernel; ``RuntimeError`` says why if it cannot."""
+    """The ready library; ``RuntimeError`` says why where it cannot be had."""
     global _lib, _error
     if _lib is not None:
         return _lib
@@ -88,10 +103,7 @@ def load() -> ctypes.CDLL:
             except (OSError, RuntimeError, subprocess.SubprocessError) as e:
                 _error = str(e)
         if _lib is None:
-            raise RuntimeError(
-                f"fused=True on CPU needs adamlab's C++ kernel, which is not available here: {_error}\n"
-                "Install a C++ compiler with OpenMP (e.g. g++), or use foreach=True."
-            )
+            raise RuntimeError(f"adamlab's fused CPU kernel is not available here: {_error}")
         return _lib
 
 
@@ -104,28 +116,14 @@ def _load() -> ctypes.CDLL:
     lib = _native.build_cached(
         "fused_cpu", _source(), lang="c++", flag_sets=_FLAG_SETS, abi=_ABI_VERSION, compiler=compiler
     )
-    path = lib._name
+    _declare(lib)
     if lib.adamlab_fused_abi_version() != _ABI_VERSION:
-        raise RuntimeError(f"{path} has a different ABI version; delete it to rebuild")
-    p = ctypes.c_void_p
-    lib.adamlab_fused_step.restype = ctypes.c_int
-    lib.adamlab_fused_step.argtypes = [
-        ctypes.c_int64, p, p, p, p, p, p, p,  # n, numel, params, grads, exp_avgs, exp_avg_sqs, max, steps
-        ctypes.c_int, ctypes.c_int, ctypes.c_int,  # param dtype, state dtype, yogi
-        *[ctypes.c_double] * 5,  # lr, beta1, beta2, eps, weight_decay
-        *[ctypes.c_int] * 4,  # decoupled, amsgrad, maximize, bias_correction
-        ctypes.c_double,  # inv_grad_scale
-    ]  # fmt: skip
+        raise RuntimeError(f"{lib._name} has ABI version {lib.adamlab_fused_abi_version()}, expected {_ABI_VERSION}")
     return lib
 
 
-def library_path() -> Path:
-    """The path of the loaded shared library (builds and loads it if needed)."""
-    return Path(load()._name)
-
-
 def is_available() -> bool:
-    """Whether the kernel builds and loads on this machine (builds it if needed)."""
+    """Whether the kernel loads on this machine."""
     try:
         load()
     except RuntimeError:
@@ -143,14 +141,14 @@ def _fused_cpu_update(
     state_steps: list[Tensor],
     *,
     lr: Any,
-    beta1: float,
-    beta2: float,
+    beta1: Any,
+    beta2: Any,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
-    bias_correction: Any,
+    bias_correction: bool | str,
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
@@ -158,29 +156,19 @@ def _fused_cpu_update(
     if not params:
         return
     lib = load()
-    if not set(map(type, params)) <= _PLAIN_TYPES:  # e.g. FSDP2's DTensor parameters, called directly
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
-        )
     # On the CPU reading these scalars costs nothing (no device to synchronize with).
     if found_inf is not None and float(found_inf) != 0.0:
         return  # skip the whole step, step counts included, as torch's fused Adam does
-    inv_grad_scale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
-    hyper = (
-        float(lr),
-        float(beta1),
-        float(beta2),
-        float(eps),
-        float(weight_decay),
-        int(bool(decoupled_weight_decay)),
-        int(bool(amsgrad)),
-        int(bool(maximize)),
-        _BIAS_CORRECTION_CODES[bias_correction],
-        inv_grad_scale,
+    maxes = max_exp_avg_sqs if amsgrad else None
+    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes)
+    options = _Options(
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+        1.0 if grad_scale is None else 1.0 / float(grad_scale),
+        0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
+    )  # fmt: skip
+    coefs, index = _step_coefficients(
+        lib, state_steps, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
     )
-    yogi = {"adam": 0, "yogi": 1}[rule]
-    maxes: list[Tensor | None] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
-    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None)
 
     # The common case -- one dtype pair, everything contiguous -- is checked list by list
     # (a few C-level calls per tensor); anything else goes tensor by tensor.
@@ -190,17 +178,17 @@ def _fused_cpu_update(
         and len(s_dtypes) == 1
         and set(map(_dtype, grads)) == p_dtypes
         and all(map(_is_cpu, params))
-        and _all_plain(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps)
+        and _all_contiguous(params, grads, exp_avgs, exp_avg_sqs, maxes or [])
     ):
-        groups = {(p_dtypes.pop(), s_dtypes.pop()): (list(range(len(params))), [])}
+        groups = {(p_dtypes.pop(), s_dtypes.pop()): (range(len(params)), [])}
     else:
         groups = {}
         for i, (p, v) in enumerate(zip(params, exp_avgs)):
             if not p.is_cpu:
                 raise RuntimeError(f"the fused CPU implementation got a tensor on {p.device}")
             plain, odd = groups.setdefault((p.dtype, v.dtype), ([], []))
-            args = (p, grads[i], v, exp_avg_sqs[i], maxes[i], state_steps[i])
-            (plain if _all_plain(*[[x] if x is not None else [] for x in args]) else odd).append(i)
+            tensors = [p, grads[i], v, exp_avg_sqs[i]] + ([maxes[i]] if maxes else [])
+            (plain if _all_contiguous(*[[t] for t in tensors]) and grads[i].dtype == p.dtype else odd).append(i)
 
     for (p_dtype, s_dtype), (plain, odd) in groups.items():
         if p_dtype.is_complex:  # as torch: real and imaginary parts are independent
@@ -209,29 +197,55 @@ def _fused_cpu_update(
             raise RuntimeError(
                 f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state"
             )
-        if odd:
-            _update_odd(
-                lib, odd, params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps, p_dtype, s_dtype, yogi, hyper
-            )
+        options.param_dtype, options.state_dtype = _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype]
+        lists = (params, grads, exp_avgs, exp_avg_sqs, maxes or [])
         if plain:
-            tables = [
-                [lst[i] for i in plain] if len(plain) < len(params) else list(lst)
-                for lst in (params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps)
-            ]
+            whole = len(plain) == len(params)
+            tables = [lst if whole or not lst else [lst[i] for i in plain] for lst in lists]
             if params[plain[0]].is_complex():
-                tables[:5] = [[x if x is None else torch.view_as_real(x) for x in t] for t in tables[:5]]
-            _call(lib, *tables, p_dtype, s_dtype, yogi, hyper)
+                tables = [[torch.view_as_real(t) for t in table] for table in tables]
+            _call(
+                lib,
+                *tables,
+                coefs,
+                index if index is None or whole else array("q", map(index.__getitem__, plain)),
+                options,
+            )
+        for i in odd:
+            _update_odd(lib, [lst[i] if lst else None for lst in lists], grads[i], coefs, index and index[i], options)
 
 
 # Under torch.compile the step runs eagerly: dynamo cannot trace into the ctypes call, and
 # tracing up to it would guard on every Python scalar (one recompile per new lr value).
 fused_cpu_update = torch.compiler.disable(_fused_cpu_update)
 
-_PLAIN_TYPES = {Tensor, torch.nn.Parameter}
-
-
 _dtype = attrgetter("dtype")
 _is_cpu = attrgetter("is_cpu")
+
+
+def _address(table: array) -> int | None:
+    return table.buffer_info()[0] if len(table) else None
+
+
+def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[Any, array | None]:
+    """Advance every step count by one; the coefficient records for the new counts, and
+    which record each tensor uses (None: the first, for all; the usual case)."""
+    n = len(steps)
+    if set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps)):
+        t = array("d", bytes(8 * n))
+        addresses = array("Q", map(Tensor.data_ptr, steps))  # kept alive across the call
+        same = lib.adamlab_advance_steps(n, _address(addresses), _address(t))
+    else:  # a step count in another dtype or place (an unusual checkpoint): plain torch
+        for step in steps:
+            step += 1
+        t = array("d", [step.item() for step in steps])
+        same = len(set(t)) == 1
+    values = [t[0]] if same else sorted(set(t))
+    coefs = (_Coefficients * len(values))(*[_Coefficients(*map(float, coefficients(v, **hyper))) for v in values])
+    if same:
+        return coefs, None
+    position = {v: i for i, v in enumerate(values)}
+    return coefs, array("q", map(position.__getitem__, t))
 
 
 def _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes) -> None:
@@ -254,46 +268,36 @@ def _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes) -> None:
         )
 
 
-def _all_plain(params, grads, exp_avgs, exp_avg_sqs, maxes, steps) -> bool:
+def _all_contiguous(*lists: list[Tensor]) -> bool:
     """Whether the kernel can walk these tensors' memory directly, element i for element i."""
-    return (
-        all(map(Tensor.is_contiguous, params))
-        and all(map(Tensor.is_contiguous, grads))
-        and all(map(Tensor.is_contiguous, exp_avgs))
-        and all(map(Tensor.is_contiguous, exp_avg_sqs))
-        and all(map(Tensor.is_contiguous, maxes))
-        and set(map(_dtype, steps)) <= {torch.float32}
-        and all(map(_is_cpu, steps))
-    )
+    return all(all(map(Tensor.is_contiguous, lst)) for lst in lists)
 
 
-def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dtype, yogi: int, hyper: tuple) -> None:
+def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, coefs, index, options) -> None:
     """One kernel call over the given (contiguous, CPU) tensors: tables of sizes and pointers."""
     numel = array("q", map(Tensor.numel, params))
-    lists = (params, grads, exp_avgs, exp_avg_sqs, maxes if maxes[0] is not None else [], steps)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, maxes)
     tables = [array("Q", map(Tensor.data_ptr, lst)) for lst in lists]
     if any(0 in t for t in tables):  # empty tensors, or a tensor without storage (a wrapper subclass)
         bad = next((type(x).__name__ for lst in lists for x in lst if x.data_ptr() == 0 and x.numel()), None)
         if bad is not None:
             raise RuntimeError(f"the fused CPU implementation needs tensors with storage, got a {bad}")
-    addresses = [t.buffer_info()[0] if len(t) else None for t in (numel, *tables)]
-    rc = lib.adamlab_fused_step(len(params), *addresses, _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype], yogi, *hyper)
+    rc = lib.adamlab_fused_step(
+        len(params), *map(_address, (numel, *tables)), coefs, None if index is None else _address(index), options
+    )
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
 
 
-def _update_odd(lib, idx, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dtype, yogi, hyper) -> None:
-    """Non-contiguous tensors, a gradient of another dtype, a non-float32 step: update
-    contiguous copies, then write them back (rare; correctness over speed)."""
-    for i in idx:
-        real = torch.view_as_real if params[i].is_complex() else (lambda x: x)
-        owned = [params[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], steps[i]]
-        p, v, s, m = (None if x is None else real(x).contiguous() for x in owned[:4])
-        g = real(grads[i]).to(p.dtype).contiguous()
-        t = steps[i].to(device="cpu", dtype=torch.float32).clone()
-        _call(lib, [p], [g], [v], [s], [m], [t], p_dtype, s_dtype, yogi, hyper)
-        for dst, src in zip(owned, (p, v, s, m, t)):
-            if dst is not None:
-                target = real(dst) if dst is not steps[i] else dst
-                if target.data_ptr() != src.data_ptr():
-                    target.copy_(src)
+def _update_odd(lib, tensors: list[Tensor | None], grad: Tensor, coefs, coef: int | None, options) -> None:
+    """A non-contiguous tensor or a gradient of another dtype: update contiguous copies,
+    then write them back (rare; correctness over speed)."""
+    param = tensors[0]
+    real = torch.view_as_real if param.is_complex() else (lambda x: x)
+    p, v, s, m = (None if x is None else real(x).contiguous() for x in (tensors[0], *tensors[2:]))
+    g = real(grad).to(p.dtype).contiguous()
+    index = None if coef is None else array("q", [coef])
+    _call(lib, [p], [g], [v], [s], [m] if m is not None else [], coefs, index, options)
+    for dst, src in zip((tensors[0], *tensors[2:]), (p, v, s, m)):
+        if dst is not None and real(dst).data_ptr() != src.data_ptr():
+            real(dst).copy_(src)
