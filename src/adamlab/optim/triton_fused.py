@@ -167,7 +167,8 @@ def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[n
     for row, lst in enumerate(tensors):
         table[row, :n] = np.frombuffer(array("q", map(_data_ptr, lst)), dtype=np.int64)
     table[6, :n] = np.frombuffer(array("q", map(_numel, tensors[0])), dtype=np.int64)
-    np.cumsum((table[6, :n] + (BLOCK - 1)) // BLOCK, out=table[7, 1:])
+    # an empty tensor still gets one program: it advances the tensor's step count
+    np.cumsum(np.maximum((table[6, :n] + (BLOCK - 1)) // BLOCK, 1), out=table[7, 1:])
     aligned = not (table[:5, :n] & 15).any()
     return table, int(table[7, n]), aligned
 
@@ -213,15 +214,15 @@ def _update(
     # w1 = 1-β1 and w2 = 1-β2 do not depend on t (no "recursive" here): computed once, in
     # float64, so that 1-β2 keeps its digits; the kernel derives step_size and bc2_sqrt from t.
     k = coefficients(1.0, lr=1.0, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
-    torch._foreach_add_(state_steps, 1)  # before the kernel, which reads t
     for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
         table, n_chunks, aligned = _table(lists, index)
         if n_chunks == 0:
             continue
         table = torch.from_numpy(table).to(device)
+        counters = torch.zeros(len(index), dtype=torch.int32, device=device)
         dummy = table  # stands in for absent pointer arguments; never read
         module.adam_family_kernel[(n_chunks,)](
-            table, len(index), 0.0 if lr_on_device else float(lr), lr if lr_on_device else dummy,
+            table, counters, len(index), 0.0 if lr_on_device else float(lr), lr if lr_on_device else dummy,
             dummy if grad_scale is None else grad_scale, dummy if found_inf is None else found_inf,
             float(k.w1), float(k.w2), float(eps), float(weight_decay),
             YOGI=rule == "yogi", BIAS_CORRECTION=bool(bias_correction), AMSGRAD=bool(amsgrad),
@@ -230,8 +231,6 @@ def _update(
             P_DTYPE=_tl_dtype(module, p_dtype), G_DTYPE=_tl_dtype(module, g_dtype), S_DTYPE=_tl_dtype(module, s_dtype),
             ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
         )  # fmt: skip
-    if found_inf is not None:  # a skipped step does not count (as torch's fused Adam)
-        torch._foreach_sub_(state_steps, [found_inf.to(t.device) for t in state_steps])
 
 
 def _tl_dtype(module: ModuleType, dtype: torch.dtype) -> Any:

@@ -11,7 +11,7 @@ n + 1 columns)::
 
     row 0..5   addresses of θ, g, v (exp_avg), s (exp_avg_sq), max s, step count t
     row 6      numel of each tensor
-    row 7      first chunk of each tensor (row 7[n] = the number of chunks)
+    row 7      first chunk of each tensor (row 7[n] = the number of chunks; at least one per tensor)
 
 The update follows :func:`adamlab.reference.step` line by line, in float32 (parameters and
 state may be bf16/fp16; they are widened on load and rounded once on store), with the
@@ -25,9 +25,10 @@ field names of :class:`adamlab._moments.Coefficients`::
     θ ← θ - step_size · v / (√s / bc2_sqrt + ε)  step_size = η/(1-β1^t), bc2_sqrt = √(1-β2^t)
 
 The fused paths do not take ``bias_correction="recursive"`` (keep2 = c2_prev = 1 here).
-The step count t lives on the device and was already advanced by the caller; step_size and
-bc2_sqrt are computed from it here (:func:`coefficients`), so no step needs a host sync.
-With ``found_inf`` set every program skips everything.
+The step count t lives on the device; every program reads the old count, and the last
+program of a tensor to finish (a per-tensor atomic counter, zeros at launch) writes t + 1.
+step_size and bc2_sqrt are computed from t here (:func:`coefficients`), so no step needs a
+host sync. With ``found_inf`` set every program skips everything, the count included.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI: tl.constex
 @triton.jit
 def adam_family_kernel(
     table_ptr,  # int64 [8, n + 1]: see the module docstring
+    counters_ptr,  # int32 [n], zeros: programs of tensor i done so far
     n,  # number of tensors
     lr,  # float, unless LR_ON_DEVICE
     lr_ptr,  # 0-dim float32 tensor when LR_ON_DEVICE
@@ -171,7 +173,8 @@ def adam_family_kernel(
 
         if LR_ON_DEVICE:
             lr = tl.load(lr_ptr).to(tl.float32)
-        step_size, bc2_sqrt = coefficients(tl.load(step_ptr), lr, w1, w2, BIAS_CORRECTION)
+        t = tl.load(step_ptr) + 1.0  # every program reads the old count
+        step_size, bc2_sqrt = coefficients(t, lr, w1, w2, BIAS_CORRECTION)
         if HAS_GRAD_SCALE:
             g = g * (1.0 / tl.load(grad_scale_ptr).to(tl.float32))
         if MAXIMIZE:
@@ -194,3 +197,9 @@ def adam_family_kernel(
             tl.store(s_ptr + offs, s.to(S_DTYPE), mask=mask)
             if AMSGRAD:
                 tl.store(m_ptr + offs, s_max.to(S_DTYPE), mask=mask)
+
+        # The last program of tensor i to get here writes t: all others have read the old
+        # count before their atomic.
+        done = tl.atomic_add(counters_ptr + i, 1)
+        if done == tl.load(first + i + 1) - tl.load(first + i) - 1:
+            tl.store(step_ptr, t)
