@@ -36,7 +36,10 @@ WEIGHT_DECAY = {
 FLAGS = [
     dict(amsgrad=amsgrad, maximize=maximize, bias_correction=bc, **WEIGHT_DECAY[wd])
     for amsgrad, maximize, bc, wd in itertools.product(
-        [False, True], [False, True], [True, False], WEIGHT_DECAY  # fused refuses "recursive"
+        [False, True],
+        [False, True],
+        [True, False],
+        WEIGHT_DECAY,  # fused refuses "recursive"
     )
 ]
 # Fewer flag combinations for the low-precision dtypes: the dtype is what is under test there.

@@ -26,6 +26,7 @@ from tests.registry import IMPLEMENTATIONS, require
 
 IMPLS = list(IMPLEMENTATIONS)
 
+
 def _params(seed: int = 0) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in [(3, 2), (4,), (), (5,)]]

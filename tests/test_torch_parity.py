@@ -114,4 +114,6 @@ def test_initial_exp_avg_value_is_validated(bad) -> None:
     with pytest.raises(ValueError, match="initial_exp_avg_value"):
         adamlab.Yogi([p], initial_exp_avg_value=bad)
     with pytest.raises(ValueError, match="initial_exp_avg_value"):
-        adamlab.Yogi([p]).add_param_group({"params": [torch.zeros(1, requires_grad=True)], "initial_exp_avg_value": bad})
+        adamlab.Yogi([p]).add_param_group(
+            {"params": [torch.zeros(1, requires_grad=True)], "initial_exp_avg_value": bad}
+        )

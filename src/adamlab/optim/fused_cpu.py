@@ -215,9 +215,17 @@ def _fused_cpu_update(
             _update_odd(lib, [lst[i] if lst else None for lst in lists], grads[i], coefs, index and index[i], options)
 
 
-# Under torch.compile the step runs eagerly: dynamo cannot trace into the ctypes call, and
-# tracing up to it would guard on every Python scalar (one recompile per new lr value).
-fused_cpu_update = torch.compiler.disable(_fused_cpu_update)
+_fused_cpu_update_eagerly = torch.compiler.disable(_fused_cpu_update)
+
+
+def fused_cpu_update(*args: Any, **kwargs: Any) -> None:
+    """One fused step on CPU tensors; the signature of every implementation. Under
+    ``torch.compile`` it runs eagerly: dynamo cannot trace into the ctypes call, and tracing
+    up to it would guard on every Python scalar (one recompile per new lr value)."""
+    if torch.compiler.is_compiling():
+        return _fused_cpu_update_eagerly(*args, **kwargs)
+    return _fused_cpu_update(*args, **kwargs)
+
 
 _dtype = attrgetter("dtype")
 _is_cpu = attrgetter("is_cpu")

@@ -71,6 +71,7 @@ def kernel_module(interpret: bool) -> ModuleType:
                 else:
                     os.environ["TRITON_INTERPRET"] = previous
         _modules[interpret] = module
+        _TL_DTYPES.update({dtype: getattr(module.tl, str(dtype).removeprefix("torch.")) for dtype in _SUPPORTED})
     return module
 
 
@@ -155,22 +156,28 @@ def _groups(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int] | range]:
     return _check(lists)
 
 
-def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[np.ndarray, int, bool]:
-    """The step's int64 table [8, n + 1] for the tensors at ``index``, the number of chunks,
-    and whether every address is 16-byte aligned."""
+def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[array, int, bool]:
+    """The step's int64 table [8, n + 1] (flat) for the tensors at ``index``, the number of
+    chunks, and whether every address is 16-byte aligned."""
     n = len(index)
-    whole = len(index) == len(lists[0])
+    whole = n == len(lists[0])
     tensors = [lst if whole else [lst[i] for i in index] for lst in lists]
     if any(map(Tensor.is_complex, tensors[0])):
         tensors = [[_real(t) for t in lst] for lst in tensors[:5]] + [tensors[5]]
-    table = np.zeros((8, n + 1), dtype=np.int64)
-    for row, lst in enumerate(tensors):
-        table[row, :n] = np.frombuffer(array("q", map(_data_ptr, lst)), dtype=np.int64)
-    table[6, :n] = np.frombuffer(array("q", map(_numel, tensors[0])), dtype=np.int64)
+    table = array("q")
+    for lst in tensors:  # rows 0..5: addresses
+        table.extend(map(_data_ptr, lst))
+        table.append(0)
+    aligned = not any(map(_misaligned, table[: 5 * (n + 1)]))
+    numels = array("q", map(_numel, tensors[0]))
     # an empty tensor still gets one program: it advances the tensor's step count
-    np.cumsum(np.maximum((table[6, :n] + (BLOCK - 1)) // BLOCK, 1), out=table[7, 1:])
-    aligned = not (table[:5, :n] & 15).any()
-    return table, int(table[7, n]), aligned
+    chunks = np.maximum((np.frombuffer(numels, dtype=np.int64) + (BLOCK - 1)) // BLOCK, 1)
+    first = array("q", [0])
+    first.frombytes(np.cumsum(chunks).tobytes())
+    table.extend(numels)
+    table.append(0)
+    table.extend(first)
+    return table, first[n], aligned
 
 
 def _update(
@@ -216,9 +223,7 @@ def _update(
     k = coefficients(1.0, lr=1.0, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
     for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
         table, n_chunks, aligned = _table(lists, index)
-        if n_chunks == 0:
-            continue
-        table = torch.from_numpy(table).to(device)
+        table = torch.frombuffer(table, dtype=torch.int64).to(device)
         counters = torch.zeros(len(index), dtype=torch.int32, device=device)
         dummy = table  # stands in for absent pointer arguments; never read
         module.adam_family_kernel[(n_chunks,)](
@@ -228,19 +233,25 @@ def _update(
             YOGI=rule == "yogi", BIAS_CORRECTION=bool(bias_correction), AMSGRAD=bool(amsgrad),
             MAXIMIZE=bool(maximize), DECOUPLED=bool(decoupled_weight_decay), HAS_WEIGHT_DECAY=weight_decay != 0,
             LR_ON_DEVICE=lr_on_device, HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
-            P_DTYPE=_tl_dtype(module, p_dtype), G_DTYPE=_tl_dtype(module, g_dtype), S_DTYPE=_tl_dtype(module, s_dtype),
+            P_DTYPE=_TL_DTYPES[p_dtype], G_DTYPE=_TL_DTYPES[g_dtype], S_DTYPE=_TL_DTYPES[s_dtype],
             ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
         )  # fmt: skip
 
 
-def _tl_dtype(module: ModuleType, dtype: torch.dtype) -> Any:
-    return getattr(module.tl, str(dtype).removeprefix("torch."))
+_TL_DTYPES: dict[torch.dtype, Any] = {}  # torch dtype -> Triton dtype, filled by kernel_module
 
 
-# Under torch.compile the update runs eagerly: the table is host code (dynamo would guard on
-# every address).
-fused_cuda_update = torch.compiler.disable(functools.partial(_update, False))
-fused_cuda_update.__doc__ = "One step of ``rule`` on CUDA tensors; the signature of every implementation."
+_update_eagerly = torch.compiler.disable(_update)
+
+
+def fused_cuda_update(*args: Any, **kwargs: Any) -> None:
+    """One step of ``rule`` on CUDA tensors; the signature of every implementation. Under
+    ``torch.compile`` it runs eagerly: the table is host code (dynamo would guard on every
+    address)."""
+    if torch.compiler.is_compiling():
+        return _update_eagerly(False, *args, **kwargs)
+    return _update(False, *args, **kwargs)
+
 
 interpreted_update = functools.partial(_update, True)
 interpreted_update.__doc__ = "The same kernel on CPU tensors under Triton's interpreter (slow; for tests)."
