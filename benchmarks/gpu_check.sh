@@ -12,9 +12,8 @@
 #    (gloo) since one GPU cannot hold two nccl ranks;
 # 3. python -m adamlab.bench.gpu: issue 6's table, with copy bandwidth measured in the same
 #    process and the first fused step in a new process;
-# 4. where the host time of an eager step goes (benchmarks/gpu/host_profile.py);
+# 4. the host work of an eager step, launch stubbed (benchmarks/gpu/host_time_cpu.py);
 # 5. the lab's own command, adamlab bench --device cuda, on two of its sets.
-# (0 builds the host accelerator first, so that the steps after it find it cached.)
 # Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,5 +63,5 @@ echo "== summary"
 tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
 grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
 echo "bench rc $BENCH_RC${LAB_RC:+, adamlab bench --device cuda rc $LAB_RC}"
-[[ -f "$OUT/host_profile.log" ]] && grep "us/call" "$OUT/host_profile.log"
+[[ -f "$OUT/host_time.log" ]] && cat "$OUT/host_time.log"
 sed -n '/^| parameter set/,$p' "$OUT/bench.log"

@@ -286,3 +286,26 @@ def test_the_profiler_still_sees_the_step() -> None:
         _one_step(opt)
     names = {event.name for event in prof.events()}
     assert "Optimizer.step#Yogi.step" in names
+
+
+def test_the_step_path_uses_no_private_internals() -> None:
+    """No torch._C calls, no torch hook registries, no Triton launcher internals in optim/
+    (torch._foreach_* ops, as torch's own optimizers use, are fine)."""
+    import pathlib
+
+    import adamlab.optim
+
+    root = pathlib.Path(adamlab.optim.__file__).parent
+    forbidden = (
+        "torch._C",
+        "_global_optimizer",
+        "_set_grad_enabled",
+        ".run.launch",
+        "packed_metadata",
+        "importlib.import_module",
+    )
+    for path in [*root.glob("*.py"), *root.glob("csrc/*")]:
+        text = path.read_text()
+        for name in forbidden:
+            assert name not in text, f"{path.name} uses {name}"
+    assert not (root / "_host.py").exists() and not (root / "csrc" / "host.cpp").exists()
