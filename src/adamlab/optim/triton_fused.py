@@ -216,8 +216,6 @@ def _update(
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
     groups = _groups(lists)
     lr_on_device = isinstance(lr, Tensor)
-    if lr_on_device and lr.device != params[0].device:
-        lr = lr.to(device=params[0].device, dtype=torch.float32)
     # w1 = 1-β1 and w2 = 1-β2 do not depend on t (no "recursive" here): computed once, in
     # float64, so that 1-β2 keeps its digits; the kernel derives step_size and bc2_sqrt from t.
     k = coefficients(1.0, lr=1.0, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
@@ -226,16 +224,30 @@ def _update(
         table = torch.frombuffer(table, dtype=torch.int64).to(device)
         counters = torch.zeros(len(index), dtype=torch.int32, device=device)
         dummy = table  # stands in for absent pointer arguments; never read
-        module.adam_family_kernel[(n_chunks,)](
-            table, counters, len(index), 0.0 if lr_on_device else float(lr), lr if lr_on_device else dummy,
-            dummy if grad_scale is None else grad_scale, dummy if found_inf is None else found_inf,
+        lr_t, scale_t, inf_t = (_on(t, device) for t in (lr if lr_on_device else None, grad_scale, found_inf))
+        launch = module.adam_family_kernel[(n_chunks,)]
+        arguments = (
+            table, counters, len(index), 0.0 if lr_on_device else float(lr), dummy if lr_t is None else lr_t,
+            dummy if scale_t is None else scale_t, dummy if inf_t is None else inf_t,
             float(k.w1), float(k.w2), float(eps), float(weight_decay),
+        )  # fmt: skip
+        flags = dict(
             YOGI=rule == "yogi", BIAS_CORRECTION=bool(bias_correction), AMSGRAD=bool(amsgrad),
             MAXIMIZE=bool(maximize), DECOUPLED=bool(decoupled_weight_decay), HAS_WEIGHT_DECAY=weight_decay != 0,
             LR_ON_DEVICE=lr_on_device, HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
             P_DTYPE=_TL_DTYPES[p_dtype], G_DTYPE=_TL_DTYPES[g_dtype], S_DTYPE=_TL_DTYPES[s_dtype],
             ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
         )  # fmt: skip
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):  # Triton launches on the current device
+                launch(*arguments, **flags)
+        else:
+            launch(*arguments, **flags)
+
+
+def _on(t: Tensor | None, device: torch.device) -> Tensor | None:
+    """A 0-dim scalar tensor (lr, grad_scale, found_inf) on the launch's device."""
+    return t if t is None or t.device == device else t.to(device=device, dtype=torch.float32)
 
 
 _TL_DTYPES: dict[torch.dtype, Any] = {}  # torch dtype -> Triton dtype, filled by kernel_module
