@@ -50,10 +50,13 @@ def _per_step(opt, n: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--set", action="append", default=[], help="only sets whose label contains this")
     args = parser.parse_args()
     rounds = 5 if args.quick else 11
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
     for label, shapes in SETS.items():
+        if args.set and not any(part in label for part in args.set):
+            continue
         numel = sum(torch.Size(s).numel() for s in shapes)
         n = max(1, min(2000, int(2e7 // (numel * 10 + len(shapes) * 2000 + 20000))))
         for rule in ("Adam", "Yogi"):
