@@ -12,9 +12,8 @@
 #    (gloo) since one GPU cannot hold two nccl ranks;
 # 3. python -m adamlab.bench.gpu: issue 6's table, with copy bandwidth measured in the same
 #    process and the first fused step in a new process;
-# 4. where the host time of an eager step goes (benchmarks/gpu/host_profile.py);
+# 4. the host work of an eager step, launch stubbed (benchmarks/gpu/host_time_cpu.py);
 # 5. the lab's own command, adamlab bench --device cuda, on two of its sets.
-# (0 builds the host accelerator first, so that the steps after it find it cached.)
 # Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +36,6 @@ else
 fi
 "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
 
-echo "== 0. the host accelerator (C++ bookkeeping of step(); built here once, then cached)"
-"$PY" -c "import time; from adamlab.optim import _host; t = time.perf_counter(); _host.load(wait=True); print(_host.status(), f'in {time.perf_counter() - t:.1f} s')" 2>&1 | tee "$OUT/host_build.log"
-
 echo "== 1. correctness on the device"
 timeout 200 "$PY" -m pytest -q -p no:cacheprovider -rfEs "${TESTS[@]}" --junitxml="$OUT/pytest.xml" 2>&1 | tee "$OUT/pytest.log"
 TEST_RC=${PIPESTATUS[0]}
@@ -54,8 +50,8 @@ timeout 270 "$PY" -m adamlab.bench.gpu "${BENCH[@]}" --json "$OUT/gpu_bench.json
 BENCH_RC=${PIPESTATUS[0]}
 
 if [[ $DRY == 0 ]]; then
-  echo "== 4. host time of one fused step (2 tiny tensors, 4000 small ones)"
-  timeout 90 "$PY" benchmarks/gpu/host_profile.py 2>&1 | tee "$OUT/host_profile.log"
+  echo "== 4. host work of one eager fused step, launch stubbed (2 tiny tensors, 4000 small ones)"
+  timeout 90 "$PY" benchmarks/gpu/host_time_cpu.py 2>&1 | tee "$OUT/host_time.log"
   echo "== 5. the lab command on the GPU: adamlab bench --device cuda (two of its sets)"
   timeout 120 "$PY" -m adamlab.bench --device cuda --set many-small --set linear-2 --repeats 5 \
     --no-first-step --out "$OUT/lab-bench" 2>&1 | tee "$OUT/lab_bench.log"
@@ -64,9 +60,8 @@ fi
 
 echo
 echo "== summary"
-sed "s/^/host accelerator: /" "$OUT/host_build.log"
 tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
 grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
 echo "bench rc $BENCH_RC${LAB_RC:+, adamlab bench --device cuda rc $LAB_RC}"
-[[ -f "$OUT/host_profile.log" ]] && grep "us/call" "$OUT/host_profile.log"
+[[ -f "$OUT/host_time.log" ]] && cat "$OUT/host_time.log"
 sed -n '/^| parameter set/,$p' "$OUT/bench.log"

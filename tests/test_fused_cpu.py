@@ -8,12 +8,18 @@ Step by step for 200 steps, parameters and every state tensor:
   with one step of exact math at the storage dtype's rounding.
 Then: against the foreach path, the awkward tensors (empty, 0-dim, non-contiguous,
 complex, mixed dtypes, late joiners, large enough for the threaded path), GradScaler,
-and failing soft where no compiler exists.
+refusing bias_correction="recursive", and failing soft where the library cannot be loaded.
 """
 
 from __future__ import annotations
 
 import itertools
+import platform
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,14 +41,17 @@ WEIGHT_DECAY = {
 FLAGS = [
     dict(amsgrad=amsgrad, maximize=maximize, bias_correction=bc, **WEIGHT_DECAY[wd])
     for amsgrad, maximize, bc, wd in itertools.product(
-        [False, True], [False, True], [True, False, "recursive"], WEIGHT_DECAY
+        [False, True],
+        [False, True],
+        [True, False],
+        WEIGHT_DECAY,  # fused refuses "recursive"
     )
 ]
 # Fewer flag combinations for the low-precision dtypes: the dtype is what is under test there.
 FEW_FLAGS = [
     FLAGS[0],
     FLAGS[-1],
-    dict(bias_correction="recursive", weight_decay=0.1),
+    dict(bias_correction=False, weight_decay=0.1),
     dict(amsgrad=True, maximize=True),
 ]
 SHAPES = [(3, 2), (), (0,), (37,)]
@@ -358,19 +367,66 @@ def test_a_smaller_state_or_gradient_is_refused_not_overrun(which: str) -> None:
     assert torch.equal(p, before) and not buffer.any()
 
 
-def test_fails_soft_without_a_compiler(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """No compiler: fused=True raises a clear RuntimeError; every other path still works."""
-    monkeypatch.setattr(fused_cpu, "_lib", None)
-    monkeypatch.setattr(fused_cpu, "_error", None)
-    monkeypatch.setattr(fused_cpu, "_compiler", lambda: None)
-    monkeypatch.setenv("ADAMLAB_CACHE_DIR", str(tmp_path))
-    assert not fused_cpu.is_available()
-    p = torch.randn(4, requires_grad=True)
-    p.grad = torch.randn(4)
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-        adamlab.Yogi([p], fused=True).step()
-    adamlab.Yogi([p], foreach=True).step()
-    adamlab.Yogi([p], foreach=False).step()
+def test_fails_soft_where_the_library_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library that cannot be loaded: fused=True warns once, naming why, and runs the
+    foreach path (same numbers); every other path is untouched."""
+    from adamlab.optim import functional
+
+    def broken() -> None:
+        raise RuntimeError("libadamlab_fused_cpu.so: cannot open shared object file")
+
+    monkeypatch.setattr(fused_cpu, "load", broken)
+    monkeypatch.setattr(functional, "_unavailable", {})
+    init = torch.randn(4)
+    results = []
+    for kwargs in (dict(fused=True), dict(foreach=True)):
+        p = init.clone().requires_grad_()
+        opt = adamlab.Yogi([p], **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for k in range(3):
+                p.grad = torch.full_like(p, k + 1.0)
+                opt.step()
+        messages = [str(w.message) for w in caught]
+        if kwargs.get("fused"):
+            assert len(messages) == 1, messages  # once, not once per step
+            assert "runs the foreach implementation instead" in messages[0] and "cannot open shared" in messages[0]
+        else:
+            assert messages == []
+        results.append(p.detach().clone())
+    assert torch.equal(*results)
+
+
+@pytest.mark.parametrize("where", ["constructor", "add_param_group", "group edited"])
+def test_recursive_bias_correction_is_refused_by_name(where: str) -> None:
+    p, q = torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)
+    with pytest.raises(ValueError, match="bias_correction='recursive' is not supported with fused=True.*foreach"):
+        if where == "constructor":
+            adamlab.Adam([p], fused=True, bias_correction="recursive")
+        elif where == "add_param_group":
+            adamlab.Adam([p], fused=True).add_param_group({"params": [q], "bias_correction": "recursive"})
+        else:
+            opt = adamlab.Adam([p], fused=True)
+            opt.param_groups[0]["bias_correction"] = "recursive"
+            p.grad = torch.ones_like(p)
+            opt.step()
+    adamlab.Adam([p], foreach=True, bias_correction="recursive")  # the non-fused paths take it
+
+
+def test_the_portable_build_has_no_march_native() -> None:
+    """setup.py builds without -march=native; the element loop carries its own per-CPU clones,
+    and the installed library holds them (the CPU picks one when the library loads)."""
+    root = Path(__file__).resolve().parents[1]
+    flags = re.findall(r'"(-[^"]+)"', (root / "setup.py").read_text())
+    assert "-O3" in flags and not any("native" in flag for flag in flags), flags
+    source = (root / "src/adamlab/optim/csrc/fused_cpu.cpp").read_text()
+    assert 'target_clones("avx512f", "avx2", "default")' in source and "ADAMLAB_CLONES void update_range" in source
+    nm = shutil.which("nm")
+    if nm is None or platform.machine() != "x86_64":
+        pytest.skip("needs nm on x86-64 to list the clones")
+    symbols = subprocess.run([nm, str(fused_cpu.load()._name)], capture_output=True, text=True, check=True).stdout
+    clones = {line.rsplit(".", 1)[-1] for line in symbols.splitlines() if "update_range" in line and "." in line}
+    assert {"avx2", "avx512f", "default"} <= clones, clones
 
 
 def test_dtensor_parameters_update_their_local_shards(tmp_path) -> None:

@@ -142,6 +142,10 @@ def run_case(case: dict[str, Any]) -> None:
     params = [
         torch.nn.Parameter(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)) for shape in case["shapes"]
     ]
+    if IMPLEMENTATIONS[impl].fused and fl["bias_correction"] == "recursive":  # refused by name (issue 13)
+        with pytest.raises(ValueError, match="recursive"):
+            OPTIMIZERS[case["rule"]](params, **fl, **IMPLEMENTATIONS[impl].kwargs)
+        return
     opt = OPTIMIZERS[case["rule"]](params, state_dtype=case["state_dtype"], **fl, **IMPLEMENTATIONS[impl].kwargs)
     group = opt.param_groups[0]
     sd = case["state_dtype"] or dtype

@@ -88,3 +88,32 @@ def test_defaults_are_torchs_and_the_yogi_conventions() -> None:
     assert (yogi["lr"], yogi["betas"], yogi["eps"]) == (1e-2, (0.9, 0.999), 1e-3)
     assert yogi["initial_accumulator_value"] == 1e-6 and adam["initial_accumulator_value"] == 0.0
     assert yogi["bias_correction"] is True and adam["bias_correction"] is True
+
+
+@pytest.mark.parametrize("cls", [adamlab.Adam, adamlab.Yogi])
+def test_help_shows_the_rule_and_every_constructor_parameter(cls) -> None:
+    """help(adamlab.Adam) shows a real docstring naming every keyword, with its default."""
+    import inspect
+
+    doc = cls.__doc__
+    assert doc and "θ ← θ - η" in doc and "after the square root" in doc
+    parameters = inspect.signature(cls.__init__).parameters
+    for name, parameter in parameters.items():
+        if name == "self":
+            continue
+        assert f"{name}:" in doc, f"{cls.__name__}'s docstring does not describe {name}"
+        assert parameter.kind is not parameter.VAR_KEYWORD, "no **kwargs: IDEs must see every keyword"
+        if name != "params":
+            assert parameter.annotation is not inspect.Parameter.empty, f"{name} has no type"
+            assert "default" in doc.split(f"\n        {name}:", 1)[1][:600], f"{name}'s default is not stated"
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "0.1"])
+def test_initial_exp_avg_value_is_validated(bad) -> None:
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="initial_exp_avg_value"):
+        adamlab.Yogi([p], initial_exp_avg_value=bad)
+    with pytest.raises(ValueError, match="initial_exp_avg_value"):
+        adamlab.Yogi([p]).add_param_group(
+            {"params": [torch.zeros(1, requires_grad=True)], "initial_exp_avg_value": bad}
+        )

@@ -24,16 +24,15 @@ from triton.compiler import ASTSource
 from adamlab.optim import triton_kernel
 
 SIGNATURE = {
-    "meta_ptr": "*i64",
-    "grads_ptr": "*i64",
-    "chunks_ptr": "*i32",
+    "table_ptr": "*i64",
     "counters_ptr": "*i32",
+    "n": "i32",
     "lr": "fp32",
     "lr_ptr": "*fp32",
     "grad_scale_ptr": "*fp32",
     "found_inf_ptr": "*fp32",
-    "one_minus_beta1": "fp32",
-    "one_minus_beta2": "fp32",
+    "w1": "fp32",
+    "w2": "fp32",
     "eps": "fp32",
     "weight_decay": "fp32",
 }
@@ -72,11 +71,11 @@ def sass_stats(kernel):
 
 def main() -> int:
     base = dict(
-        RULE=1, BIAS_CORRECTION=1, AMSGRAD=False, MAXIMIZE=False, DECOUPLED=False, HAS_WEIGHT_DECAY=False,
+        YOGI=True, BIAS_CORRECTION=True, AMSGRAD=False, MAXIMIZE=False, DECOUPLED=False, HAS_WEIGHT_DECAY=False,
         LR_ON_DEVICE=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False, P_DTYPE=tl.float32, G_DTYPE=tl.float32,
         S_DTYPE=tl.float32, ALIGNED=True, BLOCK=1024,
     )  # fmt: skip
-    variants = [dict(base), dict(base, RULE=0), dict(base, ALIGNED=False)]
+    variants = [dict(base), dict(base, YOGI=False), dict(base, ALIGNED=False)]
     variants += [
         dict(base, P_DTYPE=tl.bfloat16, G_DTYPE=tl.bfloat16),
         dict(base, P_DTYPE=tl.bfloat16, G_DTYPE=tl.bfloat16, S_DTYPE=tl.bfloat16),
@@ -84,11 +83,13 @@ def main() -> int:
     variants += [dict(base, P_DTYPE=tl.float16, G_DTYPE=tl.float16)]
     flags = ["AMSGRAD", "MAXIMIZE", "DECOUPLED", "HAS_WEIGHT_DECAY", "LR_ON_DEVICE", "HAS_GRAD_SCALE", "HAS_FOUND_INF"]
     if "--all" in sys.argv:
-        for rule, bc, bits in itertools.product((0, 1), (0, 1, 2), itertools.product((False, True), repeat=len(flags))):
-            variants.append(dict(base, RULE=rule, BIAS_CORRECTION=bc, **dict(zip(flags, bits))))
+        for yogi, bc, bits in itertools.product(
+            (False, True), (False, True), itertools.product((False, True), repeat=len(flags))
+        ):
+            variants.append(dict(base, YOGI=yogi, BIAS_CORRECTION=bc, **dict(zip(flags, bits))))
     else:
-        for rule, bc in itertools.product((0, 1), (0, 1, 2)):
-            variants.append(dict(base, RULE=rule, BIAS_CORRECTION=bc, **{f: True for f in flags}))
+        for yogi, bc in itertools.product((False, True), (False, True)):
+            variants.append(dict(base, YOGI=yogi, BIAS_CORRECTION=bc, **{f: True for f in flags}))
     variants += [dict(base, BLOCK=2048, num_warps=8), dict(base, BLOCK=4096, num_warps=8)]
     failures = 0
     for v in variants:

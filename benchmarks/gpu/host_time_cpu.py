@@ -1,45 +1,50 @@
 """Host time of the eager fused CUDA step, measured on a machine without a GPU.
 
 ``optimizer.step()`` of ``adamlab.Yogi(fused=True)`` runs its real Python path -- the
-cached gather, the dispatcher, the table checks of ``adamlab.optim.triton_fused`` -- on CPU
+gather, the dispatcher, the checks and the table of ``adamlab.optim.triton_fused`` -- on CPU
 tensors that pretend to be CUDA tensors, with the kernel launch replaced by a no-op. What is
 left is the host work per step that a GPU would wait on when the step is host-bound (many
-small tensors, tiny models). Not a GPU measurement: the launch itself (about 4 µs for
-Triton's C launcher on the H200 machine) is not included.
+small tensors, tiny models). Not a GPU measurement: the launch itself (Triton's
+``kernel[grid](...)``) and the table's host-to-device copy are not included.
 
     python benchmarks/gpu/host_time_cpu.py        # median of 9 windows, microseconds per step
 
-Both bookkeeping paths are timed in the same process, interleaved: Python (what a step does
-before the host accelerator is built) and the host accelerator (``adamlab.optim._host``,
-built here first if it is not cached).
+Baseline, interleaved in the same process: ``torch.optim.Adam(foreach=True)`` on the same CPU
+tensors (its whole step, computation included: an upper bound on its host work).
 """
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
+import types
 
 import torch
 
 import adamlab
-from adamlab.optim import _host, triton_fused
+from adamlab.optim import optimizer, triton_fused
+
+
+class _NoLaunch:
+    """Stands in for the Triton kernel: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
 
 
 def pretend_cuda() -> None:
     """Route fused=True to the fused CUDA path on CPU tensors, launching nothing."""
-    triton_fused._launch = lambda *args: None
-    torch._C._cuda_getDevice = lambda: -1  # CPU tensors report device -1
+    real = triton_fused.kernel_module(interpret=False)
+    triton_fused._modules[False] = types.SimpleNamespace(adam_family_kernel=_NoLaunch(), tl=real.tl)
     torch.Tensor.is_cuda = property(lambda self: True)
-    triton_fused._kernel_module(True)
-    triton_fused._modules[False] = triton_fused._modules[True]
+    optimizer.choose = lambda fused, foreach, device: "fused_cuda" if fused else "foreach"
 
 
-def host_us(shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
+def host_us(make, shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
     params = [torch.zeros(s, requires_grad=True) for s in shapes]
     for p in params:
         p.grad = torch.zeros_like(p)
-    opt = adamlab.Yogi(params, lr=1e-3, fused=True)
+    opt = make(params)
     opt.step()
     opt.step()
     times = []
@@ -53,17 +58,18 @@ def host_us(shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
 
 def main() -> None:
     pretend_cuda()
-    if _host.load(wait=True) is None:
-        raise SystemExit(f"the host accelerator is not available: {_host.status()}")
-    for name, shapes, n in [("2 tiny tensors", [(5, 1), (1,)], 20000), ("4000 tensors", [(4, 4)] * 4000, 40)]:
-        results: dict[str, list[float]] = {"python": [], "host accelerator": []}
+    makers = {
+        "adamlab.Yogi(fused=True), launch stubbed": lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True),
+        "torch.optim.Adam(foreach=True), whole CPU step": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+    }
+    for name, shapes, n in [("2 tiny tensors", [(5, 1), (1,)], 5000), ("4000 tensors", [(4, 4)] * 4000, 20)]:
+        results: dict[str, list[float]] = {label: [] for label in makers}
         for _ in range(3):  # interleaved rounds
-            for mode in results:
-                with _host.python_only() if mode == "python" else contextlib.nullcontext():
-                    results[mode].append(host_us(shapes, n))
-        for mode, values in results.items():
-            print(f"{name}, {mode}: {statistics.median(values):.1f} us of host work per eager step "
-                  f"(launch not included; rounds {', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
+            for label, make in makers.items():
+                results[label].append(host_us(make, shapes, n))
+        for label, values in results.items():
+            print(f"{name}, {label}: {statistics.median(values):.1f} us per step "
+                  f"(rounds {', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -136,14 +136,7 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
         raise RuntimeError(f"the baseline {BASELINE} cannot run on {cfg.device}: {skipped}")
 
     say = progress or (lambda message: None)
-    host = "not used"
-    if any("fused" in c.name and c.family == "adamlab" for c in ready):
-        # fused steps use it once built: build it now, not in the background while timing
-        say("host accelerator (C++ bookkeeping of step(); built once, then cached)")
-        from adamlab.optim import _host
-
-        _host.load(wait=True)
-        host = _host.status()
+    host = "none (removed in issue 13: step() is plain Python)"
     bytes_ = cfg.bandwidth_mib * 2**20
     say(f"streaming bandwidth ({cfg.bandwidth_mib} MiB buffers)")
     bandwidth = [stream_bandwidth(cfg.device, bytes_, 5 if cfg.smoke else 10)]

@@ -12,10 +12,8 @@ p, g, v, s; write p, v, s), and compared with a device-to-device copy measured i
 process (bytes read + written). ``--cpu-dry-run`` runs the same code on tiny CPU sets, with
 the fused rows on Triton's interpreter, to check the script without a GPU.
 
-The host accelerator (:mod:`adamlab.optim._host`) is built (or loaded from the cache) before
-anything is timed, so the adamlab rows use it from the first step; rows named "Python
-bookkeeping" time the same optimizer with it switched off (what a step costs before the
-accelerator is built, or where it cannot be).
+Rows named "Python bookkeeping" are kept for comparison with older results; since issue 13
+there is one step path, so they time the same optimizer as the rows without the suffix.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ from typing import Any
 import torch
 
 import adamlab
-from adamlab.optim import _host
 
 BYTES_PER_PARAM = 28
 
@@ -202,7 +199,7 @@ def bench_set(name, shapes, device, makers, timer, copy_bps, dry) -> list[Row]:
         slow = "loop" in opt_name and (big or len(shapes) > 1000)
         opt = step = None
         try:
-            with _host.python_only() if "Python bookkeeping" in opt_name else contextlib.nullcontext():
+            with contextlib.nullcontext():
                 opt = make(params)
                 step = graphed(opt) if "CUDA graph" in opt_name else opt.step
                 if "update() only" in opt_name:
@@ -289,8 +286,9 @@ def first_call(device: torch.device, dry: bool) -> dict[str, float]:
     prelude = ""
     if dry:  # route fused=True on CPU to the interpreted kernel, as the dry run does
         prelude = (
-            "from adamlab.optim import functional, triton_fused\n"
-            "functional._loaded['fused_cpu'] = triton_fused.interpreted_update\n"
+            "from adamlab.optim import fused_cpu, triton_fused\n"
+            "fused_cpu.load = lambda: None\n"
+            "fused_cpu.fused_cpu_update = triton_fused.interpreted_update\n"
         )
     out = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -362,20 +360,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dry = args.cpu_dry_run
     if dry:
-        from adamlab.optim import functional, triton_fused
+        from adamlab.optim import fused_cpu, triton_fused
 
-        functional._loaded["fused_cpu"] = triton_fused.interpreted_update
+        fused_cpu.load = lambda: None  # route fused=True on CPU to the interpreted kernel
+        fused_cpu.fused_cpu_update = triton_fused.interpreted_update
         device = torch.device("cpu")
     else:
         if not torch.cuda.is_available():
             parser.error("no CUDA GPU (use --cpu-dry-run to check the script on a CPU)")
         device = torch.device("cuda")
     timer = Timer(device)
-    t0 = time.perf_counter()
-    _host.load(wait=True)
     info = machine(device)
-    info["host accelerator"] = f"{_host.status()} (built or loaded in {time.perf_counter() - t0:.1f} s)"
-    print(f"host accelerator: {info['host accelerator']}", flush=True)
     copy_bps = copy_bandwidth(device, dry, timer)
     print(f"copy bandwidth: {copy_bps / 1e12:.3f} TB/s", flush=True)
     rows: list[Row] = []

@@ -1,21 +1,25 @@
 """The fused CPU implementation: one C++ call per step for all tensors of a group.
 
 Same signature and math as :mod:`adamlab.optim.single_tensor`. The kernel
-(``csrc/fused_cpu.cpp``) takes a table of data pointers and sizes, advances every
-tensor's step count, and streams each element once -- θ, g, v, s in; θ, v, s out --
-with fp32 math (fp64 for fp64 tensors), split into chunks across tensors and run on
-torch's OpenMP threads. Many small tensors cost one call, not one dispatch each.
+(``csrc/fused_cpu.cpp``) takes a table of data pointers and sizes and streams each element
+once -- θ, g, v, s in; θ, v, s out -- with fp32 math (fp64 for fp64 tensors), split into
+chunks across tensors and run on torch's OpenMP threads. Many small tensors cost one call,
+not one dispatch each.
+
+A step is two calls into the library: ``adamlab_advance_steps`` adds 1 to every step count
+and hands the new counts back; :func:`adamlab._moments.coefficients` turns each distinct
+count into a :class:`_Coefficients` record (the C struct ``adamlab_coefficients``, same
+field names); ``adamlab_fused_step`` runs the update.
 
 The kernel is compiled when adamlab is installed (``setup.py``: a plain C ABI, no torch or
-Python headers, OpenMP, portable flags with per-CPU ``target_clones`` of the hot loops) and
-opened with ctypes by :mod:`adamlab._library`, which checks the file first. It is loaded
-after torch, so its OpenMP calls share the process with torch's threads. Where the library
-is missing or damaged, :func:`load` raises ``RuntimeError`` saying why (the dispatcher then
-warns once and runs the foreach path). Nothing here runs a compiler.
+Python headers, so one build serves every torch version; OpenMP; portable flags with per-CPU
+``target_clones`` of the element loop) and opened with ctypes by :mod:`adamlab._library`,
+which checks the file first. Where the library is missing or damaged, :func:`load` raises
+``RuntimeError`` saying why (the dispatcher then warns once and runs the foreach path).
+Nothing here runs a compiler.
 
-AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never
-written); a nonzero ``found_inf`` skips the whole step, step counts included, as
-torch's fused Adam does.
+AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never written); a
+nonzero ``found_inf`` skips the whole step, step counts included, as torch's fused Adam does.
 """
 
 from __future__ import annotations
@@ -29,11 +33,42 @@ import torch
 from torch import Tensor
 
 from adamlab import _library
-from adamlab.optim.functional import local_shards
+from adamlab._moments import Coefficients, coefficients
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-_BIAS_CORRECTION_CODES = {False: 0, True: 1, "recursive": 2}
-_ABI_VERSION = 1
+_ABI_VERSION = 2
+
+class _Coefficients(ctypes.Structure):
+    """``adamlab_coefficients``: :class:`adamlab._moments.Coefficients` as C doubles."""
+
+    _fields_ = [(name, ctypes.c_double) for name in Coefficients._fields]
+
+
+class _Options(ctypes.Structure):
+    """``adamlab_options``: what is the same for every tensor of one call."""
+
+    _fields_ = [
+        *[(name, ctypes.c_double) for name in ("lr", "beta1", "beta2", "eps", "weight_decay", "inv_grad_scale")],
+        *[
+            (name, ctypes.c_int32)
+            for name in ("param_dtype", "state_dtype", "yogi", "amsgrad", "maximize", "decoupled")
+        ],
+    ]
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """Set the argument and result types of every function the library exports."""
+    p = ctypes.c_void_p
+    lib.adamlab_fused_abi_version.argtypes = []
+    lib.adamlab_fused_abi_version.restype = ctypes.c_int
+    lib.adamlab_advance_steps.argtypes = [ctypes.c_int64, p, p]  # n, float* steps[n], double t[n]
+    lib.adamlab_advance_steps.restype = ctypes.c_int
+    lib.adamlab_fused_step.argtypes = [
+        ctypes.c_int64, p, p, p, p, p, p,  # n, numel, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
+        ctypes.POINTER(_Coefficients), p, ctypes.POINTER(_Options),  # coefs, coef_index (or NULL), options
+    ]  # fmt: skip
+    lib.adamlab_fused_step.restype = ctypes.c_int
+
 
 _lib: ctypes.CDLL | None = None
 
@@ -46,27 +81,14 @@ def load() -> ctypes.CDLL:
     global _lib
     if _lib is None:
         lib = _library.load("_fused_cpu")
+        _declare(lib)
         if lib.adamlab_fused_abi_version() != _ABI_VERSION:
             raise _library.LibraryUnavailable(
                 f"{lib._name} implements ABI version {lib.adamlab_fused_abi_version()}, this adamlab needs "
-                f"{_ABI_VERSION}: the installed files are from different versions; reinstall adamlab"
+                f"{_ABI_VERSION}: its installed files are from different versions; reinstall adamlab"
             )
-        _declare(lib)
         _lib = lib
     return _lib
-
-
-def _declare(lib: ctypes.CDLL) -> None:
-    """Argument and result types of every function the library exports."""
-    p = ctypes.c_void_p
-    lib.adamlab_fused_step.restype = ctypes.c_int
-    lib.adamlab_fused_step.argtypes = [
-        ctypes.c_int64, p, p, p, p, p, p, p,  # n, numel, params, grads, exp_avgs, exp_avg_sqs, max, steps
-        ctypes.c_int, ctypes.c_int, ctypes.c_int,  # param dtype, state dtype, yogi
-        *[ctypes.c_double] * 5,  # lr, beta1, beta2, eps, weight_decay
-        *[ctypes.c_int] * 4,  # decoupled, amsgrad, maximize, bias_correction
-        ctypes.c_double,  # inv_grad_scale
-    ]  # fmt: skip
 
 
 def is_available() -> bool:
@@ -88,14 +110,14 @@ def _fused_cpu_update(
     state_steps: list[Tensor],
     *,
     lr: Any,
-    beta1: float,
-    beta2: float,
+    beta1: Any,
+    beta2: Any,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
-    bias_correction: Any,
+    bias_correction: bool | str,
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
@@ -103,29 +125,19 @@ def _fused_cpu_update(
     if not params:
         return
     lib = load()
-    if not set(map(type, params)) <= _PLAIN_TYPES:  # e.g. FSDP2's DTensor parameters, called directly
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
-        )
     # On the CPU reading these scalars costs nothing (no device to synchronize with).
     if found_inf is not None and float(found_inf) != 0.0:
         return  # skip the whole step, step counts included, as torch's fused Adam does
-    inv_grad_scale = 1.0 if grad_scale is None else 1.0 / float(grad_scale)
-    hyper = (
-        float(lr),
-        float(beta1),
-        float(beta2),
-        float(eps),
-        float(weight_decay),
-        int(bool(decoupled_weight_decay)),
-        int(bool(amsgrad)),
-        int(bool(maximize)),
-        _BIAS_CORRECTION_CODES[bias_correction],
-        inv_grad_scale,
+    maxes = max_exp_avg_sqs if amsgrad else None
+    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes)
+    options = _Options(
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+        1.0 if grad_scale is None else 1.0 / float(grad_scale),
+        0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
+    )  # fmt: skip
+    coefs, index = _step_coefficients(
+        lib, state_steps, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
     )
-    yogi = {"adam": 0, "yogi": 1}[rule]
-    maxes: list[Tensor | None] = list(max_exp_avg_sqs) if amsgrad else [None] * len(params)
-    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None)
 
     # The common case -- one dtype pair, everything contiguous -- is checked list by list
     # (a few C-level calls per tensor); anything else goes tensor by tensor.
@@ -135,17 +147,17 @@ def _fused_cpu_update(
         and len(s_dtypes) == 1
         and set(map(_dtype, grads)) == p_dtypes
         and all(map(_is_cpu, params))
-        and _all_plain(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps)
+        and _all_contiguous(params, grads, exp_avgs, exp_avg_sqs, maxes or [])
     ):
-        groups = {(p_dtypes.pop(), s_dtypes.pop()): (list(range(len(params))), [])}
+        groups = {(p_dtypes.pop(), s_dtypes.pop()): (range(len(params)), [])}
     else:
         groups = {}
         for i, (p, v) in enumerate(zip(params, exp_avgs)):
             if not p.is_cpu:
                 raise RuntimeError(f"the fused CPU implementation got a tensor on {p.device}")
             plain, odd = groups.setdefault((p.dtype, v.dtype), ([], []))
-            args = (p, grads[i], v, exp_avg_sqs[i], maxes[i], state_steps[i])
-            (plain if _all_plain(*[[x] if x is not None else [] for x in args]) else odd).append(i)
+            tensors = [p, grads[i], v, exp_avg_sqs[i]] + ([maxes[i]] if maxes else [])
+            (plain if _all_contiguous(*[[t] for t in tensors]) and grads[i].dtype == p.dtype else odd).append(i)
 
     for (p_dtype, s_dtype), (plain, odd) in groups.items():
         if p_dtype.is_complex:  # as torch: real and imaginary parts are independent
@@ -154,29 +166,63 @@ def _fused_cpu_update(
             raise RuntimeError(
                 f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state"
             )
-        if odd:
-            _update_odd(
-                lib, odd, params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps, p_dtype, s_dtype, yogi, hyper
-            )
+        options.param_dtype, options.state_dtype = _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype]
+        lists = (params, grads, exp_avgs, exp_avg_sqs, maxes or [])
         if plain:
-            tables = [
-                [lst[i] for i in plain] if len(plain) < len(params) else list(lst)
-                for lst in (params, grads, exp_avgs, exp_avg_sqs, maxes, state_steps)
-            ]
+            whole = len(plain) == len(params)
+            tables = [lst if whole or not lst else [lst[i] for i in plain] for lst in lists]
             if params[plain[0]].is_complex():
-                tables[:5] = [[x if x is None else torch.view_as_real(x) for x in t] for t in tables[:5]]
-            _call(lib, *tables, p_dtype, s_dtype, yogi, hyper)
+                tables = [[torch.view_as_real(t) for t in table] for table in tables]
+            _call(
+                lib,
+                *tables,
+                coefs,
+                index if index is None or whole else array("q", map(index.__getitem__, plain)),
+                options,
+            )
+        for i in odd:
+            _update_odd(lib, [lst[i] if lst else None for lst in lists], grads[i], coefs, index and index[i], options)
 
 
-# Under torch.compile the step runs eagerly: dynamo cannot trace into the ctypes call, and
-# tracing up to it would guard on every Python scalar (one recompile per new lr value).
-fused_cpu_update = torch.compiler.disable(_fused_cpu_update)
+_fused_cpu_update_eagerly = torch.compiler.disable(_fused_cpu_update)
 
-_PLAIN_TYPES = {Tensor, torch.nn.Parameter}
+
+def fused_cpu_update(*args: Any, **kwargs: Any) -> None:
+    """One fused step on CPU tensors; the signature of every implementation. Under
+    ``torch.compile`` it runs eagerly: dynamo cannot trace into the ctypes call, and tracing
+    up to it would guard on every Python scalar (one recompile per new lr value)."""
+    if torch.compiler.is_compiling():
+        return _fused_cpu_update_eagerly(*args, **kwargs)
+    return _fused_cpu_update(*args, **kwargs)
 
 
 _dtype = attrgetter("dtype")
 _is_cpu = attrgetter("is_cpu")
+
+
+def _address(table: array) -> int | None:
+    return table.buffer_info()[0] if len(table) else None
+
+
+def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[Any, array | None]:
+    """Advance every step count by one; the coefficient records for the new counts, and
+    which record each tensor uses (None: the first, for all; the usual case)."""
+    n = len(steps)
+    if set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps)):
+        t = array("d", bytes(8 * n))
+        addresses = array("Q", map(Tensor.data_ptr, steps))  # kept alive across the call
+        same = lib.adamlab_advance_steps(n, _address(addresses), _address(t))
+    else:  # a step count in another dtype or place (an unusual checkpoint): plain torch
+        for step in steps:
+            step += 1
+        t = array("d", [step.item() for step in steps])
+        same = len(set(t)) == 1
+    values = [t[0]] if same else sorted(set(t))
+    coefs = (_Coefficients * len(values))(*[_Coefficients(*map(float, coefficients(v, **hyper))) for v in values])
+    if same:
+        return coefs, None
+    position = {v: i for i, v in enumerate(values)}
+    return coefs, array("q", map(position.__getitem__, t))
 
 
 def _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes) -> None:
@@ -199,46 +245,36 @@ def _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes) -> None:
         )
 
 
-def _all_plain(params, grads, exp_avgs, exp_avg_sqs, maxes, steps) -> bool:
+def _all_contiguous(*lists: list[Tensor]) -> bool:
     """Whether the kernel can walk these tensors' memory directly, element i for element i."""
-    return (
-        all(map(Tensor.is_contiguous, params))
-        and all(map(Tensor.is_contiguous, grads))
-        and all(map(Tensor.is_contiguous, exp_avgs))
-        and all(map(Tensor.is_contiguous, exp_avg_sqs))
-        and all(map(Tensor.is_contiguous, maxes))
-        and set(map(_dtype, steps)) <= {torch.float32}
-        and all(map(_is_cpu, steps))
-    )
+    return all(all(map(Tensor.is_contiguous, lst)) for lst in lists)
 
 
-def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dtype, yogi: int, hyper: tuple) -> None:
+def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, coefs, index, options) -> None:
     """One kernel call over the given (contiguous, CPU) tensors: tables of sizes and pointers."""
     numel = array("q", map(Tensor.numel, params))
-    lists = (params, grads, exp_avgs, exp_avg_sqs, maxes if maxes[0] is not None else [], steps)
+    lists = (params, grads, exp_avgs, exp_avg_sqs, maxes)
     tables = [array("Q", map(Tensor.data_ptr, lst)) for lst in lists]
     if any(0 in t for t in tables):  # empty tensors, or a tensor without storage (a wrapper subclass)
         bad = next((type(x).__name__ for lst in lists for x in lst if x.data_ptr() == 0 and x.numel()), None)
         if bad is not None:
             raise RuntimeError(f"the fused CPU implementation needs tensors with storage, got a {bad}")
-    addresses = [t.buffer_info()[0] if len(t) else None for t in (numel, *tables)]
-    rc = lib.adamlab_fused_step(len(params), *addresses, _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype], yogi, *hyper)
+    rc = lib.adamlab_fused_step(
+        len(params), *map(_address, (numel, *tables)), coefs, None if index is None else _address(index), options
+    )
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
 
 
-def _update_odd(lib, idx, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, p_dtype, s_dtype, yogi, hyper) -> None:
-    """Non-contiguous tensors, a gradient of another dtype, a non-float32 step: update
-    contiguous copies, then write them back (rare; correctness over speed)."""
-    for i in idx:
-        real = torch.view_as_real if params[i].is_complex() else (lambda x: x)
-        owned = [params[i], exp_avgs[i], exp_avg_sqs[i], maxes[i], steps[i]]
-        p, v, s, m = (None if x is None else real(x).contiguous() for x in owned[:4])
-        g = real(grads[i]).to(p.dtype).contiguous()
-        t = steps[i].to(device="cpu", dtype=torch.float32).clone()
-        _call(lib, [p], [g], [v], [s], [m], [t], p_dtype, s_dtype, yogi, hyper)
-        for dst, src in zip(owned, (p, v, s, m, t)):
-            if dst is not None:
-                target = real(dst) if dst is not steps[i] else dst
-                if target.data_ptr() != src.data_ptr():
-                    target.copy_(src)
+def _update_odd(lib, tensors: list[Tensor | None], grad: Tensor, coefs, coef: int | None, options) -> None:
+    """A non-contiguous tensor or a gradient of another dtype: update contiguous copies,
+    then write them back (rare; correctness over speed)."""
+    param = tensors[0]
+    real = torch.view_as_real if param.is_complex() else (lambda x: x)
+    p, v, s, m = (None if x is None else real(x).contiguous() for x in (tensors[0], *tensors[2:]))
+    g = real(grad).to(p.dtype).contiguous()
+    index = None if coef is None else array("q", [coef])
+    _call(lib, [p], [g], [v], [s], [m] if m is not None else [], coefs, index, options)
+    for dst, src in zip((tensors[0], *tensors[2:]), (p, v, s, m)):
+        if dst is not None and real(dst).data_ptr() != src.data_ptr():
+            real(dst).copy_(src)

@@ -2,8 +2,9 @@
 
 Same signature and same math as :mod:`adamlab.optim.single_tensor`; a handful of
 kernel launches per group instead of a handful per parameter. Per-parameter step
-counts may differ (a parameter that joins late starts at t = 1), so every per-step
-scalar is a list with one entry per tensor.
+counts may differ (a parameter that joins late starts at t = 1), so a coefficient is
+one scalar when every tensor is at the same step and a list (one entry per tensor)
+otherwise. The per-step numbers come from :func:`adamlab._moments.coefficients`.
 """
 
 from __future__ import annotations
@@ -15,50 +16,67 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from adamlab.optim._coefficients import coefficients
+from adamlab._moments import coefficients
+
+
+def _times(a: Any, b: Any) -> Any:
+    """a·b for scalars or per-tensor lists (either side)."""
+    if isinstance(a, list) or isinstance(b, list):
+        n = len(a) if isinstance(a, list) else len(b)
+        a, b = (a if isinstance(a, list) else [a] * n), (b if isinstance(b, list) else [b] * n)
+        return [x * y for x, y in zip(a, b)]
+    return a * b
+
+
+def _is_one(x: Any) -> bool:
+    return isinstance(x, float) and x == 1.0
+
+
+def _mul_(tensors: list[Tensor], x: Any) -> None:
+    if not _is_one(x):
+        torch._foreach_mul_(tensors, x)
 
 
 def second_moment_foreach_(
-    rule: str, s: list[Tensor], grads: list[Tensor], beta2: float, pick: Callable[[str], Any], recursive: bool
+    rule: str, s: list[Tensor], grads: list[Tensor], beta2: Any, k: Callable[[str], Any]
 ) -> None:
     """Update every s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
-    if rule == "adam":
-        if recursive:  # ŝ ← (1 - ρ_t) ŝ + ρ_t g²
-            # not _foreach_lerp_: for ρ_t >= 1/2 (t <= 2) it computes g² - (g² - ŝ)(1 - ρ_t), NaN when g² = inf
-            w2 = pick("w2")
-            g2 = torch._foreach_mul(grads, grads)
-            torch._foreach_mul_(g2, w2)
-            torch._foreach_mul_(s, [1 - w for w in w2] if isinstance(w2, list) else 1 - w2)
-            torch._foreach_add_(s, g2)
-        else:  # s ← β2 s + (1-β2) g²
+    w2, keep2 = k("w2"), k("keep2")
+    if rule == "adam":  # s ← (β2·keep2) s + w2 g²
+        if isinstance(w2, float) and _is_one(keep2):  # torch's own ops: bitwise torch.optim.Adam
             torch._foreach_mul_(s, beta2)
-            torch._foreach_addcmul_(s, grads, grads, 1 - beta2)
+            torch._foreach_addcmul_(s, grads, grads, w2)
+            return
+        g2w = torch._foreach_mul(grads, grads)
+        torch._foreach_mul_(g2w, w2)
+        torch._foreach_mul_(s, _times(beta2, keep2))
+        torch._foreach_add_(s, g2w)
         return
+    # Yogi: s ← keep2 s + w2 sgn(g² - c2_prev s) g²
     g2 = torch._foreach_mul(grads, grads)
-    if recursive:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
-        direction = torch._foreach_sub(g2, torch._foreach_mul(s, pick("c2_prev")))
-        torch._foreach_sign_(direction)
-        torch._foreach_mul_(direction, g2)
-        torch._foreach_mul_(direction, pick("w2"))
-        torch._foreach_mul_(s, pick("keep2"))
-        torch._foreach_add_(s, direction)
-    else:  # s ← s - (1-β2) sgn(s - g²) g²
-        direction = torch._foreach_sub(s, g2)
-        torch._foreach_sign_(direction)
-        torch._foreach_mul_(direction, g2)
-        torch._foreach_add_(s, direction, alpha=-(1 - beta2))
+    c2_prev = k("c2_prev")
+    direction = torch._foreach_sub(g2, s if _is_one(c2_prev) else torch._foreach_mul(s, c2_prev))
+    torch._foreach_sign_(direction)
+    torch._foreach_mul_(direction, g2)
+    torch._foreach_mul_(direction, w2)
+    _mul_(s, keep2)
+    torch._foreach_add_(s, direction)
 
 
-def _coefficient_picker(steps: list[Tensor], capturable: bool, **hyper: Any):
-    """``pick(name)``: that coefficient for every tensor, as one scalar when all agree.
+def _coefficient_picker(steps: list[Tensor], capturable: bool, **hyper: Any) -> Callable[[str], Any]:
+    """``k(name)``: that coefficient for every tensor, as one scalar when all agree.
 
-    Host path: t is read as a float (as torch does) and the scalars are computed once per
-    distinct t, so the common case (every parameter at the same step) passes plain
-    scalars to the foreach kernels. Capturable: one 0-dim device tensor per parameter.
+    Host path: t is read as a float (as torch does) and the coefficients are computed once
+    per distinct t. Capturable: one 0-dim device tensor per parameter (no host sync).
     """
     if capturable:
         cs = [coefficients(t, **hyper) for t in steps]
-        return lambda name: [getattr(c, name) for c in cs]
+
+        def pick(name: str) -> Any:
+            values = [getattr(c, name) for c in cs]
+            return values[0] if isinstance(values[0], float) else values  # a float depends on β only
+
+        return pick
     values = torch.stack(steps).tolist() if len(steps) > 8 else [t.item() for t in steps]
     table = {v: coefficients(v, **hyper) for v in set(values)}
     if len(table) == 1:
@@ -85,14 +103,14 @@ def multi_tensor_update(
     state_steps: list[Tensor],
     *,
     lr: Any,
-    beta1: float,
-    beta2: float,
+    beta1: Any,
+    beta2: Any,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
-    bias_correction: Any,
+    bias_correction: bool | str,
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
@@ -101,7 +119,6 @@ def multi_tensor_update(
         raise RuntimeError("the foreach implementation does not take grad_scale/found_inf")
     if not params:
         return
-    recursive = bias_correction == "recursive"
     tensorlists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps]
     grouped = Optimizer._group_tensors_by_device_and_dtype(tensorlists)
     for (g_params, g_grads, g_exp_avgs, g_exp_avg_sqs, g_max, g_steps), _ in grouped.values():
@@ -126,24 +143,21 @@ def multi_tensor_update(
         g_params, g_grads = _as_real(g_params), _as_real(g_grads)
         g_exp_avgs, g_exp_avg_sqs, g_max = _as_real(g_exp_avgs), _as_real(g_exp_avg_sqs), _as_real(g_max or [])
 
-        # capturable: per-tensor 0-dim device tensors; else floats read from host, as torch does
-        pick = _coefficient_picker(
-            g_steps, capturable, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
-        )
-
-        torch._foreach_lerp_(g_exp_avgs, g_grads, pick("w1"))
-        second_moment_foreach_(rule, g_exp_avg_sqs, g_grads, beta2, pick, recursive)
+        k = _coefficient_picker(g_steps, capturable, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
+        torch._foreach_lerp_(g_exp_avgs, g_grads, k("w1"))  # v ← v + w1 (g - v)
+        second_moment_foreach_(rule, g_exp_avg_sqs, g_grads, beta2, k)
         del g_grads
         if amsgrad:
             torch._foreach_maximum_(g_max, g_exp_avg_sqs)
             denom = torch._foreach_sqrt(g_max)
         else:
             denom = torch._foreach_sqrt(g_exp_avg_sqs)
-        if bias_correction is True:
-            torch._foreach_div_(denom, pick("bc2_sqrt"))
-        torch._foreach_add_(denom, eps)
-        neg_step_size = _negate(pick("step_size"))
-        if capturable or isinstance(lr, Tensor):
+        bc2_sqrt = k("bc2_sqrt")
+        if not _is_one(bc2_sqrt):
+            torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, eps)  # ε after the square root
+        neg_step_size = _negate(k("step_size"))
+        if isinstance(neg_step_size[0] if isinstance(neg_step_size, list) else neg_step_size, Tensor):
             torch._foreach_div_(
                 denom, neg_step_size if isinstance(neg_step_size, list) else [neg_step_size] * len(denom)
             )

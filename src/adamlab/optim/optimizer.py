@@ -1,17 +1,20 @@
 """``adamlab.Adam`` and ``adamlab.Yogi``: drop-in ``torch.optim.Optimizer`` subclasses.
 
-The classes validate, gather and dispatch; they hold no math. The math lives in the
-implementations registered in :mod:`adamlab.optim.functional`, each tested against the
-float64 oracle :mod:`adamlab.reference`.
+The classes validate, gather and dispatch; they hold no math. The math is in
+:mod:`adamlab._moments` (the per-step coefficients) and in the implementations that
+:func:`adamlab.optim.functional.choose` picks from, each tested against the float64 oracle
+:mod:`adamlab.reference`.
+
+A step remembers nothing from the last one: it reads every parameter's gradient and state
+anew (as ``torch.optim.Adam`` does), so new gradients, ``p.data = ...``, replaced or cleared
+state, a loaded checkpoint and new hyperparameters take effect at the next step by
+construction.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
+import math
 import operator
-from array import array
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import compress, repeat
 from typing import Any, ClassVar
@@ -20,126 +23,33 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from adamlab.optim import _host
-from adamlab.optim.functional import IMPLEMENTATIONS, adam_family_update
-from adamlab.validation import check_known_keys, validate_betas, validate_hyperparameters, validate_state_dtype
+from adamlab.optim.functional import adam_family_update, choose
+from adamlab.validation import validate_betas, validate_hyperparameters, validate_state_dtype
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
 _RUN_KEYS = ("foreach", "fused", "capturable", "state_dtype")
 
-try:  # torch's registries of global step hooks (torch.optim.register_optimizer_step_*_hook)
-    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
-except ImportError:  # pragma: no cover - a torch that moved them: always take torch's wrapper
-    _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {0: None}
-
-
-def _hooks_and_profiling(step: Callable[..., Any]) -> Callable[..., Any]:
-    """``step`` wrapped as ``torch.optim.Optimizer`` wraps every ``step``, minus a fixed cost.
-
-    torch opens a ``record_function`` profiler range around every step, which costs about
-    ten microseconds with no profiler running -- as much as a whole fused step of a small
-    model. This wrapper runs torch's own wrapper (the range, the pre and post hooks) whenever
-    there is a hook, a profiler or a compiler to serve, and otherwise calls ``step`` directly.
-    """
-    hooked = Optimizer.profile_hook_step(step)
-
-    @functools.wraps(step)
-    def wrapper(self: Optimizer, *args: Any, **kwargs: Any) -> Any:
-        if (
-            self._optimizer_step_pre_hooks
-            or self._optimizer_step_post_hooks
-            or _global_optimizer_pre_hooks
-            or _global_optimizer_post_hooks
-            or torch.autograd._profiler_enabled()
-            or torch.compiler.is_compiling()
-        ):
-            return hooked(self, *args, **kwargs)
-        out = step(self, *args, **kwargs)
-        self._optimizer_step_code()
-        if self._optimizer_step_post_hooks or _global_optimizer_post_hooks:  # registered by the closure
-            for hook in (*self._optimizer_step_post_hooks.values(), *_global_optimizer_post_hooks.values()):
-                hook(self, (self, *args), kwargs)
-        return out
-
-    wrapper.hooked = True  # type: ignore[attr-defined]  # torch's Optimizer then leaves it as is
-    return wrapper
-
-
 _grad = Tensor.grad.__get__
 _is_sparse = operator.attrgetter("is_sparse")
-_is = operator.is_
+_is_not = operator.is_not
 _exp_avg = operator.itemgetter("exp_avg")
 _exp_avg_sq = operator.itemgetter("exp_avg_sq")
 _max_exp_avg_sq = operator.itemgetter("max_exp_avg_sq")
 _step = operator.itemgetter("step")
 
 
-def _ids(objects: Iterable[Any]) -> bytes:
-    """The ``id`` of every object, as int64 bytes."""
-    return array("q", map(id, objects)).tobytes()
-
-
-class _Gathered:
-    """What ``_gather`` found for one group last time, to find it again cheaply.
-
-    It remembers which parameters had a gradient and where their state dicts sit in
-    ``self.state`` (positions in its order, valid while its keys are the same objects in the
-    same order: checked once per step, see ``_AdamFamily._state_unchanged``). It holds no
-    tensor and no group (only ``id``s): the gradients and the state tensors are read anew
-    every step, so a replaced, moved or dropped tensor is never used or kept alive. A cleared
-    state dict, a gradient that appears or goes, a change of the group's parameters or of
-    ``amsgrad`` sends the group through the full gather. Ids, the no-gradient pattern and
-    positions are kept as bytes (int64 ids and positions, one 0/1 per parameter), the form
-    the host accelerator (:mod:`adamlab.optim._host`) reads when it does the same in C++.
-    """
-
-    __slots__ = ("amsgrad", "group_id", "has_grad", "no_grad", "param_ids", "positions", "with_grad_ids")
-
-    def __init__(self, group: dict[str, Any], with_grad: list[Tensor]) -> None:
-        params = group["params"]
-        self.group_id = id(group)
-        self.param_ids = _ids(params)
-        self.no_grad = bytes(map(_is, map(_grad, params), repeat(None)))
-        self.has_grad = [not x for x in self.no_grad] if any(self.no_grad) else None
-        self.with_grad_ids = list(map(id, with_grad))
-        self.amsgrad = bool(group["amsgrad"])
-        self.positions: bytes | None = None  # set by _AdamFamily._watch_state
-
-    def gather(self, group: dict[str, Any], states_in_order: list[dict], host: Any = None) -> tuple[Any, ...] | None:
-        """The group's lists, read now; None if anything that decides them changed.
-
-        Parameters are recognised by ``id``: a recycled id can only point at a parameter
-        that is in the group now and whose state sits at that position now (the key order
-        was checked), which is the right one."""
-        params = group["params"]
-        if id(group) != self.group_id or self.positions is None or bool(group["amsgrad"]) is not self.amsgrad:
-            return None
-        if host is not None and type(params) is list:
-            return host.gather(params, self.param_ids, self.no_grad, states_in_order, self.positions, self.amsgrad)
-        if _ids(params) != self.param_ids:
-            return None
-        grads = list(map(_grad, params))
-        if bytes(map(_is, grads, repeat(None))) != self.no_grad:
-            return None
-        if self.has_grad is None:
-            with_grad = list(params)
-        else:
-            grads = list(compress(grads, self.has_grad))
-            with_grad = list(compress(params, self.has_grad))
-        states = list(map(states_in_order.__getitem__, array("q", self.positions)))
-        try:
-            exp_avgs = list(map(_exp_avg, states))
-            exp_avg_sqs = list(map(_exp_avg_sq, states))
-            steps = list(map(_step, states))
-            maxes = list(map(_max_exp_avg_sq, states)) if self.amsgrad else []
-        except KeyError:  # a state dict cleared or cut down: the full gather deals with it
-            return None
-        # a gradient that turned sparse: the full gather raises the error (the fused CUDA
-        # tables check every new gradient's layout themselves)
-        if not (group["fused"] and with_grad and with_grad[0].is_cuda) and any(map(_is_sparse, grads)):
-            return None
-        return with_grad, grads, exp_avgs, exp_avg_sqs, maxes, steps
+def _check_group_options(options: dict[str, Any]) -> None:
+    """What validation.py does not check (yet): v0, and the fused kernels' variant matrix."""
+    if "initial_exp_avg_value" in options:
+        value = options["initial_exp_avg_value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+            raise ValueError(f"Invalid initial_exp_avg_value (v0): {value!r} (expected a finite number >= 0)")
+    if options.get("fused") and options.get("bias_correction", True) == "recursive":
+        raise ValueError(
+            "bias_correction='recursive' is not supported with fused=True (the fused kernels do not "
+            "implement it); use foreach=True or foreach=False"
+        )
 
 
 class _AdamFamily(Optimizer):
@@ -154,19 +64,20 @@ class _AdamFamily(Optimizer):
         lr: float | Tensor,
         betas: tuple[float, float],
         eps: float,
-        weight_decay: float = 0.0,
-        amsgrad: bool = False,
+        weight_decay: float,
+        amsgrad: bool,
         *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool = False,
-        bias_correction: bool | str = True,
-        initial_accumulator_value: float | None = None,
-        state_dtype: torch.dtype | None = None,
-        skip_nonfinite: bool = False,
+        foreach: bool | None,
+        maximize: bool,
+        capturable: bool,
+        differentiable: bool,
+        fused: bool | None,
+        decoupled_weight_decay: bool,
+        bias_correction: bool | str,
+        initial_accumulator_value: float | None,
+        initial_exp_avg_value: float,
+        state_dtype: torch.dtype | None,
+        skip_nonfinite: bool,
     ) -> None:
         validate_state_dtype(state_dtype)
         if initial_accumulator_value is None:
@@ -178,6 +89,9 @@ class _AdamFamily(Optimizer):
             weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value,
             bias_correction=bias_correction,
+        )
+        _check_group_options(
+            dict(initial_exp_avg_value=initial_exp_avg_value, fused=fused, bias_correction=bias_correction)
         )
         if differentiable:
             raise ValueError(
@@ -200,6 +114,7 @@ class _AdamFamily(Optimizer):
             decoupled_weight_decay=bool(decoupled_weight_decay),
             bias_correction=bias_correction,
             initial_accumulator_value=float(initial_accumulator_value),
+            initial_exp_avg_value=float(initial_exp_avg_value),
             state_dtype=state_dtype,
             skip_nonfinite=bool(skip_nonfinite),
         )
@@ -212,16 +127,9 @@ class _AdamFamily(Optimizer):
             # of unscaling p.grad itself and syncing on found_inf; fused kernels use them.
             self._step_supports_amp_scaling = True
 
-    @classmethod
-    def _check_options(cls, options: dict[str, Any]) -> None:
-        """Unknown keywords raise TypeError naming this class (not the private base)."""
-        signature = inspect.signature(_AdamFamily.__init__).parameters.values()
-        check_known_keys(f"{cls.__name__}()", options, {p.name for p in signature if p.kind is p.KEYWORD_ONLY})
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
-        self._forget_gathered()
         for group in self.param_groups:
             for key in (
                 "amsgrad",
@@ -236,6 +144,7 @@ class _AdamFamily(Optimizer):
             group.setdefault("fused", None)
             group.setdefault("bias_correction", True)
             group.setdefault("initial_accumulator_value", self._default_initial_accumulator_value)
+            group.setdefault("initial_exp_avg_value", 0.0)
             group.setdefault("state_dtype", None)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
@@ -251,6 +160,7 @@ class _AdamFamily(Optimizer):
         keys = ("lr", "betas", "eps", "weight_decay", "initial_accumulator_value", "bias_correction")
         validate_hyperparameters(**{k: param_group[k] for k in keys if k in param_group})
         validate_state_dtype(param_group.get("state_dtype"))
+        _check_group_options({**self.defaults, **param_group})
         if "betas" in param_group:
             param_group["betas"] = validate_betas(param_group["betas"])
         super().add_param_group(param_group)
@@ -261,9 +171,10 @@ class _AdamFamily(Optimizer):
 
         Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim float32
         tensor (on the CPU, or on the parameter's device when capturable or fused);
-        ``exp_avg`` (v) is zeros like p; ``exp_avg_sq`` (s) is filled with
-        ``initial_accumulator_value`` (s0); ``max_exp_avg_sq`` (AMSGrad) starts equal to s.
-        The moments have p's dtype unless the group's ``state_dtype`` names another.
+        ``exp_avg`` (v) is filled with ``initial_exp_avg_value`` (v0, default 0) like p;
+        ``exp_avg_sq`` (s) with ``initial_accumulator_value`` (s0); ``max_exp_avg_sq``
+        (AMSGrad) starts equal to s. The moments have p's dtype unless the group's
+        ``state_dtype`` names another.
         """
         state = self.state[p]
         on_device = group["capturable"] or group["fused"]
@@ -271,7 +182,9 @@ class _AdamFamily(Optimizer):
         if p.is_complex() and not dtype.is_complex:
             dtype = p.dtype
         state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-        state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        state["exp_avg"] = torch.full_like(
+            p, group["initial_exp_avg_value"], dtype=dtype, memory_format=torch.preserve_format
+        )
         state["exp_avg_sq"] = torch.full_like(
             p, group["initial_accumulator_value"], dtype=dtype, memory_format=torch.preserve_format
         )
@@ -279,129 +192,42 @@ class _AdamFamily(Optimizer):
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
         return state
 
-    def _gather(self, group: dict[str, Any], states_in_order: list[dict] | None = None) -> tuple[Any, ...]:
-        """The group's parameters that have a gradient, their gradients and their state
-        (created here at a parameter's first step), as parallel lists.
+    def _gather(self, group: dict[str, Any]) -> tuple[tuple[list[Any], ...], list[Tensor]]:
+        """The group's parameters that have a gradient, their gradients and their state, as
+        parallel lists; and the parameters whose state this call created (their first step).
 
-        ``states_in_order`` (``self.state``'s values, when its keys are those of the last
-        step) lets a group find its state dicts by position instead of one dict lookup per
-        parameter (see :class:`_Gathered`).
-        """
-        if states_in_order is not None:
-            cached = self._gathered.get(id(group))
-            host = _host.get() if group["fused"] else None
-            found = cached.gather(group, states_in_order, host) if cached is not None else None
-            if found is not None:
-                self.__dict__["_new_states"] = ()
-                return found
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
-        new = self.__dict__["_new_states"] = []  # created by this gather (see _step_group)
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            if len(self.state[p]):
-                state = self.state[p]
-            else:
-                state = self._init_state(p, group)
-                new.append(p)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            if group["amsgrad"]:
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            steps.append(state["step"])
-        if not torch.compiler.is_compiling():
-            self._gathered[id(group)] = _Gathered(group, list(params))
-            self.__dict__["_state_watch"] = None  # look at the state again after this step
-        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+        Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
+        params = group["params"]
+        grads = list(map(_grad, params))
+        has_grad = list(map(_is_not, grads, repeat(None)))
+        if all(has_grad):
+            params = list(params)
+        else:
+            params, grads = list(compress(params, has_grad)), list(compress(grads, has_grad))
+        if any(map(_is_sparse, grads)):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        states = list(map(self.state.__getitem__, params))  # a defaultdict: {} where new
+        new = [] if all(states) else [p for p, s in zip(params, states) if not s]
+        for p in new:
+            self._init_state(p, group)
+        exp_avgs = list(map(_exp_avg, states))
+        exp_avg_sqs = list(map(_exp_avg_sq, states))
+        maxes = list(map(_max_exp_avg_sq, states)) if group["amsgrad"] else []
+        return (params, grads, exp_avgs, exp_avg_sqs, maxes, list(map(_step, states))), new
 
-    @property
-    def _gathered(self) -> dict[int, _Gathered]:
-        try:
-            return self.__dict__["_gathered_by_group"]
-        except KeyError:
-            return self.__dict__.setdefault("_gathered_by_group", {})
-
-    def _forget_gathered(self) -> None:
-        self.__dict__.pop("_gathered_by_group", None)
-        self.__dict__.pop("_state_watch", None)
-
-    def _state_unchanged(self) -> list[dict] | None:
-        """``self.state``'s values in order if its keys are the same objects, in the same
-        order, as at the end of the last step (then every ``_Gathered`` position holds);
-        else None. Keys are compared by ``id``: nothing here keeps a parameter alive."""
-        watch = self.__dict__.get("_state_watch")
-        if watch is None:
-            return None
-        state = self.state
-        host = _host.loaded()
-        if host is not None and type(state) in (defaultdict, dict):  # torch's is a defaultdict
-            return host.state_values(state, watch)
-        if _ids(state) != watch:
-            return None
-        return list(state.values())
-
-    def _watch_state(self) -> None:
-        """Remember ``self.state``'s keys and place every group's state dicts in its order;
-        forget groups that left the optimizer."""
-        keys = list(map(id, self.state))
-        self.__dict__["_state_watch"] = array("q", keys).tobytes()
-        position = {k: i for i, k in enumerate(keys)}
-        live = {id(group) for group in self.param_groups}
-        gathered = self._gathered
-        for key in [k for k in gathered if k not in live]:
-            del gathered[key]
-        for cached in gathered.values():
-            try:
-                cached.positions = array("q", [position[k] for k in cached.with_grad_ids]).tobytes()
-            except KeyError:  # a parameter whose state is gone: gather it in full next time
-                cached.positions = None
-
-    # ---- dispatch ------------------------------------------------------------------------
-    def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
-        """The one place that picks an implementation for a group."""
-        if group["fused"]:
-            device = "cuda" if params[0].is_cuda else params[0].device.type
-            name = f"fused_{device}"
-            if name not in IMPLEMENTATIONS:
-                raise RuntimeError(
-                    f"fused=True is not available for {device} tensors in this build of adamlab; "
-                    "use foreach=True (or leave fused unset)"
-                )
-            return name
-        if group["foreach"] is False:
-            return "single_tensor"
-        return "foreach"
-
-    @_hooks_and_profiling
+    # ---- the step ------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform a single optimization step (optionally re-evaluating ``closure``)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if torch.compiler.is_compiling():
-            with torch.no_grad():
-                for group in self.param_groups:
-                    self._step_group(group, self._gather(group))
-            return loss
-        grad_enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
-        try:
-            states_in_order = self._state_unchanged()
+        with torch.no_grad():
             for group in self.param_groups:
-                self._step_group(group, self._gather(group, states_in_order))
-            if self.__dict__.get("_state_watch") is None or len(self._gathered) > len(self.param_groups):
-                self._watch_state()
-        finally:
-            self.__dict__.pop("_new_states", None)
-            torch._C._set_grad_enabled(grad_enabled)
+                self._step_group(group, *self._gather(group))
         return loss
 
-    def _step_group(self, group: dict[str, Any], tensors: tuple[Any, ...]) -> None:
+    def _step_group(self, group: dict[str, Any], tensors: tuple[Any, ...], new: list[Tensor]) -> None:
         """One step of one group over its gathered tensors: pick the implementation, call it."""
         if not tensors[0]:
             return
@@ -409,16 +235,16 @@ class _AdamFamily(Optimizer):
         lr = group["lr"]
         if isinstance(lr, Tensor) and not group["capturable"]:
             lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
-        implementation = self._implementation(group, tensors[0])
-        # set by GradScaler on fused optimizers (instance attributes; getattr's miss is slow)
+        implementation = choose(group["fused"], group["foreach"], tensors[0][0].device)
+        # set by GradScaler on fused optimizers (instance attributes)
         grad_scale = self.__dict__.get("grad_scale")
         found_inf = self.__dict__.get("found_inf")
         if group["skip_nonfinite"]:
             own = _nonfinite(tensors[1])
             found_inf = own if found_inf is None else torch.maximum(found_inf, own.to(found_inf.device))
         if grad_scale is not None and not implementation.startswith("fused"):
-            # a group that opted out of fused=True under GradScaler: unscale into new
-            # tensors (p.grad stays as the caller left it); found_inf decides below
+            # a group that opted out of fused=True under GradScaler (or whose fused kernel is
+            # missing here): unscale into new tensors (p.grad stays as the caller left it)
             tensors = (tensors[0], torch._foreach_div(tensors[1], grad_scale), *tensors[2:])
             grad_scale = None
         if found_inf is not None and (implementation != "fused_cuda" or not found_inf.is_cuda):
@@ -426,11 +252,8 @@ class _AdamFamily(Optimizer):
             # Elsewhere decide on the host (one sync; free on CPU), and a skipped step also
             # takes back the state this step created: the parameter has not stepped yet.
             if found_inf.item():
-                new = self.__dict__.get("_new_states", ())
                 for p in new:
                     del self.state[p]
-                if new:
-                    self._forget_gathered()
                 return
             found_inf = None
         adam_family_update(
@@ -532,33 +355,42 @@ def _check_state_dict(opt: Optimizer, state_dict: Any) -> None:
                     raise ValueError(f"state_dict entry {k!r} for {name} has shape {got}")
 
 
-_DOC_COMMON = """
+_ARGS = """
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate η, a float or a 0-dim tensor (default: {lr}).
         betas: (β1, β2), decay rates of v and s (default: (0.9, 0.999)).
         eps: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: {eps}).
-        weight_decay: λ (default: 0). Added to the gradient (L2) unless
+        weight_decay: λ (default: 0.0). Added to the gradient (L2) unless
             ``decoupled_weight_decay=True``, which shrinks θ by ηλθ first (AdamW).
-        amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form).
+        amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form)
+            (default: False).
         foreach: ``None`` (default) or ``True`` uses the multi-tensor implementation,
             ``False`` the single-tensor loop.
-        maximize: ascend the objective instead of descending it.
+        maximize: ascend the objective instead of descending it (default: False).
         capturable: keep the step count on the parameter's device and compute every
-            per-step scalar there (no host synchronization; needed for CUDA graphs).
-        differentiable: not supported; ``True`` raises ``ValueError``.
-        fused: use a fused kernel where this build has one for the parameters' device;
-            where none exists ``fused=True`` raises ``RuntimeError`` at the first step.
-        decoupled_weight_decay: see ``weight_decay``.
-        bias_correction: ``True`` (divide v and s by 1-β^t, t from 1), ``False``, or
-            ``"recursive"`` (state holds the debiased v̂ and ŝ; see
-            :func:`adamlab.reference.second_moment`).
+            per-step scalar there (no host synchronization; needed for CUDA graphs)
+            (default: False).
+        differentiable: not supported; ``True`` raises ``ValueError`` (default: False).
+        fused: ``True`` runs one fused kernel per step (C++ on CPU, Triton on CUDA). Where
+            this machine lacks the kernel (no compiled library, no Triton), the first step
+            warns once, saying why, and runs the foreach implementation (default: None).
+        decoupled_weight_decay: see ``weight_decay`` (default: False).
+        bias_correction: ``True`` (default: divide v and s by 1-β^t, t from 1), ``False``,
+            or ``"recursive"`` (the state holds the debiased v̂ and ŝ; see
+            :func:`adamlab.reference.second_moment`). ``"recursive"`` runs on the foreach
+            and single-tensor paths only: with ``fused=True`` it raises ``ValueError``.
         initial_accumulator_value: s0, the value s starts from (default: {s0}).
-        state_dtype: dtype of v and s (default: the parameter's). ``torch.float32``
+        initial_exp_avg_value: v0, the value v starts from (default: 0.0; optax's and
+            TF-Addons' Yogi start both moments at 1e-6). A finite number >= 0.
+        state_dtype: dtype of v and s (default: None, the parameter's). ``torch.float32``
             for bf16/fp16 parameters keeps the moments, and the math, in fp32.
         skip_nonfinite: skip the whole step of a group (parameters, state and step
-            count unchanged) when any gradient holds inf or NaN. Off by default: like
-            torch, non-finite gradients then propagate into the parameters.
+            count unchanged) when any gradient holds inf or NaN (default: False: like
+            torch, non-finite gradients then propagate into the parameters).
+
+    Conventions: ε is added after the square root; t counts steps from 1; with bias
+    correction the update is η·(v/(1-β1^t))/(√(s/(1-β2^t)) + ε).
 
     State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim float32 tensor),
     ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad).
@@ -566,7 +398,7 @@ _DOC_COMMON = """
 
 
 class Adam(_AdamFamily):
-    """Adam (Kingma & Ba, 2015), a drop-in for ``torch.optim.Adam``.
+    __doc__ = """Adam (Kingma & Ba, 2015), a drop-in for ``torch.optim.Adam``.
 
     For t = 1, 2, ...::
 
@@ -574,11 +406,11 @@ class Adam(_AdamFamily):
         s ← β2 s + (1 - β2) g²
         θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)
 
-    Defaults are torch's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, s0 = 0. With the
+    Defaults are torch's: lr 1e-3, betas (0.9, 0.999), eps 1e-8, s0 = v0 = 0. With the
     defaults (and ``bias_correction=True``) it follows ``torch.optim.Adam`` to float32
     rounding, and ``decoupled_weight_decay=True`` follows ``torch.optim.AdamW``. The
     chapter's from-scratch Adam is ``Adam(params, lr=0.01, eps=1e-6)``.
-    """ + _DOC_COMMON.format(lr="1e-3", eps="1e-8", s0="0")
+""" + _ARGS.format(lr="1e-3", eps="1e-8", s0="0.0")
 
     _rule = "adam"
     _default_initial_accumulator_value = 0.0
@@ -591,14 +423,30 @@ class Adam(_AdamFamily):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
-        **kwargs: Any,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool | str = True,
+        initial_accumulator_value: float = 0.0,
+        initial_exp_avg_value: float = 0.0,
+        state_dtype: torch.dtype | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
-        self._check_options(kwargs)
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
+            initial_accumulator_value=initial_accumulator_value, initial_exp_avg_value=initial_exp_avg_value,
+            state_dtype=state_dtype, skip_nonfinite=skip_nonfinite,
+        )  # fmt: skip
 
 
 class Yogi(_AdamFamily):
-    """Yogi (Zaheer, Reddi, Sachan, Kale & Kumar, NeurIPS 2018).
+    __doc__ = """Yogi (Zaheer, Reddi, Sachan, Kale & Kumar, NeurIPS 2018).
 
     Adam with one line changed, the second moment moves additively, by at most
     (1 - β2)·g² per step, towards g²::
@@ -608,10 +456,11 @@ class Yogi(_AdamFamily):
         θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)
 
     Defaults: lr 1e-2, betas (0.9, 0.999), eps 1e-3, s0 = 1e-6, bias correction on —
-    the conventions of TF-Addons, optax (``optax.yogi``) and the paper author's code.
+    the conventions of TF-Addons, optax (``optax.yogi``) and the paper author's code
+    (which also start v at 1e-6: ``initial_exp_avg_value=1e-6``; the default here is 0).
     The *Dive into Deep Learning* chapter's from-scratch Yogi starts from s = 0:
     ``Yogi(params, lr=0.01, eps=1e-3, initial_accumulator_value=0.0)``.
-    """ + _DOC_COMMON.format(lr="1e-2", eps="1e-3", s0="1e-6")
+""" + _ARGS.format(lr="1e-2", eps="1e-3", s0="1e-6")
 
     _rule = "yogi"
     _default_initial_accumulator_value = 1e-6
@@ -624,7 +473,23 @@ class Yogi(_AdamFamily):
         eps: float = 1e-3,
         weight_decay: float = 0.0,
         amsgrad: bool = False,
-        **kwargs: Any,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        bias_correction: bool | str = True,
+        initial_accumulator_value: float = 1e-6,
+        initial_exp_avg_value: float = 0.0,
+        state_dtype: torch.dtype | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
-        self._check_options(kwargs)
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+            capturable=capturable, differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
+            initial_accumulator_value=initial_accumulator_value, initial_exp_avg_value=initial_exp_avg_value,
+            state_dtype=state_dtype, skip_nonfinite=skip_nonfinite,
+        )  # fmt: skip

@@ -3,7 +3,8 @@
 It mirrors ``torch.optim.adam._single_tensor_adam`` operation for operation where the
 math is Adam's, so that ``adamlab.Adam(foreach=False)`` equals ``torch.optim.Adam`` to
 the last bit on CPU. Caller-owned tensors (``p.grad``) are never written: every
-transformation of the gradient (maximize, L2 weight decay) makes a new tensor.
+transformation of the gradient (maximize, L2 weight decay) makes a new tensor. The
+per-step numbers come from :func:`adamlab._moments.coefficients`.
 """
 
 from __future__ import annotations
@@ -13,24 +14,29 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamlab.optim._coefficients import Coefficients, coefficients
+from adamlab._moments import Coefficients, coefficients
 
 
-def second_moment_(rule: str, s: Tensor, grad: Tensor, beta2: float, c: Coefficients, recursive: bool) -> None:
+def _scale_add_(x: Tensor, decay: Any, y: Tensor, weight: Any) -> None:
+    """x ← decay·x + weight·y, skipping a decay of exactly 1 (a float or a 0-dim tensor)."""
+    if not (isinstance(decay, float) and decay == 1.0):
+        x.mul_(decay)
+    if isinstance(weight, Tensor):
+        x.add_(y * weight)
+    else:
+        x.add_(y, alpha=weight)
+
+
+def second_moment_(rule: str, s: Tensor, grad: Tensor, beta2: Any, k: Coefficients) -> None:
     """Update s in place. The one place where Adam and Yogi differ (see adamlab.reference)."""
-    if rule == "adam":
-        if recursive:  # ŝ ← (1 - ρ_t) ŝ + ρ_t g²
-            # not lerp_: for ρ_t >= 1/2 (t <= 2) it computes g² - (g² - ŝ)(1 - ρ_t), NaN when g² = inf
-            s.mul_(1 - c.w2).add_(grad * grad * c.w2)
-        else:  # s ← β2 s + (1-β2) g²
-            s.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if rule == "adam":  # s ← (β2·keep2) s + w2 g²
+        if isinstance(k.w2, float) and k.keep2 == 1.0:  # torch's own ops: bitwise torch.optim.Adam
+            s.mul_(beta2).addcmul_(grad, grad, value=k.w2)
+        else:
+            _scale_add_(s, beta2 * k.keep2, grad * grad, k.w2)
         return
-    g2 = grad * grad
-    if recursive:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
-        direction = torch.sign(g2 - s * c.c2_prev).mul_(g2)
-        s.mul_(c.keep2).add_(direction.mul_(c.w2))
-    else:  # s ← s - (1-β2) sgn(s - g²) g²
-        s.addcmul_(torch.sign(s - g2), g2, value=-(1 - beta2))
+    g2 = grad * grad  # Yogi: s ← keep2 s + w2 sgn(g² - c2_prev s) g²
+    _scale_add_(s, k.keep2, torch.sign(g2 - s * k.c2_prev).mul_(g2), k.w2)
 
 
 def single_tensor_update(
@@ -43,21 +49,20 @@ def single_tensor_update(
     state_steps: list[Tensor],
     *,
     lr: Any,
-    beta1: float,
-    beta2: float,
+    beta1: Any,
+    beta2: Any,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
-    bias_correction: Any,
+    bias_correction: bool | str,
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
     if grad_scale is not None or found_inf is not None:
         raise RuntimeError("the single-tensor implementation does not take grad_scale/found_inf")
-    recursive = bias_correction == "recursive"
     for i, owned in enumerate(params):
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
@@ -82,22 +87,22 @@ def single_tensor_update(
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
 
         # capturable: keep t on the device (no host sync); else read it as a float, as torch does
-        step = step_t if capturable else step_t.item()
-        c = coefficients(step, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
-
-        exp_avg.lerp_(grad, c.w1)
-        second_moment_(rule, exp_avg_sq, grad, beta2, c, recursive)
+        k = coefficients(
+            step_t if capturable else step_t.item(), lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
+        )
+        exp_avg.lerp_(grad, k.w1)  # v ← v + w1 (g - v), i.e. (β1·keep1) v + w1 g
+        second_moment_(rule, exp_avg_sq, grad, beta2, k)
         if max_exp_avg_sq is not None:
             torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
             denom = max_exp_avg_sq.sqrt()
         else:
             denom = exp_avg_sq.sqrt()
-        if not (isinstance(c.bc2_sqrt, float) and c.bc2_sqrt == 1.0):
-            denom.div_(c.bc2_sqrt)
-        denom.add_(eps)
-        if isinstance(c.step_size, Tensor):
-            param.addcdiv_(exp_avg, denom.div_(-c.step_size))
+        if not (isinstance(k.bc2_sqrt, float) and k.bc2_sqrt == 1.0):
+            denom.div_(k.bc2_sqrt)
+        denom.add_(eps)  # ε after the square root
+        if isinstance(k.step_size, Tensor):
+            param.addcdiv_(exp_avg, denom.div_(-k.step_size))
         else:
-            param.addcdiv_(exp_avg, denom, value=-c.step_size)
+            param.addcdiv_(exp_avg, denom, value=-k.step_size)
         if exp_avg.dtype != owned.dtype:
             owned.copy_(param.view_as(owned) if not owned.is_complex() else torch.view_as_complex(param))

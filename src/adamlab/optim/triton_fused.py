@@ -1,22 +1,11 @@
 """``fused=True`` on CUDA: Adam and Yogi as one Triton kernel launch per step.
 
-The implementation registered as ``"fused_cuda"`` in :mod:`adamlab.optim.functional`,
-with the one signature every implementation shares. The kernel is in
-:mod:`adamlab.optim.triton_kernel`; this module plans and launches it and imports Triton
-only on first use, so adamlab imports and runs everything else without it.
-
-Host work per step is kept small. The first step of a parameter set validates the tensors
-and builds device-side tables of addresses, sizes and chunk offsets (a *plan*). Later steps
-read the address of every tensor and the size and dtype of every parameter and compare them
-with the plan's (``t.data = ...`` keeps a tensor object and changes its memory, so identity
-alone proves nothing); gradients that are the tensors checked last time, at the same
-addresses, need nothing more. New gradient tensors (``zero_grad(set_to_none=True)``) get a
-light check (dtype, size, device, contiguity, alignment) and the launch switches to the
-table of their addresses, uploaded once per address set. Anything else builds a new plan.
-The plan holds no tensor (gradients weakly), so it never keeps freed memory alive; it lives
-as long as the first parameter's ``step`` tensor. See :func:`_still_valid`. Once the host
-accelerator (:mod:`adamlab.optim._host`) is loaded, new plans are checked by its C++
-``signature`` and ``grads`` instead: the same reads, one call per list.
+The kernel is in :mod:`adamlab.optim.triton_kernel`; this module checks the tensors, builds
+the step's table of addresses and sizes (see the kernel's docstring), and launches the kernel
+the ordinary way, ``kernel[grid](...)``. Nothing is remembered between steps: every step
+reads every address anew, so new gradients, ``p.data = ...``, replaced state tensors and new
+hyperparameters need no special care. Triton is imported on first use, so adamlab imports and
+runs everything else without it.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
@@ -26,21 +15,17 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
-import operator
 import os
 import threading
-import weakref
 from array import array
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from adamlab.optim import _host
-from adamlab.optim.functional import is_dtensor, local_shards
+from adamlab._moments import coefficients
 
 # One program per BLOCK elements; 4 warps move 16 bytes per load per thread in float32.
 # Fixed on purpose: an autotuner would re-run this in-place kernel and apply the update
@@ -49,14 +34,14 @@ BLOCK = 1024
 NUM_WARPS = 4
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
-_BIAS_CORRECTION = {False: 0, True: 1, "recursive": 2}
 
 _modules: dict[bool, ModuleType] = {}
 _lock = threading.Lock()
 
 
-def _kernel_module(interpret: bool) -> ModuleType:
-    """:mod:`adamlab.optim.triton_kernel`, compiled (interpret=False) or interpreted."""
+def kernel_module(interpret: bool) -> ModuleType:
+    """:mod:`adamlab.optim.triton_kernel`, compiled (interpret=False) or interpreted;
+    ``RuntimeError`` if Triton is not installed."""
     module = _modules.get(interpret)
     if module is not None:
         return module
@@ -86,78 +71,8 @@ def _kernel_module(interpret: bool) -> ModuleType:
                 else:
                     os.environ["TRITON_INTERPRET"] = previous
         _modules[interpret] = module
+        _TL_DTYPES.update({dtype: getattr(module.tl, str(dtype).removeprefix("torch.")) for dtype in _SUPPORTED})
     return module
-
-
-def _tl_dtype(module: ModuleType, dtype: torch.dtype) -> Any:
-    return getattr(module.tl, str(dtype).removeprefix("torch."))
-
-
-@dataclass(eq=False)
-class _Launch:
-    """One kernel launch: the tensors of one (device, dtypes) group, as device tables."""
-
-    index: list[int]  # positions of this launch's tensors in the lists
-    meta: Tensor  # int64 [n, 8]
-    grads: Tensor  # int64 [n]: gradient addresses (the current one of grad_tables)
-    chunks: Tensor  # int32 [n_chunks, 2]
-    counters: Tensor  # int32 [n]
-    n_chunks: int
-    p_dtype: torch.dtype
-    g_dtype: torch.dtype
-    s_dtype: torch.dtype
-    aligned: bool
-    direct: dict[tuple, Any] = field(default_factory=dict)  # variant -> _Direct, or None (JIT every time)
-
-    def __post_init__(self) -> None:
-        # gradient address tables by content, newest last; never written once made, so a
-        # launch still in flight can keep reading the one it was given
-        self.grad_tables: dict[tuple[int, ...], Tensor] = {}
-        self.use_grad_table(None)
-
-    def use_grad_table(self, column: list[int] | None) -> None:
-        """Point the launch at the table of these gradient addresses (None: the current one),
-        uploading it only if none of the last few tables holds them. Gradients that come back
-        at addresses seen before (two buffers in turn, or the same blocks from the caching
-        allocator) cost no copy."""
-        if column is not None:
-            key = tuple(column)
-            table = self.grad_tables.pop(key, None)
-            if table is None:
-                table = _upload(torch.tensor(column, dtype=torch.int64), self.grads.device)
-            self.grad_tables[key] = self.grads = table
-            while len(self.grad_tables) > _GRAD_TABLES:
-                del self.grad_tables[next(iter(self.grad_tables))]
-        # what a direct launch passes for the tables: plain addresses (see _Direct)
-        self.addresses = tuple(t.data_ptr() for t in (self.meta, self.grads, self.chunks, self.counters))
-
-
-@dataclass(eq=False)
-class _Plan:
-    """The device tables of one parameter set, and what they were built from.
-
-    The plan holds no tensor: it must not keep alive a state tensor the user replaced or a
-    gradient ``zero_grad(set_to_none=True)`` dropped. It keeps the signature of what its
-    tables encode (see :func:`_signature`) and weak references to the gradients it last
-    checked, so that unchanged gradients skip the checks.
-    """
-
-    block: int
-    launches: list[_Launch]
-    signature: list[Any] | bytes  # see _signature (bytes: the host accelerator's)
-    simple: bool  # every parameter real and contiguous: new gradients need only a light check
-    g_dtypes: list[torch.dtype]
-    numels: list[int]
-    devices: list[int]
-    g_addresses: list[int] = field(default_factory=list)
-    grad_refs: list[weakref.ref] = field(default_factory=list)
-    host: ModuleType | None = None  # the accelerator that made `signature`, if one did
-    g_layout: bytes = b""  # with `host`: the gradients' layout and addresses (host.grads)
-    g_address_bytes: bytes = b""
-
-
-_plans: dict[int, _Plan] = {}
-_GRAD_TABLES = 4  # gradient address tables kept per launch
 
 
 def _real(t: Tensor) -> Tensor:
@@ -179,15 +94,8 @@ def _same_dense_layout(tensors: list[Tensor]) -> bool:
     return True
 
 
-def _upload(table: Tensor, device: torch.device) -> Tensor:
-    """Copy a host table to the device without a host sync (pinned memory, async copy)."""
-    if device.type != "cuda":
-        return table
-    return table.pin_memory().to(device, non_blocking=True)
-
-
-def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
-    """Validate the tensors and build the device tables, one launch per (device, dtypes)."""
+def _check(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int]]:
+    """Check every tensor; the positions of the tensors, by (device, dtypes) of one launch."""
     params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
@@ -212,179 +120,64 @@ def _build_plan(lists: tuple[list[Tensor], ...]) -> _Plan:
                 f"(dense, strides {p.stride()}); got gradient strides {g.stride()}, state strides {v.stride()}"
             )
         groups.setdefault((p.device, p.dtype, g.dtype, v.dtype), []).append(i)
-
-    launches = []
-    for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
-        tensors = [[_real(lst[i]) for i in index] for lst in (params, exp_avgs, exp_avg_sqs, maxes)]
-        addresses = [[t.data_ptr() for t in row] for row in tensors]
-        addresses.append([steps[i].data_ptr() for i in index])
-        g_addresses = [_real(grads[i]).data_ptr() for i in index]
-        numels = torch.tensor([t.numel() for t in tensors[0]], dtype=torch.int64)
-        n_chunks = torch.clamp((numels + BLOCK - 1) // BLOCK, min=1)  # an empty tensor still counts its step
-        meta = torch.cat(
-            [torch.tensor(addresses, dtype=torch.int64), numels[None], n_chunks[None], torch.zeros_like(numels)[None]]
-        ).T
-        first = torch.cumsum(n_chunks, 0) - n_chunks
-        owner = torch.repeat_interleave(torch.arange(len(index)), n_chunks)
-        chunk = torch.arange(int(n_chunks.sum())) - first[owner]
-        chunks = torch.stack([owner, chunk], dim=1).to(torch.int32)
-        launches.append(
-            _Launch(
-                index=index,
-                meta=_upload(meta.contiguous(), device),
-                grads=_upload(torch.tensor(g_addresses, dtype=torch.int64), device),
-                chunks=_upload(chunks, device),
-                counters=torch.zeros(len(index), dtype=torch.int32, device=device),
-                n_chunks=chunks.shape[0],
-                p_dtype=p_dtype,
-                g_dtype=g_dtype,
-                s_dtype=s_dtype,
-                aligned=all(a % 16 == 0 for row in addresses[:4] for a in row)
-                and all(a % 16 == 0 for a in g_addresses),
-            )
-        )
-        launches[-1].grad_tables[tuple(g_addresses)] = launches[-1].grads
-    plan = _Plan(
-        block=BLOCK,
-        launches=launches,
-        signature=[],
-        simple=all(map(Tensor.is_contiguous, params)) and not any(map(Tensor.is_complex, params)),
-        g_dtypes=list(map(_dtype, grads)),
-        numels=list(map(Tensor.numel, params)),
-        devices=list(map(Tensor.get_device, params)),
-    )
-    _adopt_host(plan, lists)
-    if plan.host is None:  # the Python checks
-        plan.signature = _signature(lists)
-        _remember_grads(plan, grads, list(map(Tensor.data_ptr, grads)))
-    return plan
-
-
-def _adopt_host(plan: _Plan, lists: tuple[Any, ...]) -> None:
-    """Let the host accelerator, if loaded, check ``plan`` from now on: record what it
-    reads of the tensors the plan was just checked (or built) against."""
-    host = _host.loaded()
-    signature = host.signature(*_host_lists(lists)) if host is not None else None
-    info = host.grads(lists[1]) if signature is not None else None
-    if info is not None:  # else no accelerator, or tensors it does not read (a subclass)
-        plan.host, plan.signature = host, signature
-        plan.g_layout, plan.g_address_bytes = info
-        plan.grad_refs = []
-
-
-def _host_lists(lists: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The arguments of the accelerator's ``signature``: what :func:`_signature` reads."""
-    params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
-    return params, exp_avgs, exp_avg_sqs, () if maxes is exp_avg_sqs else maxes, steps
+    return groups
 
 
 _dtype = Tensor.dtype.__get__
-_deref = weakref.ref.__call__
-_data_ptr = Tensor.data_ptr
+_device = Tensor.device.__get__
+_is_contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
-_nbytes = Tensor.nbytes.__get__
+_data_ptr = Tensor.data_ptr
 _misaligned = (15).__and__  # an address that is not a multiple of 16 bytes
 
 
-def _remember_grads(plan: _Plan, grads: list[Tensor], addresses: list[int]) -> None:
-    plan.g_addresses = addresses
-    plan.grad_refs = list(map(weakref.ref, grads))
-
-
-def _signature(lists: tuple[Any, ...]) -> list[Any]:
-    """What the tables encode apart from gradients: the address of every parameter, state
-    tensor and step count, each parameter's size, dtype and layout, and each state tensor's
-    size in bytes. Addresses are read anew every step: ``t.data = ...`` (moving state to
-    another device, ``Module._apply``) keeps the tensor object and changes its memory."""
-    params, _, exp_avgs, exp_avg_sqs, maxes, steps = lists
-    if maxes is exp_avg_sqs:  # no amsgrad: the kernel never touches a max
-        maxes = ()
-    signature: list[Any] = list(map(_data_ptr, itertools.chain(params, exp_avgs, exp_avg_sqs, maxes, steps)))
-    signature += map(_numel, params)
-    signature += map(_dtype, params)
-    # a state tensor freed and made again, smaller or narrower, can land at the old address
-    signature += map(_nbytes, itertools.chain(exp_avgs, exp_avg_sqs, maxes))
-    contiguous = list(map(Tensor.is_contiguous, params))
-    signature += contiguous  # p.data = p.data.t(): same address and size, other element order
-    if not all(contiguous):
-        signature += map(Tensor.stride, params)
-    return signature
-
-
-def _still_valid(plan: _Plan, lists: tuple[Any, ...]) -> bool:
-    """Whether ``plan``'s tables describe these tensors: the same signature, and gradients
-    that are the tensors last checked at the addresses last seen. Other gradients (new
-    tensors after ``zero_grad(set_to_none=True)``, or moved ones) are checked for dtype,
-    size, device, contiguity and 16-byte alignment, and the launch switches to the table of
-    their addresses (see :meth:`_Launch.use_grad_table`)."""
-    if plan.block != BLOCK:
-        return False
-    grads = lists[1]
-    if plan.host is not None:
-        return _still_valid_host(plan, lists)
-    if _signature(lists) != plan.signature:
-        return False
+def _groups(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int] | range]:
+    """The launches of this step. The common case (one device, one dtype each for
+    parameters, gradients and state, everything contiguous, real and of matching size) is
+    checked list by list with C-level calls; anything else goes through :func:`_check`."""
+    params = lists[0]
     try:
-        addresses = list(map(_data_ptr, grads))
-    except RuntimeError:  # a gradient without storage (sparse): rebuilding names the problem
-        return False
-    if addresses == plan.g_addresses and all(map(operator.is_, grads, map(_deref, plan.grad_refs))):
-        return True
-    if not (
-        plan.simple
-        and list(map(_dtype, grads)) == plan.g_dtypes
-        and all(map(Tensor.is_contiguous, grads))
-        and list(map(Tensor.numel, grads)) == plan.numels
-        and list(map(Tensor.get_device, grads)) == plan.devices
-    ):
-        return False
-    if addresses != plan.g_addresses:
-        if not _use_grad_addresses(plan, addresses):
-            return False
-    _remember_grads(plan, grads, addresses)
-    return True
+        p_dtypes, g_dtypes, s_dtypes = (set(map(_dtype, lst)) for lst in lists[:3])
+        devices = set(map(_device, params))
+        numels = list(map(_numel, params))
+        common = (
+            len(p_dtypes) == len(g_dtypes) == len(s_dtypes) == len(devices) == 1
+            and (p_dtypes | g_dtypes | s_dtypes) <= set(_SUPPORTED)
+            and set(map(_dtype, lists[3])) == set(map(_dtype, lists[4])) == s_dtypes
+            and set(map(_dtype, lists[5])) == {torch.float32}
+            and all(all(map(_is_contiguous, lst)) for lst in lists[:5])
+            and all(list(map(_numel, lst)) == numels for lst in lists[1:5])
+            and set(map(_device, lists[5])) == devices
+        )
+    except RuntimeError:  # e.g. is_contiguous() of a sparse gradient: _check names it
+        common = False
+    if common and all(set(map(_device, lst)) == devices for lst in lists[1:5]):
+        return {(devices.pop(), p_dtypes.pop(), g_dtypes.pop(), s_dtypes.pop()): range(len(params))}
+    return _check(lists)
 
 
-def _still_valid_host(plan: _Plan, lists: tuple[Any, ...]) -> bool:
-    """:func:`_still_valid` by the host accelerator: the same signature, the gradients'
-    layout as when the plan was built (checked then), and their addresses."""
-    host = plan.host
-    assert host is not None
-    if host.signature(*_host_lists(lists)) != plan.signature:
-        return False
-    info = host.grads(lists[1])
-    if info is None or info[0] != plan.g_layout:
-        return False
-    if info[1] != plan.g_address_bytes:
-        if not plan.simple or not _use_grad_addresses(plan, array("q", info[1]).tolist()):
-            return False
-        plan.g_address_bytes = info[1]
-    return True
-
-
-def _use_grad_addresses(plan: _Plan, addresses: list[int]) -> bool:
-    """Point every launch at the table of these gradient addresses; False (rebuild) if one
-    is misaligned for a kernel specialized for 16-byte alignment."""
-    columns = [addresses if len(launch.index) == len(addresses) else [addresses[i] for i in launch.index]
-               for launch in plan.launches]  # fmt: skip
-    if any(launch.aligned and any(map(_misaligned, column)) for launch, column in zip(plan.launches, columns)):
-        return False  # the kernel was specialized for 16-byte aligned addresses
-    for launch, column in zip(plan.launches, columns):
-        launch.use_grad_table(column)
-    return True
-
-
-def _plan_for(lists: tuple[list[Tensor], ...]) -> _Plan:
-    key = id(lists[5][0])
-    plan = _plans.get(key)
-    if plan is not None and _still_valid(plan, lists):
-        if plan.host is None and _host.loaded() is not None:
-            _adopt_host(plan, lists)  # the accelerator was loaded since this plan was made
-        return plan
-    if plan is None:  # forget the plan (and free its tables) with the step tensor it hangs on
-        weakref.finalize(lists[5][0], _plans.pop, key, None)
-    plan = _plans[key] = _build_plan(lists)
-    return plan
+def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[array, int, bool]:
+    """The step's int64 table [8, n + 1] (flat) for the tensors at ``index``, the number of
+    chunks, and whether every address is 16-byte aligned."""
+    n = len(index)
+    whole = n == len(lists[0])
+    tensors = [lst if whole else [lst[i] for i in index] for lst in lists]
+    if any(map(Tensor.is_complex, tensors[0])):
+        tensors = [[_real(t) for t in lst] for lst in tensors[:5]] + [tensors[5]]
+    table = array("q")
+    for lst in tensors:  # rows 0..5: addresses
+        table.extend(map(_data_ptr, lst))
+        table.append(0)
+    aligned = not any(map(_misaligned, table[: 5 * (n + 1)]))
+    numels = array("q", map(_numel, tensors[0]))
+    # an empty tensor still gets one program: it advances the tensor's step count
+    chunks = np.maximum((np.frombuffer(numels, dtype=np.int64) + (BLOCK - 1)) // BLOCK, 1)
+    first = array("q", [0])
+    first.frombytes(np.cumsum(chunks).tobytes())
+    table.extend(numels)
+    table.append(0)
+    table.extend(first)
+    return table, first[n], aligned
 
 
 def _update(
@@ -398,166 +191,79 @@ def _update(
     state_steps: list[Tensor],
     *,
     lr: Any,
-    beta1: float,
-    beta2: float,
+    beta1: Any,
+    beta2: Any,
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
     amsgrad: bool,
     maximize: bool,
-    bias_correction: Any,
+    bias_correction: bool | str,
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
 ) -> None:
     if not params:
         return
+    if bias_correction == "recursive":
+        raise ValueError("bias_correction='recursive' is not supported by the fused kernels; use foreach=True")
     if interpret:
         if params[0].is_cuda:
             raise RuntimeError(f"interpreted_update runs on CPU tensors; got {params[0].device}")
     elif not params[0].is_cuda:
         raise RuntimeError(f"fused_cuda updates CUDA tensors; got {params[0].device} (use foreach=True)")
-    elif torch.compiler.is_compiling():
-        # Under torch.compile the update runs eagerly: the device tables and the direct
-        # launch are host code (dynamo would guard on every address).
-        return _update_eagerly(
-            interpret, rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-            lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-            bias_correction=bias_correction, capturable=capturable, grad_scale=grad_scale, found_inf=found_inf,
-        )  # fmt: skip
-    module = _modules.get(interpret) or _kernel_module(interpret)
-    if is_dtensor(params[0]):  # FSDP2, called directly: this rank's shards
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = local_shards(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
-        )
+    module = kernel_module(interpret)
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
-    plan = _plan_for(lists)
+    groups = _groups(lists)
     lr_on_device = isinstance(lr, Tensor)
-    if lr_on_device and lr.device != params[0].device:
-        lr = lr.to(device=params[0].device, dtype=torch.float32)
-    variant = (
-        rule, bias_correction, amsgrad, maximize, decoupled_weight_decay, weight_decay != 0, lr_on_device,
-        grad_scale is not None, found_inf is not None, NUM_WARPS,
-    )  # fmt: skip
-    # lr, grad_scale and found_inf: tensors (pointers) or None; the rest plain numbers
-    scalars = (
-        0.0 if lr_on_device else float(lr),
-        lr if lr_on_device else None,
-        grad_scale,
-        found_inf,
-        1.0 - beta1,  # computed in float64, then rounded: 1-β2 keeps its 7 digits
-        1.0 - beta2,
-        eps,
-        weight_decay,
-    )
-    if interpret:
-        for launch in plan.launches:
-            module.adam_family_kernel[(launch.n_chunks,)](*_args(launch, scalars), **_flags(module, launch, variant))
-        return
-    index = params[0].get_device()
-    if index != torch._C._cuda_getDevice():  # Triton launches on the current device
-        with torch.cuda.device(index):
-            for launch in plan.launches:
-                _launch(module, launch, variant, scalars, index)
-    else:
-        for launch in plan.launches:
-            _launch(module, launch, variant, scalars, index)
-
-
-def _args(launch: _Launch, scalars: tuple) -> tuple:
-    """The kernel's runtime arguments for a JIT launch (pointers as tensors)."""
-    lr, lr_tensor, grad_scale, found_inf, *rest = scalars
-    pointers = [launch.counters if t is None else t for t in (lr_tensor, grad_scale, found_inf)]
-    return (launch.meta, launch.grads, launch.chunks, launch.counters, lr, *pointers, *rest)
-
-
-def _flags(module: ModuleType, launch: _Launch, variant: tuple) -> dict[str, Any]:
-    rule, bias_correction, amsgrad, maximize, decoupled, has_wd, lr_on_device, has_scale, has_inf, _ = variant
-    return dict(
-        RULE=0 if rule == "adam" else 1,
-        BIAS_CORRECTION=_BIAS_CORRECTION[bias_correction],
-        AMSGRAD=bool(amsgrad),
-        MAXIMIZE=bool(maximize),
-        DECOUPLED=bool(decoupled),
-        HAS_WEIGHT_DECAY=bool(has_wd),
-        LR_ON_DEVICE=lr_on_device,
-        HAS_GRAD_SCALE=has_scale,
-        HAS_FOUND_INF=has_inf,
-        P_DTYPE=_tl_dtype(module, launch.p_dtype),
-        G_DTYPE=_tl_dtype(module, launch.g_dtype),
-        S_DTYPE=_tl_dtype(module, launch.s_dtype),
-        ALIGNED=launch.aligned,
-        BLOCK=BLOCK,
-    )
-
-
-def _launch(module: ModuleType, launch: _Launch, variant: tuple, scalars: tuple, device_index: int) -> None:
-    """Launch on the current stream. The first launch of a variant goes through Triton's
-    JIT (compiling if needed) and keeps a direct way into the compiled kernel's launcher;
-    later launches take it, with plain addresses for the pointers (see :class:`_Direct`)."""
-    direct = launch.direct.get(variant)
-    hooks = module.triton.knobs.runtime  # a profiler's launch hooks need the JIT path
-    if direct is not None and _no_hook(hooks.launch_enter_hook) and _no_hook(hooks.launch_exit_hook):
-        lr, lr_tensor, grad_scale, found_inf, *rest = scalars
-        dummy = launch.addresses[3]  # stands in for absent pointers; never read
-        grid, after_stream = direct.head
-        direct.c_launch(
-            *grid, torch._C._cuda_getCurrentRawStream(device_index), *after_stream,
-            *launch.addresses, lr,
-            dummy if lr_tensor is None else lr_tensor.data_ptr(),
-            dummy if grad_scale is None else grad_scale.data_ptr(),
-            dummy if found_inf is None else found_inf.data_ptr(),
-            *rest, *direct.tail,
+    # w1 = 1-β1 and w2 = 1-β2 do not depend on t (no "recursive" here): computed once, in
+    # float64, so that 1-β2 keeps its digits; the kernel derives step_size and bc2_sqrt from t.
+    k = coefficients(1.0, lr=1.0, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
+    for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
+        table, n_chunks, aligned = _table(lists, index)
+        table = torch.frombuffer(table, dtype=torch.int64).to(device)
+        counters = torch.zeros(len(index), dtype=torch.int32, device=device)
+        dummy = table  # stands in for absent pointer arguments; never read
+        lr_t, scale_t, inf_t = (_on(t, device) for t in (lr if lr_on_device else None, grad_scale, found_inf))
+        launch = module.adam_family_kernel[(n_chunks,)]
+        arguments = (
+            table, counters, len(index), 0.0 if lr_on_device else float(lr), dummy if lr_t is None else lr_t,
+            dummy if scale_t is None else scale_t, dummy if inf_t is None else inf_t,
+            float(k.w1), float(k.w2), float(eps), float(weight_decay),
         )  # fmt: skip
-        return
-    flags = _flags(module, launch, variant)
-    args = _args(launch, scalars)
-    kernel = module.adam_family_kernel[(launch.n_chunks,)](*args, **flags, num_warps=NUM_WARPS)
-    launch.direct[variant] = _Direct.of(module, kernel, launch.n_chunks, flags, len(args))
+        flags = dict(
+            YOGI=rule == "yogi", BIAS_CORRECTION=bool(bias_correction), AMSGRAD=bool(amsgrad),
+            MAXIMIZE=bool(maximize), DECOUPLED=bool(decoupled_weight_decay), HAS_WEIGHT_DECAY=weight_decay != 0,
+            LR_ON_DEVICE=lr_on_device, HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
+            P_DTYPE=_TL_DTYPES[p_dtype], G_DTYPE=_TL_DTYPES[g_dtype], S_DTYPE=_TL_DTYPES[s_dtype],
+            ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        )  # fmt: skip
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):  # Triton launches on the current device
+                launch(*arguments, **flags)
+        else:
+            launch(*arguments, **flags)
 
 
-class _Direct:
-    """A compiled kernel's C launcher, called without Triton's Python layers.
-
-    Triton's JIT launch binds arguments, looks up its cache and, for every tensor, calls
-    ``data_ptr()`` and asks CUDA about the pointer: 22 microseconds per launch on the H200
-    machine's host, against 4 for the C launcher it ends in (benchmarks/RESULTS.md). This
-    calls that C function with the same arguments, pointers passed as integers. Its argument list is Triton's
-    own business, so this is used only on the Triton versions it was checked against (see
-    ``_DIRECT_TRITON``), only while no launch hooks (profilers) are registered, and never
-    for a kernel that needs scratch memory; everything else goes through the JIT.
-    """
-
-    __slots__ = ("c_launch", "head", "tail")
-
-    def __init__(self, c_launch: Any, head: tuple, tail: tuple) -> None:
-        self.c_launch, self.head, self.tail = c_launch, head, tail
-
-    @classmethod
-    def of(cls, module: ModuleType, kernel: Any, n_chunks: int, flags: dict, n_args: int) -> _Direct | None:
-        """The direct way into ``kernel``'s launcher, or None where it is not known to be safe."""
-        run = kernel.run
-        known = module.triton.__version__.startswith(_DIRECT_TRITON)
-        if not known or run.global_scratch_size or run.profile_scratch_size:
-            return None
-        after_stream = (kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None)
-        after_stream += (kernel.packed_metadata, None, None, None)  # launch metadata, enter/exit hooks
-        constants = tuple(flags[name] for name in module.adam_family_kernel.arg_names[n_args:])
-        return cls(run.launch, ((n_chunks, 1, 1), after_stream), constants)
+def _on(t: Tensor | None, device: torch.device) -> Tensor | None:
+    """A 0-dim scalar tensor (lr, grad_scale, found_inf) on the launch's device."""
+    return t if t is None or t.device == device else t.to(device=device, dtype=torch.float32)
 
 
-_DIRECT_TRITON = ("3.6.",)  # launcher argument lists checked against (GPU run in benchmarks/RESULTS.md)
-
-
-def _no_hook(hook: Any) -> bool:
-    return hook is None or not getattr(hook, "calls", True)  # Triton 3.6: an empty HookChain
+_TL_DTYPES: dict[torch.dtype, Any] = {}  # torch dtype -> Triton dtype, filled by kernel_module
 
 
 _update_eagerly = torch.compiler.disable(_update)
 
-fused_cuda_update = functools.partial(_update, False)
-fused_cuda_update.__doc__ = "One step of ``rule`` on CUDA tensors; the signature of every implementation."
+
+def fused_cuda_update(*args: Any, **kwargs: Any) -> None:
+    """One step of ``rule`` on CUDA tensors; the signature of every implementation. Under
+    ``torch.compile`` it runs eagerly: the table is host code (dynamo would guard on every
+    address)."""
+    if torch.compiler.is_compiling():
+        return _update_eagerly(False, *args, **kwargs)
+    return _update(False, *args, **kwargs)
+
 
 interpreted_update = functools.partial(_update, True)
 interpreted_update.__doc__ = "The same kernel on CPU tensors under Triton's interpreter (slow; for tests)."

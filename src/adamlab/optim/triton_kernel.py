@@ -2,34 +2,33 @@
 
 This module imports Triton; :mod:`adamlab.optim.triton_fused` imports it lazily, so adamlab
 runs without Triton. The same source is also loaded a second time with
-``TRITON_INTERPRET=1`` (see ``triton_fused._kernel_module``) to run on CPU tensors in tests.
+``TRITON_INTERPRET=1`` (see ``triton_fused.kernel_module``) to run on CPU tensors in tests.
 
 One launch updates every tensor of a group. Program ``pid`` owns one chunk of ``BLOCK``
-elements of one tensor; it finds which through a device-side table built once on the host
-(``triton_fused._Launch``) and reused across steps:
+elements of one tensor; it finds which by a binary search in the table's last row, the
+first chunk of every tensor. The table is built on the host each step (int64, 8 rows of
+n + 1 columns)::
 
-    chunks[pid, 0]  tensor index i       chunks[pid, 1]  chunk index c within tensor i
-    meta[i, k]      addresses of p, v (exp_avg), s (exp_avg_sq), max(s), step  (k = 0..4)
-    meta[i, 5]      numel of tensor i     meta[i, 6]      number of chunks of tensor i
-    meta[i, 7]      unused (a row is 64 bytes)
-    grads[i]        address of tensor i's gradient
-
-The gradient addresses are a table of their own: ``zero_grad(set_to_none=True)`` gives new
-gradient buffers every step, and switching tables (kept by content) costs no rebuild.
+    row 0..5   addresses of θ, g, v (exp_avg), s (exp_avg_sq), max s, step count t
+    row 6      numel of each tensor
+    row 7      first chunk of each tensor (row 7[n] = the number of chunks; at least one per tensor)
 
 The update follows :func:`adamlab.reference.step` line by line, in float32 (parameters and
-state may be bf16/fp16; they are widened on load and rounded once on store)::
+state may be bf16/fp16; they are widened on load and rounded once on store), with the
+field names of :class:`adamlab._moments.Coefficients`::
 
     g ← g / grad_scale                           if a GradScaler passed grad_scale
     g ← -g                                       if maximize
     θ ← θ (1 - ηλ)   or   g ← g + λθ             decoupled or L2 weight decay
-    v ← v + w1 (g - v)                           w1 = 1-β1   (recursive: (1-β1)/(1-β1^t))
+    v ← v + w1 (g - v)                           w1 = 1-β1
     s ← the rule's second-moment line            the only line where Adam and Yogi differ
-    θ ← θ - step_size · v / (√s / bc2 + ε)       step_size = η/(1-β1^t), bc2 = √(1-β2^t)
+    θ ← θ - step_size · v / (√s / bc2_sqrt + ε)  step_size = η/(1-β1^t), bc2_sqrt = √(1-β2^t)
 
-The step count t lives on the device. Every program reads the old count; the last program
-of a tensor to finish (a per-tensor atomic counter, reset by that program) writes t. With
-``found_inf`` set, every program skips everything, the count included: no host sync.
+The fused paths do not take ``bias_correction="recursive"`` (keep2 = c2_prev = 1 here).
+The step count t lives on the device; every program reads the old count, and the last
+program of a tensor to finish (a per-tensor atomic counter, zeros at launch) writes t + 1.
+step_size and bc2_sqrt are computed from t here (:func:`coefficients`), so no step needs a
+host sync. With ``found_inf`` set every program skips everything, the count included.
 """
 
 from __future__ import annotations
@@ -59,87 +58,55 @@ def complement_pow(d, n):
 
 
 @triton.jit
+def coefficients(t, lr, w1, w2, BIAS_CORRECTION: tl.constexpr):
+    """The t-dependent fields of :func:`adamlab._moments.coefficients`: (step_size, bc2_sqrt)."""
+    step_size = lr
+    bc2_sqrt = 1.0
+    if BIAS_CORRECTION:
+        n = t.to(tl.int32)
+        step_size = lr / complement_pow(w1, n)
+        bc2_sqrt = tl.sqrt(complement_pow(w2, n))
+    return step_size, bc2_sqrt
+
+
+@triton.jit
 def sign(x):
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
 
 
 @triton.jit
-def update(
-    p,
-    g,
-    v,
-    s,
-    s_max,
-    inv_scale,
-    lr,
-    weight_decay,
-    w1,
-    w2,
-    one_minus_beta2,
-    c2_prev,
-    keep2,
-    step_size,
-    bc2_sqrt,
-    eps,
-    RULE: tl.constexpr,
-    RECURSIVE: tl.constexpr,
-    AMSGRAD: tl.constexpr,
-    MAXIMIZE: tl.constexpr,
-    DECOUPLED: tl.constexpr,
-    HAS_WEIGHT_DECAY: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr,
-):
-    """One step on float32 blocks; returns the new (θ, v, s, max s)."""
-    if HAS_GRAD_SCALE:
-        g = g * inv_scale
-    if MAXIMIZE:
-        g = -g
-    if HAS_WEIGHT_DECAY:
-        if DECOUPLED:
-            p = p * (1.0 - lr * weight_decay)
-        else:
-            g = g + weight_decay * p
+def update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI: tl.constexpr, AMSGRAD: tl.constexpr):
+    """One step on float32 blocks (g already scaled, negated and weight-decayed)."""
     v = v + w1 * (g - v)
     g2 = g * g
-    # ---- the second moment: the one place where Adam and Yogi differ -------------------
-    # Recursive forms are weighted sums, never ŝ + ρ_t (… - ŝ): at t = 1 (ρ_1 = 1) that
-    # subtracts s0 from itself and rounds ŝ_1 to 0 in float32 when g² << s0.
-    if RULE == 0:  # Adam
-        if RECURSIVE:  # ŝ ← (1 - ρ_t) ŝ + ρ_t g²
-            s = (1.0 - w2) * s + w2 * g2
-        else:  # s ← β2 s + (1-β2) g²
-            s = s + w2 * (g2 - s)
-    else:  # Yogi
-        if RECURSIVE:  # ŝ ← (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
-            s = keep2 * s + w2 * (sign(g2 - c2_prev * s) * g2)
-        else:  # s ← s - (1-β2) sgn(s - g²) g²
-            s = s - one_minus_beta2 * sign(s - g2) * g2
-    # -------------------------------------------------------------------------------------
+    if YOGI:  # s ← s + w2 sgn(g² - s) g²     (the one line where Adam and Yogi differ)
+        s = s + w2 * (sign(g2 - s) * g2)
+    else:  # s ← β2 s + w2 g², as s + w2 (g² - s)
+        s = s + w2 * (g2 - s)
     if AMSGRAD:
         s_max = tl.maximum(s_max, s)
         denom = tl.sqrt(s_max) / bc2_sqrt + eps
     else:
-        denom = tl.sqrt(s) / bc2_sqrt + eps
+        denom = tl.sqrt(s) / bc2_sqrt + eps  # ε after the square root
     p = p - step_size * (v / denom)
     return p, v, s, s_max
 
 
-@triton.jit(do_not_specialize_on_alignment=["lr_ptr", "grad_scale_ptr", "found_inf_ptr"])
+@triton.jit
 def adam_family_kernel(
-    meta_ptr,  # int64 [n_tensors, 8]: see the module docstring
-    grads_ptr,  # int64 [n_tensors]: gradient addresses
-    chunks_ptr,  # int32 [n_chunks, 2]
-    counters_ptr,  # int32 [n_tensors], all zero between launches
+    table_ptr,  # int64 [8, n + 1]: see the module docstring
+    counters_ptr,  # int32 [n], zeros: programs of tensor i done so far
+    n,  # number of tensors
     lr,  # float, unless LR_ON_DEVICE
     lr_ptr,  # 0-dim float32 tensor when LR_ON_DEVICE
     grad_scale_ptr,
     found_inf_ptr,
-    one_minus_beta1,
-    one_minus_beta2,
+    w1,
+    w2,
     eps,
     weight_decay,
-    RULE: tl.constexpr,  # 0 Adam, 1 Yogi
-    BIAS_CORRECTION: tl.constexpr,  # 0 off, 1 on, 2 recursive
+    YOGI: tl.constexpr,
+    BIAS_CORRECTION: tl.constexpr,
     AMSGRAD: tl.constexpr,
     MAXIMIZE: tl.constexpr,
     DECOUPLED: tl.constexpr,
@@ -158,18 +125,23 @@ def adam_family_kernel(
     if HAS_FOUND_INF:
         skip = tl.load(found_inf_ptr).to(tl.float32)
     if skip == 0.0:
-        # Rows, not columns: a program's table entries share one cache line.
-        i = tl.load(chunks_ptr + 2 * pid)
-        c = tl.load(chunks_ptr + 2 * pid + 1)
-        row = meta_ptr + 8 * i.to(tl.int64)
-        p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
-        g_ptr = tl.load(grads_ptr + i).to(tl.pointer_type(G_DTYPE))
-        v_ptr = tl.load(row + 1).to(tl.pointer_type(S_DTYPE))
-        s_ptr = tl.load(row + 2).to(tl.pointer_type(S_DTYPE))
-        m_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
-        step_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
-        numel = tl.load(row + 5)
-        tensor_chunks = tl.load(row + 6)
+        width = n + 1
+        first = table_ptr + 7 * width
+        lo = pid * 0  # the tensor i with first[i] <= pid < first[i + 1]
+        hi = n + pid * 0  # a tensor: Triton passes n == 1 as a constant
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            right = tl.load(first + mid) <= pid
+            lo = tl.where(right, mid, lo)
+            hi = tl.where(right, hi, mid)
+        i = lo
+        p_ptr = tl.load(table_ptr + i).to(tl.pointer_type(P_DTYPE))
+        g_ptr = tl.load(table_ptr + width + i).to(tl.pointer_type(G_DTYPE))
+        v_ptr = tl.load(table_ptr + 2 * width + i).to(tl.pointer_type(S_DTYPE))
+        s_ptr = tl.load(table_ptr + 3 * width + i).to(tl.pointer_type(S_DTYPE))
+        m_ptr = tl.load(table_ptr + 4 * width + i).to(tl.pointer_type(S_DTYPE))
+        step_ptr = tl.load(table_ptr + 5 * width + i).to(tl.pointer_type(tl.float32))
+        numel = tl.load(table_ptr + 6 * width + i)
         if ALIGNED:
             p_ptr = tl.multiple_of(p_ptr, 16)
             g_ptr = tl.multiple_of(g_ptr, 16)
@@ -178,7 +150,7 @@ def adam_family_kernel(
             m_ptr = tl.multiple_of(m_ptr, 16)
 
         # Issue the loads first: they stay in flight while the scalars below are computed.
-        start = c.to(tl.int64) * BLOCK
+        start = (pid - tl.load(first + i)) * BLOCK
         offs = start + tl.arange(0, BLOCK)
         full = start + BLOCK <= numel
         mask = offs < numel
@@ -187,7 +159,7 @@ def adam_family_kernel(
             g = tl.load(g_ptr + offs).to(tl.float32)
             v = tl.load(v_ptr + offs).to(tl.float32)
             s = tl.load(s_ptr + offs).to(tl.float32)
-        else:  # the tail of a tensor (or an empty tensor's only chunk)
+        else:  # the tail of a tensor
             p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -199,37 +171,20 @@ def adam_family_kernel(
             else:
                 s_max = tl.load(m_ptr + offs, mask=mask, other=1.0).to(tl.float32)
 
-        # ---- per-step scalars (adamlab.optim._coefficients, in float32) -----------------
-        t = tl.load(step_ptr) + 1.0
-        n = t.to(tl.int32)
         if LR_ON_DEVICE:
             lr = tl.load(lr_ptr).to(tl.float32)
-        inv_scale = 1.0
+        t = tl.load(step_ptr) + 1.0  # every program reads the old count
+        step_size, bc2_sqrt = coefficients(t, lr, w1, w2, BIAS_CORRECTION)
         if HAS_GRAD_SCALE:
-            inv_scale = 1.0 / tl.load(grad_scale_ptr).to(tl.float32)
-        w1 = one_minus_beta1
-        w2 = one_minus_beta2
-        step_size = lr
-        bc2_sqrt = 1.0
-        c2_prev = 0.0
-        keep2 = 0.0
-        if BIAS_CORRECTION == 1:
-            step_size = lr / complement_pow(one_minus_beta1, n)
-            bc2_sqrt = tl.sqrt(complement_pow(one_minus_beta2, n))
-        if BIAS_CORRECTION == 2:
-            # c_t = 1-β2^t from complements (no cancellation). At t = 1, ρ_1 = (1-β2)/c_1 = 1 and
-            # c_0/c_1 = 0 are exact, so ŝ_1 = g² whatever s0 is (v̂_1 = g likewise).
-            c2 = complement_pow(one_minus_beta2, n)
-            c2_prev = complement_pow(one_minus_beta2, n - 1)
-            w1 = one_minus_beta1 / complement_pow(one_minus_beta1, n)
-            w2 = one_minus_beta2 / c2  # ρ_t
-            keep2 = c2_prev / c2  # c_{t-1}/c_t
-
-        p, v, s, s_max = update(
-            p, g, v, s, s_max, inv_scale, lr, weight_decay, w1, w2, one_minus_beta2, c2_prev, keep2,
-            step_size, bc2_sqrt, eps, RULE, BIAS_CORRECTION == 2, AMSGRAD, MAXIMIZE, DECOUPLED,
-            HAS_WEIGHT_DECAY, HAS_GRAD_SCALE,
-        )  # fmt: skip
+            g = g * (1.0 / tl.load(grad_scale_ptr).to(tl.float32))
+        if MAXIMIZE:
+            g = -g
+        if HAS_WEIGHT_DECAY:
+            if DECOUPLED:
+                p = p * (1.0 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        p, v, s, s_max = update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI, AMSGRAD)
         if full:
             tl.store(p_ptr + offs, p.to(P_DTYPE))
             tl.store(v_ptr + offs, v.to(S_DTYPE))
@@ -243,9 +198,8 @@ def adam_family_kernel(
             if AMSGRAD:
                 tl.store(m_ptr + offs, s_max.to(S_DTYPE), mask=mask)
 
-        # The last program of tensor i to get here writes t (all others have read the old
-        # count before their atomic) and resets the counter for the next launch.
+        # The last program of tensor i to get here writes t: all others have read the old
+        # count before their atomic.
         done = tl.atomic_add(counters_ptr + i, 1)
-        if done == tensor_chunks - 1:
+        if done == tl.load(first + i + 1) - tl.load(first + i) - 1:
             tl.store(step_ptr, t)
-            tl.store(counters_ptr + i, 0)

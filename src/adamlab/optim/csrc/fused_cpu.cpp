@@ -1,19 +1,20 @@
 // adamlab fused CPU step: Adam and Yogi over many tensors in one call.
 //
-// One call walks a table of tensors (data pointers and sizes), computes each tensor's
-// per-step scalars from its own step count, then streams every element once:
-// read θ, g, v, s (and max s), update in registers in fp32 (fp64 for fp64 tensors),
+// One call walks a table of tensors (data pointers and sizes) and streams every element
+// once: read θ, g, v, s (and max s), update in registers in fp32 (fp64 for fp64 tensors),
 // write θ, v, s. Work is split into fixed-size chunks *across* tensors, so many small
 // tensors cost one parallel region, not one dispatch each.
 //
-// The math is adamlab.reference.step, term for term (see the comments below); the
-// per-step scalars mirror adamlab.optim._coefficients exactly (same double-precision
-// expressions, same libm), so results match the other implementations to rounding.
+// The math is adamlab.reference.step, term for term. The per-step numbers arrive as
+// `adamlab_coefficients` records, computed in Python by adamlab._moments.coefficients
+// (the same field names): this file never computes 1-β^t.
 //
-// Plain C ABI, no torch headers: it compiles in about 2.4 s on 2 cores (measured) with
-// the system compiler and is loaded with ctypes (see adamlab/optim/fused_cpu.py and
-// adamlab/_native.py). OpenMP resolves to the libgomp that torch has already loaded, so
-// it shares torch's thread pool and count.
+// Plain C ABI (extern "C"), no torch or Python headers, loaded with ctypes (see
+// adamlab/optim/fused_cpu.py). OpenMP resolves to the libgomp that torch has already
+// loaded, so it shares torch's thread pool and count.
+//
+// Portable builds: the element loop is compiled for AVX-512, AVX2 and baseline x86-64
+// (`target_clones`, GCC/clang on x86-64 Linux); the loader picks one for this CPU.
 
 #include <math.h>
 #include <stdint.h>
@@ -80,58 +81,51 @@ inline void store<bf16, double>(bf16* p, int64_t i, double x) {
 #error "adamlab's fused CPU kernel needs a compiler with _Float16 (gcc >= 12, clang >= 15)"
 #endif
 
-// ---- one tensor's scalars --------------------------------------------------------------
-struct Coef {
-  double w1;          // v ← v + w1 (g - v):  1-β1, or (1-β1)/(1-β1^t) when recursive
-  double a2, w2;      // Adam: s ← a2 s + w2 g²;  Yogi: s ← keep s + w2 sgn(g² - c s) g²
-  double c, keep;     // Yogi: c = keep = 1 (plain);  c = c_{t-1}, keep = c_{t-1}/c_t (recursive)
-  double step_size;   // η/(1-β1^t) with bias correction, else η
-  double bc2_sqrt;    // √(1-β2^t) with bias correction, else 1
+// ---- the ABI's records (field names: adamlab._moments.Coefficients) ----------------------
+}  // namespace
+
+extern "C" {
+struct adamlab_coefficients {
+  double w1;         // v ← v + w1 (g - v)
+  double w2;         // weight of g² in s
+  double step_size;  // η/(1-β1^t) with bias correction, else η
+  double bc2_sqrt;   // √(1-β2^t) with bias correction, else 1
+  double keep1;      // unused here (v's decay is 1 - w1); kept so the record is whole
+  double keep2;      // decay factor of s besides β2 (1 unless recursive)
+  double c2_prev;    // Yogi compares g² with c2_prev·s (1 unless recursive)
 };
 
-struct Hyper {
+struct adamlab_options {
   double lr, beta1, beta2, eps, weight_decay;
-  int decoupled, amsgrad, maximize, bias_correction;  // bias_correction: 0 off, 1 on, 2 recursive
-  double inv_grad_scale;
+  double inv_grad_scale;  // 1/grad_scale (AMP), else 1
+  int32_t param_dtype, state_dtype;  // 0 f32, 1 f64, 2 bf16, 3 f16
+  int32_t yogi, amsgrad, maximize, decoupled;
 };
+}  // extern "C"
 
-// Mirrors adamlab.optim._coefficients.coefficients (Python floats are C doubles).
-Coef coefficients(double t, const Hyper& h) {
-  Coef k;
-  k.c = 1.0;
-  k.keep = 1.0;
-  k.w1 = 1.0 - h.beta1;
-  k.a2 = h.beta2;
-  k.w2 = 1.0 - h.beta2;
-  k.step_size = h.lr;
-  k.bc2_sqrt = 1.0;
-  if (h.bias_correction == 2) {
-    double c2 = 1.0 - pow(h.beta2, t), c2_prev = 1.0 - pow(h.beta2, t - 1.0);
-    k.w1 = (1.0 - h.beta1) / (1.0 - pow(h.beta1, t));
-    k.w2 = (1.0 - h.beta2) / c2;
-    k.a2 = 1.0 - k.w2;  // Adam's ŝ ← ŝ + ρ(g² - ŝ) = (1-ρ) ŝ + ρ g²
-    k.keep = c2_prev / c2;
-    k.c = c2_prev;
-  } else if (h.bias_correction == 1) {
-    double bias_correction1 = 1.0 - pow(h.beta1, t);
-    double bias_correction2 = 1.0 - pow(h.beta2, t);
-    k.step_size = h.lr / bias_correction1;
-    k.bc2_sqrt = pow(bias_correction2, 0.5);
-  }
-  return k;
-}
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(ADAMLAB_NO_CLONES)
+#define ADAMLAB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ADAMLAB_CLONES
+#endif
+
+namespace {
+
+typedef adamlab_coefficients Coef;
+typedef adamlab_options Options;
 
 // ---- the element loop ------------------------------------------------------------------
 // P: parameter (and gradient) storage, S: state storage, M: math type.
 template <typename P, typename S, typename M, bool YOGI, bool AMSGRAD>
-void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restrict__ exp_avg,
-                  S* __restrict__ exp_avg_sq, S* __restrict__ max_exp_avg_sq, int64_t begin, int64_t end,
-                  const Coef& k, const Hyper& h) {
-  const M grad_mul = (M)(h.maximize ? -h.inv_grad_scale : h.inv_grad_scale);  // unscale, then g ← -g
-  const M decay = (M)(h.decoupled ? 1.0 - h.lr * h.weight_decay : 1.0);       // θ ← θ - ηλθ (AdamW)
-  const M l2 = (M)(h.decoupled ? 0.0 : h.weight_decay);                        // g ← g + λθ (L2)
-  const M w1 = (M)k.w1, a2 = (M)k.a2, w2 = (M)k.w2, c = (M)k.c, keep = (M)k.keep;
-  const M step_size = (M)k.step_size, bc2_sqrt = (M)k.bc2_sqrt, eps = (M)h.eps;
+ADAMLAB_CLONES void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restrict__ exp_avg,
+                                 S* __restrict__ exp_avg_sq, S* __restrict__ max_exp_avg_sq, int64_t begin,
+                                 int64_t end, const Coef& k, const Options& o) {
+  const M grad_mul = (M)(o.maximize ? -o.inv_grad_scale : o.inv_grad_scale);  // unscale, then g ← -g
+  const M decay = (M)(o.decoupled ? 1.0 - o.lr * o.weight_decay : 1.0);       // θ ← θ - ηλθ (AdamW)
+  const M l2 = (M)(o.decoupled ? 0.0 : o.weight_decay);                        // g ← g + λθ (L2)
+  const M w1 = (M)k.w1, w2 = (M)k.w2, keep2 = (M)k.keep2, c2_prev = (M)k.c2_prev;
+  const M adam_decay = (M)(o.beta2 * k.keep2);
+  const M step_size = (M)k.step_size, bc2_sqrt = (M)k.bc2_sqrt, eps = (M)o.eps;
   for (int64_t i = begin; i < end; ++i) {
     M theta = load<P, M>(param, i) * decay;
     M g = load<P, M>(grad, i) * grad_mul;
@@ -140,12 +134,12 @@ void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restri
     v = v + w1 * (g - v);  // v ← β1 v + (1-β1) g, written as torch's lerp
     M s = load<S, M>(exp_avg_sq, i);
     M g2 = g * g;
-    if (YOGI) {  // s ← s - (1-β2) sgn(s - g²) g²   (the one line where Yogi differs)
-      M x = g2 - c * s;
+    if (YOGI) {  // s ← keep2 s + w2 sgn(g² - c2_prev s) g²   (the one line where Yogi differs)
+      M x = g2 - c2_prev * s;
       M sign = (M)(x > (M)0) - (M)(x < (M)0);
-      s = keep * s + w2 * (sign * g2);  // recursive: (c_{t-1}/c_t) ŝ + ρ_t sgn(g² - c_{t-1} ŝ) g²
-    } else {  // s ← β2 s + (1-β2) g²
-      s = a2 * s + w2 * g2;
+      s = keep2 * s + w2 * (sign * g2);
+    } else {  // s ← (β2 keep2) s + w2 g²
+      s = adam_decay * s + w2 * g2;
     }
     M s_used = s;
     if (AMSGRAD) {  // running max of the raw s (PyTorch's form)
@@ -164,7 +158,7 @@ void update_range(P* __restrict__ param, const P* __restrict__ grad, S* __restri
   }
 }
 
-typedef void (*RangeFn)(void*, const void*, void*, void*, void*, int64_t, int64_t, const Coef&, const Hyper&);
+typedef void (*RangeFn)(void*, const void*, void*, void*, void*, int64_t, int64_t, const Coef&, const Options&);
 
 template <typename P, typename S, typename M>
 RangeFn pick_rule(int yogi, int amsgrad) {
@@ -202,43 +196,45 @@ const int64_t kSerialBelow = 1 << 15;  // below this many elements a parallel re
 
 extern "C" {
 
-int adamlab_fused_abi_version(void) { return 1; }
+int adamlab_fused_abi_version(void) { return 2; }
 
-// Returns 0 on success, a negative code for a bad argument.
+// Adds 1 to every step count (float32, as torch's) and writes the new counts to t (n
+// doubles). Returns 1 if they are all equal, else 0.
+int adamlab_advance_steps(int64_t n, float* const* steps, double* t) {
+  int same = 1;
+  for (int64_t j = 0; j < n; ++j) {
+    *steps[j] += 1.0f;
+    t[j] = (double)*steps[j];
+    same &= t[j] == t[0];
+  }
+  return same;
+}
+
+// One step over n tensors. Tensor j uses coefs[coef_index[j]] (coefs[0] when coef_index is
+// NULL). Returns 0 on success, a negative code for a bad argument.
 int adamlab_fused_step(int64_t n, const int64_t* numel, void* const* params, void* const* grads,
                        void* const* exp_avgs, void* const* exp_avg_sqs, void* const* max_exp_avg_sqs,
-                       float* const* steps, int param_dtype, int state_dtype, int yogi, double lr, double beta1,
-                       double beta2, double eps, double weight_decay, int decoupled, int amsgrad, int maximize,
-                       int bias_correction, double inv_grad_scale) {
-  RangeFn fn = pick(param_dtype, state_dtype, yogi, amsgrad);
+                       const adamlab_coefficients* coefs, const int64_t* coef_index, const adamlab_options* o) {
+  RangeFn fn = pick(o->param_dtype, o->state_dtype, o->yogi, o->amsgrad);
   if (fn == nullptr) return -1;
-  if (amsgrad && max_exp_avg_sqs == nullptr) return -2;
-  Hyper h = {lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, bias_correction, inv_grad_scale};
-
-  // Per tensor: advance its own step count, then its scalars (serial: n is small).
-  Coef* coef = (Coef*)malloc(sizeof(Coef) * (n > 0 ? n : 1));
+  if (o->amsgrad && max_exp_avg_sqs == nullptr) return -2;
   int64_t* first_chunk = (int64_t*)malloc(sizeof(int64_t) * (n + 1));
-  if (coef == nullptr || first_chunk == nullptr) {
-    free(coef);
-    free(first_chunk);
-    return -3;
-  }
+  if (first_chunk == nullptr) return -3;
   int64_t total = 0;
   first_chunk[0] = 0;
   for (int64_t j = 0; j < n; ++j) {
-    *steps[j] += 1.0f;  // the state's step is float32, as torch's
-    coef[j] = coefficients((double)*steps[j], h);
     total += numel[j];
     first_chunk[j + 1] = first_chunk[j] + (numel[j] + kChunk - 1) / kChunk;
   }
   const int64_t chunks = first_chunk[n];
+  const int amsgrad = o->amsgrad;
 
   auto run_chunk = [&](int64_t q, int64_t& j) {
     while (first_chunk[j + 1] <= q) ++j;  // q's tensor (chunks are numbered tensor by tensor)
     int64_t begin = (q - first_chunk[j]) * kChunk;
     int64_t end = begin + kChunk < numel[j] ? begin + kChunk : numel[j];
     fn(params[j], grads[j], exp_avgs[j], exp_avg_sqs[j], amsgrad ? max_exp_avg_sqs[j] : nullptr, begin, end,
-       coef[j], h);
+       coefs[coef_index ? coef_index[j] : 0], *o);
   };
 
 #ifdef _OPENMP
@@ -257,7 +253,6 @@ int adamlab_fused_step(int64_t n, const int64_t* numel, void* const* params, voi
     int64_t j = 0;
     for (int64_t q = 0; q < chunks; ++q) run_chunk(q, j);
   }
-  free(coef);
   free(first_chunk);
   return 0;
 }
