@@ -14,8 +14,9 @@ def test_init_batches_cli(tmp_path) -> None:
     res = CliRunner().invoke(ib.command, ["--k", "3", "--batch-size", "50", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert [r["start"] for r in doc["table"]] == ["s0=0", "s0=1e-6", "s0=0,no-bc", "init 3", "init 3 +v0"]
-    runs = json.loads((out / "init-batches.json").read_text())["runs"]
+    assert [r["start"] for r in doc["results"]["table"]] == ["s0=0", "s0=1e-6", "s0=0,no-bc", "init 3", "init 3 +v0"]
+    assert doc == json.loads((out / "init-batches.json").read_text())
+    runs = doc["results"]["runs"]
     curves = [r["loss_per_step"] for r in runs]
     assert all(len(c) == 1 + 30 for c in curves)  # before step 1, then 30 steps of batch 50
     assert len({c[0] for c in curves}) == 1  # same seed, and initializing moves no parameter

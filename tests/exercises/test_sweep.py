@@ -17,14 +17,14 @@ def test_tiny_sweep_marks_divergence_and_names_ranges(tmp_path) -> None:
     res = CliRunner().invoke(sw.command, args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    full = json.loads((out / "sweep.json").read_text())
-    runs = full["runs"]
+    assert doc == json.loads((out / "sweep.json").read_text())
+    runs = doc["results"]["runs"]
     assert len(runs) == 2 * 3 + 3  # main axis, plus adam at batch 100
     sgd_at_10 = next(r for r in runs if r["optimizer"] == "sgd" and r["lr"] == pytest.approx(10))
-    assert sgd_at_10["diverged"]  # kept and marked
+    assert sgd_at_10["status"] == "diverged"  # kept and marked
     adam_at_01 = next(r for r in runs if r["optimizer"] == "adam" and r["lr"] == pytest.approx(0.1))
-    assert not adam_at_01["diverged"] and adam_at_01["final_loss"] < 0.3
-    ranges = {(r["optimizer"], r["batch_size"]): r for r in doc["ranges"]}
+    assert adam_at_01["status"] == "ok" and adam_at_01["final_loss"] < 0.3
+    ranges = {(r["optimizer"], r["batch_size"]): r for r in doc["results"]["ranges"]}
     assert ranges[("sgd", 10)]["stable"][1] == pytest.approx(0.1)  # lr 10 is outside it
     assert ranges[("adam", 100)]["stable"] is not None
     assert doc["config"]["seeds"] == 1 and "numpy" in doc["versions"]

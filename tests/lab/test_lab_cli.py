@@ -25,10 +25,11 @@ def test_chapter_run_prints_the_book_lines_and_writes_files(tmp_path):
     lines = result.stdout.splitlines()
     assert sum("loss: " in line and line.endswith(" sec/epoch") for line in lines) == 5
     assert any(line.startswith("floor (lstsq)") for line in lines)
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".adamlab.lock", "loss.png", "results.json"]
     doc = json.loads((out / "results.json").read_text())
-    assert doc["seed"] == 0 and len(doc["runs"]) == 5 and "torch" in doc["versions"]
-    for run in doc["runs"]:
+    assert doc["config"]["seed"] == 0 and len(doc["results"]["runs"]) == 5 and "torch" in doc["versions"]
+    assert any(line.startswith("* adamlab.Adam reproduces torch.optim.Adam") for line in lines)
+    for run in doc["results"]["runs"]:
         assert run["config"]["epochs"] == 1 and run["implementation"] and run["epochs"] and run["losses"]
         assert len(run["epochs"]) == len(run["losses"]) == 8  # 1500 examples: at 200, 400, ..., 1400, then the end
 
@@ -38,12 +39,15 @@ def test_chapter_subcommand_json_quiet_and_svg(tmp_path):
     result = invoke("chapter", "--optimizer", "yogi", "--json", "--seed", "3", "--out", str(out), "--plot-format=svg")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert [r["name"] for r in doc["runs"]] == ["scratch Yogi", "adamlab.Yogi"]
-    assert doc["seed"] == 3 and all(r["config"]["seed"] == 3 for r in doc["runs"])
+    assert doc == json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in doc["results"]["runs"]] == ["scratch Yogi", "adamlab.Yogi"]
+    assert doc["config"]["seed"] == 3 and all(r["config"]["seed"] == 3 for r in doc["results"]["runs"])
     assert (out / "loss.svg").read_text().lstrip().startswith("<?xml")
     quiet = invoke("train", "--trainer", "concise", "--optimizer", "torch.optim.SGD", "--quiet", "--out", str(out))
     assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == ""
-    assert json.loads((out / "results.json").read_text())["runs"][0]["name"] == "torch.optim.SGD"
+    assert json.loads((out / "train.json").read_text())["results"]["runs"][0]["name"] == "torch.optim.SGD"
+    assert json.loads((out / "results.json").read_text()) == doc  # train never overwrites the chapter's files
+    assert (out / "train.png").exists() and (out / "loss.svg").exists()
 
 
 def test_user_data_file(tmp_path):
@@ -51,8 +55,9 @@ def test_user_data_file(tmp_path):
     path.write_text("x1\tx2\ty\n" + "".join(f"{i}\t{(i * 7) % 11}\t{i % 5}\n" for i in range(40)))
     result = invoke("train", "--data", str(path), "--json", "--out", str(tmp_path / "o"))
     assert result.exit_code == 0, result.output
-    run = json.loads(result.stdout)["runs"][0]
-    assert run["data"]["source"] == str(path) and run["data"]["rows_used"] == 40 and run["config"]["data"] == str(path)
+    doc = json.loads(result.stdout)
+    run, data = doc["results"]["runs"][0], doc["results"]["data"]
+    assert data["source"] == str(path) and data["rows_used"] == 40 and run["config"]["data"] == str(path)
 
 
 def _bad(tmp_path, name: str, text: str | None) -> str:
@@ -82,7 +87,7 @@ BAD_INPUTS = {
     "negative seed": (lambda d: ["--seed", "-1"], "seed must be"),
     "zero epochs": (lambda d: ["--epochs", "0"], "epochs must be >= 1"),
     "negative checkpoint interval": (lambda d: ["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
-    "bad plot format": (lambda d: ["--plot-format", "gif"], "plot format"),
+    "bad plot format": (lambda d: ["--plot-format", "gif"], "--plot-format"),
     "not a number option": (lambda d: ["--lr", "fast"], "'fast' is not a valid float"),
     "unknown option": (lambda d: ["--nope"], "No such option"),
 }
@@ -125,7 +130,7 @@ def test_help_is_fast_and_imports_neither_torch_nor_matplotlib_nor_the_commands(
         "import sys; from adamlab.lab.cli import main\n"
         "try: main(['--help'])\n"
         "except SystemExit as e: assert e.code == 0\n"
-        "heavy = {'torch', 'matplotlib', 'adamlab.lab.sweep', 'adamlab.lab.train'} & set(sys.modules)\n"
+        "heavy = {'torch', 'matplotlib', 'adamlab.lab.sweep', 'adamlab.lab.frameworks.torch_chapter'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -68,7 +68,7 @@ CONVENTIONS = (ADAM, AMSGRAD, YOGI, YOGI_PLAIN)
 _C_SOURCE = r"""
 #include <math.h>
 
-/* One projected Adam/Yogi trajectory on a scalar; see adamlab/lab/exercises/online1d.py.
+/* One projected Adam/Yogi trajectory on a scalar; see adamlab/lab/online1d.py.
    Every expression mirrors adamlab.reference.step, in the same order of operations.
    x[0] = x0 and x[t] is the iterate after step t (t = 1..T). */
 static double sgn(double a) { return a > 0.0 ? 1.0 : (a < 0.0 ? -1.0 : a); }
