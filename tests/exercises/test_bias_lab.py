@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import bias as bi
 
 
@@ -17,6 +19,7 @@ def test_bias_cli(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc == json.loads((out / "bias.json").read_text())  # --json prints what the file holds
+    assert_valid_record(doc, "bias")
     rows = {r["variant"]: r for r in doc["results"]["table"]}
     assert rows["bias_correction=True"]["first_step_ratio"] == pytest.approx(1.0, abs=1e-3)
     assert rows["bias_correction=False"]["first_step_ratio"] == pytest.approx(0.1 / 0.001**0.5, rel=1e-3)

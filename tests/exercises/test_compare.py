@@ -7,6 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import compare as cmp
 
 
@@ -17,6 +19,7 @@ def test_compare_two_members_one_epoch(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc == json.loads((out / "compare.json").read_text())
+    assert_valid_record(doc, "compare")
     assert [r["optimizer"] for r in doc["results"]["table"]] == ["adagrad", "yogi"]
     assert 0.2 < doc["results"]["floor"] < 0.25
     for row in doc["results"]["table"]:

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import counterexample as ce
 from adamlab.lab import online1d
 
@@ -94,6 +96,7 @@ def test_cli_json_and_files(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc == json.loads((out / "counterexample.json").read_text())
+    assert_valid_record(doc, "counterexample")
     names = [r["optimizer"] for r in doc["results"]["problems"]["theorem1"]["optimizers"]]
     assert names == ["adam", "amsgrad", "yogi", "yogi(s0=0,no-bc)"]
     assert {"final_x", "average_regret"} <= set(doc["results"]["problems"]["theorem1"]["optimizers"][0])

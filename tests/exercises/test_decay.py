@@ -8,6 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import decay as dc
 
 
@@ -33,6 +35,7 @@ def test_decay_cli_two_schedules(tmp_path) -> None:
     res = CliRunner().invoke(dc.command, args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
+    assert_valid_record(doc, "decay")
     rows = {r["schedule"]: r for r in doc["results"]["table"]}
     assert set(rows) == {"constant", "cosine"}
     # annealing to 0 removes the minibatch noise at the end: less jitter, closer to the floor

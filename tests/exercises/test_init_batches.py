@@ -6,6 +6,8 @@ import json
 
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import init_batches as ib
 
 
@@ -16,6 +18,7 @@ def test_init_batches_cli(tmp_path) -> None:
     doc = json.loads(res.stdout)
     assert [r["start"] for r in doc["results"]["table"]] == ["s0=0", "s0=1e-6", "s0=0,no-bc", "init 3", "init 3 +v0"]
     assert doc == json.loads((out / "init-batches.json").read_text())
+    assert_valid_record(doc, "init-batches")
     runs = doc["results"]["runs"]
     curves = [r["loss_per_step"] for r in runs]
     assert all(len(c) == 1 + 30 for c in curves)  # before step 1, then 30 steps of batch 50

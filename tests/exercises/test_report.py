@@ -11,6 +11,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import report as rp
 
 
@@ -28,6 +30,7 @@ def test_report_is_self_contained(built) -> None:
     sections = doc["results"]["sections"]
     assert [s["key"] for s in sections] == list(rp.SECTIONS)
     assert doc == json.loads((out / "report.json").read_text())
+    assert_valid_record(doc, "report")
     # figures: inline SVG (text stays text), one per section; the whole page stays small
     assert page.count('<figure class="figure"') == len(rp.SECTIONS) == page.count("<svg")
     assert len(page.encode()) < 3_000_000

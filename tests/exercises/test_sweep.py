@@ -7,6 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from tests.lab.records import assert_valid_record
+
 from adamlab.lab import sweep as sw
 
 
@@ -18,6 +20,7 @@ def test_tiny_sweep_marks_divergence_and_names_ranges(tmp_path) -> None:
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc == json.loads((out / "sweep.json").read_text())
+    assert_valid_record(doc, "sweep")
     runs = doc["results"]["runs"]
     assert len(runs) == 2 * 3 + 3  # main axis, plus adam at batch 100
     sgd_at_10 = next(r for r in runs if r["optimizer"] == "sgd" and r["lr"] == pytest.approx(10))

@@ -72,6 +72,10 @@ def plain_log_ticks(ax: Any, axis: str = "y") -> None:
     """Label a log axis with plain numbers (0.2, 0.5, 1) instead of mathtext powers (6×10⁻¹)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    (x0, y0), (x1, y1) = ax.dataLim.get_points()
+    low, high = (y0, y1) if axis == "y" else (x0, x1)
+    if not (math.isfinite(low) and math.isfinite(high) and low > 0):
+        return  # nothing positive to show (e.g. every run diverged): matplotlib's default copes
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))

@@ -274,10 +274,13 @@ class SweepResult:
                 pts = [p for p in self.points(opt, bs) if p["median"] is not None]
                 ax.plot([p["lr"] for p in pts], [p["median"] for p in pts], ["-", "--", ":", "-."][j % 4],
                         color=color(opt, i), marker=".", label=f"{opt} batch {bs}")  # fmt: skip
+        ax.set_title("batch size")
+        if not any(len(line.get_xdata()) for line in ax.get_lines()):  # nothing converged on this axis
+            ax.text(0.5, 0.5, "no converged run", ha="center", va="center", transform=ax.transAxes)
+            return fig
         ax.axhline(self.floor, color="k", ls="--", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final loss (median)")
         plain_log_ticks(ax)
-        ax.set_title("batch size")
         ax.legend()
         return fig
 
