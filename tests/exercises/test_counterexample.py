@@ -168,3 +168,25 @@ def test_without_a_compiler_auto_falls_back_and_c_refuses(tmp_path, monkeypatch)
     res = CliRunner().invoke(ce.command, ["--backend", "c", "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "C backend is unavailable" in res.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_the_figure_is_untangled_one_row_per_problem_one_colour_per_optimizer() -> None:
+    result = ce.counterexample(("theorem1", "stochastic"), steps=2000, seeds=5)
+    fig = result.plot()
+    assert len(fig.axes) == 4  # two problems x (iterate, regret)
+    for ax in fig.axes:
+        curves = [line for line in ax.get_lines() if line.get_linestyle() != "--"]
+        assert len(curves) == 4  # one line per optimizer, not one per seed (the seeds are a band)
+        assert len({line.get_color() for line in curves}) == 4
+    iterate = fig.axes[2]  # stochastic: 5 seeds as a median line and a min-max band
+    assert iterate.get_title() == "stochastic: iterate" and len(iterate.collections) == 4
+    assert {ax.title.get_fontsize() for ax in fig.axes} == {10.0}
+
+
+def test_the_conclusion_names_the_shared_schedule_and_is_computed() -> None:
+    result = ce.counterexample(("theorem1",), steps=5000, seeds=1)
+    (line,) = result.conclusions()
+    assert "adam, amsgrad, yogi, yogi(s0=0,no-bc) all ran at the same learning-rate schedule 0.5/sqrt(t)" in line
+    rows = {r["optimizer"]: r for r in result.problems[0].per_optimizer()}
+    far = [n for n, r in rows.items() if abs(r["mean_x_last_tenth"] + 1) >= 0.1]
+    assert "adam (mean x" in line and all(f"{n} (mean x" in line for n in far)

@@ -67,3 +67,35 @@ def test_sweep_bad_input(tmp_path, args, needle) -> None:
     assert res.exit_code == 2, res.output
     assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_progress_counts_optimizer_steps_not_runs() -> None:
+    """An honest ETA: a run at batch 10 costs 10x the steps of one at batch 100, and says so."""
+    cfg = sw.SweepConfig(optimizers=("adam",), lr_min=0.01, lr_max=0.1, points=2, seeds=1, batch_sizes=(100,),
+                         batch_optimizers=("adam",))  # fmt: skip
+
+    class Recorder:
+        advances: list[int] = []
+
+        def advance(self, n: int = 1) -> None:
+            self.advances.append(n)
+
+    bar = Recorder()
+    sw.sweep(cfg, jobs=1, progress=bar)
+    assert bar.advances == [150, 150, 15, 15] and sum(bar.advances) == sum(cfg.steps(1500))
+
+
+def test_the_loss_axes_read_as_plain_numbers() -> None:
+    cfg = sw.SweepConfig(optimizers=("adam", "sgd"), lr_min=1e-3, lr_max=10.0, points=3, seeds=1, batch_sizes=(100,),
+                         batch_optimizers=("adam",))  # fmt: skip
+    fig = sw.sweep(cfg, jobs=1).plot()
+    from adamlab.lab.plots import figure_bytes
+
+    figure_bytes(fig)  # draws it: the tick labels exist now
+    for ax in fig.axes:
+        if ax.get_yscale() == "log":
+            labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+            assert labels and not any("times" in label or "^" in label for label in labels), labels
+            assert all(float(label) > 0 for label in labels)
+    sizes = {ax.title.get_fontsize() for ax in fig.axes}
+    assert sizes == {10.0}  # the lab's one title size

@@ -145,3 +145,94 @@ def test_every_registered_command_loads_and_has_the_standard_options(name):
     assert result.exit_code == 0, result.output
     for option in ("--json", "--out", "--seed", "--quiet"):
         assert option in result.stdout
+
+
+def test_version_and_python_dash_m():
+    import adamlab
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"adamlab {adamlab.__version__}\n"
+    done = subprocess.run([sys.executable, "-m", "adamlab", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == f"adamlab {adamlab.__version__}\n", done.stderr
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("swep", "sweep"), ("chaptr", "chapter"), ("init-batch", "init-batches")])
+def test_a_mistyped_command_gets_a_suggestion(typed, meant):
+    result = invoke(typed)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"no such command '{typed}'; did you mean '{meant}'?" in result.stderr
+
+
+def test_trainer_is_a_fixed_choice(tmp_path):
+    result = invoke("train", "--trainer", "scrach", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "'scrach' is not one of 'scratch', 'concise'" in result.stderr
+    assert "[scratch|concise]" in invoke("train", "--help").stdout
+
+
+def test_one_name_for_the_figure_format_option():
+    for name in ("chapter", "train", "sweep", "bias", "decay", "counterexample", "init-batches", "compare"):
+        help_text = invoke(name, "--help").stdout
+        assert "--plot-format [png|svg]" in help_text and "--format" not in help_text, name
+
+
+def test_help_says_how_long_each_mode_takes():
+    assert "about 5 s" in invoke("--help").stdout
+    sweep_help = " ".join(invoke("sweep", "--help").stdout.split())
+    assert "--full" in sweep_help and "minutes" in sweep_help and "ETA" in sweep_help
+
+
+def test_ctrl_c_keeps_the_runs_that_finished(tmp_path, monkeypatch):
+    from adamlab.lab import chapter as chapter_module
+
+    real, calls = chapter_module.train, []
+
+    def interrupted_on_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chapter_module, "train", interrupted_on_the_third)
+    out = tmp_path / "o"
+    result = invoke("--epochs", "1", "--json", "--out", str(out))
+    assert result.exit_code == 130
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["status"] == "partial" and json.loads(result.stdout) == doc
+    assert [r["name"] for r in doc["results"]["runs"]] == ["scratch Adam", "torch.optim.Adam"]
+    assert len(doc["results"]["planned_runs"]) == 5
+    assert doc["conclusions"][0] == "Interrupted: 2 of 5 runs finished; only those are reported."
+    assert (out / "loss.png").exists()
+
+
+def test_ctrl_c_before_anything_finished_writes_nothing(tmp_path, monkeypatch):
+    from adamlab.lab import chapter as chapter_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chapter_module, "train", interrupted)
+    out = tmp_path / "o"
+    result = invoke("--epochs", "1", "--out", str(out))
+    assert result.exit_code == 130 and "nothing written" in result.stderr
+    assert not (out / "results.json").exists()
+
+
+def test_ctrl_c_in_a_sweep_keeps_the_finished_runs(tmp_path, monkeypatch):
+    from adamlab.lab import sweep
+
+    real, calls = sweep._train, []
+
+    def interrupted_on_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "_train", interrupted_on_the_fourth)
+    out = tmp_path / "o"
+    args = ["--optimizer", "adam", "--points", "3", "--seeds", "2", "--batch-sizes", "10", "--jobs", "1"]
+    result = CliRunner().invoke(sweep.command, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 130
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["status"] == "partial" and len(doc["results"]["runs"]) == 3 and doc["results"]["planned_runs"] == 6
+    assert doc["conclusions"][0].startswith("Interrupted: 3 of 6 runs finished")
