@@ -236,3 +236,12 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_runs(tmp_path, monkeypatch):
     doc = json.loads((out / "sweep.json").read_text())
     assert doc["status"] == "partial" and len(doc["results"]["runs"]) == 3 and doc["results"]["planned_runs"] == 6
     assert doc["conclusions"][0].startswith("Interrupted: 3 of 6 runs finished")
+
+
+def test_gitignore_names_the_default_output_folder():
+    from pathlib import Path
+
+    from adamlab.lab.cli import DEFAULT_OUT
+
+    root = Path(__file__).resolve().parents[2]
+    assert f"/{DEFAULT_OUT}/" in (root / ".gitignore").read_text().splitlines()
