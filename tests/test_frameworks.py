@@ -58,7 +58,8 @@ class RecorderSession:
 def test_protocol_batches_evaluation_points_and_permutations() -> None:
     data = load()
     model = Recorder()
-    result = train(RunConfig("scratch", "adam", epochs=2, framework="numpy"), data, session=RecorderSession(model, data))
+    config = RunConfig("scratch", "adam", epochs=2, framework="numpy")
+    result = train(config, data, session=RecorderSession(model, data))
     assert len(model.batches) == result.steps == 300  # 1500 rows, batch 10, 2 epochs
     assert len(result.epochs) == 15  # every 200 examples: the book's 15 points for 2 epochs
     assert result.epochs[0] == pytest.approx(200 / 1500) and result.epochs[-1] == 2.0
@@ -87,7 +88,7 @@ def test_chapter_configs_mirror_the_torch_chapter() -> None:
 def test_bad_framework_and_torch_only_options_are_refused_before_anything_runs() -> None:
     with pytest.raises(LabInputError, match="unknown framework 'jax'"):
         run_chapter("jax")
-    with pytest.raises(LabInputError, match="only --framework torch|not available here"):
+    with pytest.raises(LabInputError, match=r"only --framework torch|not available here"):
         run_chapter("tensorflow", checkpoint_every=10, checkpoints="unused")
 
 

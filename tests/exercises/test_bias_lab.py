@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import bias as bi
+from tests.lab.records import assert_valid_record
 
 
 def test_bias_cli(tmp_path) -> None:
@@ -25,7 +24,7 @@ def test_bias_cli(tmp_path) -> None:
     assert rows["bias_correction=False"]["first_step_ratio"] == pytest.approx(0.1 / 0.001**0.5, rel=1e-3)
     assert rows["recursive"]["final_loss"] == pytest.approx(rows["bias_correction=True"]["final_loss"], rel=1e-5)
     runs = doc["results"]["runs"]
-    assert [r["variant"] for r in runs][0] == "recursive"  # the answer to the exercise leads
+    assert runs[0]["variant"] == "recursive"  # the answer to the exercise leads
     assert doc["conclusions"][0].startswith("No correction needed")
     moments = {r["variant"]: r["moments"] for r in runs}
     assert all(len(m["v_hat"]) == bi.MOMENT_STEPS for m in moments.values())

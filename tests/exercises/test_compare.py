@@ -7,9 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import compare as cmp
+from tests.lab.records import assert_valid_record
 
 
 def test_compare_two_members_one_epoch(tmp_path) -> None:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import counterexample as ce
 from adamlab.lab import online1d
+from tests.lab.records import assert_valid_record
 
 
 def _has_c() -> bool:

@@ -8,9 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import decay as dc
+from tests.lab.records import assert_valid_record
 
 
 @pytest.mark.parametrize("schedule", dc.SCHEDULES)

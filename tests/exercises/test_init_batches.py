@@ -6,9 +6,8 @@ import json
 
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import init_batches as ib
+from tests.lab.records import assert_valid_record
 
 
 def test_init_batches_cli(tmp_path) -> None:

@@ -11,9 +11,8 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import report as rp
+from tests.lab.records import assert_valid_record
 
 
 @pytest.fixture(scope="module")

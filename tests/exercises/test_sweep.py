@@ -7,9 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from tests.lab.records import assert_valid_record
-
 from adamlab.lab import sweep as sw
+from tests.lab.records import assert_valid_record
 
 
 def test_tiny_sweep_marks_divergence_and_names_ranges(tmp_path) -> None:
@@ -75,7 +74,8 @@ def test_progress_counts_optimizer_steps_not_runs() -> None:
                          batch_optimizers=("adam",))  # fmt: skip
 
     class Recorder:
-        advances: list[int] = []
+        def __init__(self) -> None:
+            self.advances: list[int] = []
 
         def advance(self, n: int = 1) -> None:
             self.advances.append(n)

@@ -25,6 +25,7 @@ from adamlab.lab.resume import Checkpointing, checkpoint_path
 def _path(out: Path, config: RunConfig) -> Path:
     return checkpoint_path(out / "checkpoints", config)
 
+
 CASES = {
     "scratch": (RunConfig("scratch", "yogi", 0.01, 10, 4, 5), ["--trainer", "scratch", "--optimizer", "yogi"]),
     "concise": (

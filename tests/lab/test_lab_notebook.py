@@ -21,7 +21,9 @@ def test_the_notebook_runs_and_shows_its_figures(tmp_path):
     src = str(Path(__file__).resolve().parents[2] / "src")
     env_path = os.pathsep.join([src, *sys.path])
     notebook.cells.insert(0, nbformat.v4.new_code_cell(f"import sys; sys.path[:0] = {env_path.split(os.pathsep)!r}"))
-    client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -145,7 +145,9 @@ def test_sweep_uses_the_same_rule(tmp_path):
 
     out = tmp_path / "out"
     args = ["--optimizer", "sgd", "--lr-min", "10", "--lr-max", "1000", "--points", "2", "--seeds", "1"]
-    result = CliRunner().invoke(sweep.command, [*args, "--batch-sizes", "10", "--jobs", "1", "--json", "--out", str(out)])
+    result = CliRunner().invoke(
+        sweep.command, [*args, "--batch-sizes", "10", "--jobs", "1", "--json", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     runs = strict_loads(result.stdout)["results"]["runs"]
     assert {r["status"] for r in runs} == {"diverged"}

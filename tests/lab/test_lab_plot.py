@@ -79,18 +79,26 @@ def test_five_runs_make_a_grid_and_curves_out_of_range_autoscale(result):
     assert fig.axes[0].get_ylim()[1] > 2.0  # not clipped to the book's range
 
 
-def test_one_style_for_every_figure():
-    """Every lab figure is drawn inside plots.style(): one title size everywhere."""
-    from adamlab.lab import bias, compare, counterexample, decay, init_batches, sweep
-    from adamlab.lab.loop import RunResult
+def test_one_style_for_every_figure(result):
+    """Every lab figure is drawn in plots.style(): one title size, one colour per optimizer."""
+    from adamlab.lab.bias import bias
+    from adamlab.lab.compare import compare
+    from adamlab.lab.decay import decay
+    from adamlab.lab.init_batches import init_batches
+    from adamlab.lab.plots import color
 
-    import inspect
-
-    for module in (bias, compare, counterexample, decay, init_batches, sweep):
-        source = inspect.getsource(module)
-        assert "with style():" in source, module.__name__
-    assert STYLE["axes.titlesize"] == 10 and "fontsize=" not in inspect.getsource(sweep)
-    assert RunResult.plot.__doc__
+    small = {"epochs": 1, "batch_size": 100}
+    figures = [
+        result.plot(),
+        compare(("sgd", "adam"), **small).plot(),
+        decay(("constant",), **small).plot(),
+        bias(**small).plot(),
+        init_batches(2, batch_size=100).plot(),
+    ]
+    for fig in figures:
+        assert {ax.title.get_fontsize() for ax in fig.axes if ax.get_visible()} == {float(STYLE["axes.titlesize"])}
+    adam_lines = [line for line in figures[1].axes[0].get_lines() if line.get_label() == "adam"]
+    assert adam_lines[0].get_color() == color("adam") == color("adamlab.Adam")  # adam's colour everywhere
 
 
 def test_single_run_plot_and_svg(result):

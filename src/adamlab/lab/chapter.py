@@ -60,7 +60,9 @@ def chapter_configs(
             picked = [("concise", name)]
         runs += [r for r in picked if r not in runs]
     return [
-        RunConfig(trainer, name, lr, batch_size, BOOK_EPOCHS[trainer] if epochs is None else epochs, seed, data, framework)
+        RunConfig(
+            trainer, name, lr, batch_size, BOOK_EPOCHS[trainer] if epochs is None else epochs, seed, data, framework
+        )
         for trainer, name in runs
     ]
 

@@ -132,7 +132,9 @@ def standard_options(command: Any) -> Any:
         [
             click.option("--seed", type=int, default=0, show_default=True, help="Seed of init and data order."),
             click.option("--out", type=click.Path(), default=DEFAULT_OUT, show_default=True, help="Output folder."),
-            click.option("--json", "as_json", is_flag=True, help="Print the results record (what OUT holds) on stdout."),
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print the results record (what OUT holds) on stdout."
+            ),
             click.option("--quiet", is_flag=True, help="Print nothing but errors."),
         ]
     ):

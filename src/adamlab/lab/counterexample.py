@@ -226,7 +226,9 @@ class CounterexampleResult:
             prob = p.problem
             rows = p.per_optimizer()
             near = [r["optimizer"] for r in rows if abs(r["mean_x_last_tenth"] - prob.optimum) < 0.1]
-            far = [f"{r['optimizer']} (mean x {r['mean_x_last_tenth']:+.2f})" for r in rows if r["optimizer"] not in near]
+            far = [
+                f"{r['optimizer']} (mean x {r['mean_x_last_tenth']:+.2f})" for r in rows if r["optimizer"] not in near
+            ]
             names = ", ".join(r["optimizer"] for r in rows)
             what = f"{len(p.runs) // max(len(rows), 1)} seeds, medians" if prob.stochastic else "one run each"
             out.append(

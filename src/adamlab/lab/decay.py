@@ -112,7 +112,8 @@ class DecayResult:
         best = min(rows, key=lambda r: r["last_epoch_mean_gap"])
         calm = min(rows, key=lambda r: r["last_epoch_std"])
         out = [
-            f"Closest to the floor over the last epoch: {best['schedule']} (mean gap {best['last_epoch_mean_gap']:.5f})."
+            f"Closest to the floor over the last epoch: {best['schedule']} "
+            f"(mean gap {best['last_epoch_mean_gap']:.5f})."
         ]
         const = next((r for r in rows if r["schedule"] == "constant"), None)
         if const is not None and calm["schedule"] != "constant" and const["last_epoch_std"] > 0:

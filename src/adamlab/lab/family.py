@@ -147,4 +147,3 @@ def member(name: str) -> Member:
     if name not in FAMILY:
         raise LabInputError(f"unknown optimizer {name!r} (expected one of {', '.join(FAMILY)})")
     return FAMILY[name]
-

@@ -36,7 +36,18 @@ STYLE = {
     "svg.fonttype": "none",  # text stays text in SVG: smaller, searchable
 }
 # One colour per optimizer, whichever figure it is in (tab10 order).
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 _COLORS = {
     "adam": 0, "yogi": 1, "amsgrad": 2, "sgd": 3, "momentum": 4, "rmsprop": 5, "adagrad": 6, "adadelta": 8,
     "yogi(s0=0,no-bc)": 9,

@@ -198,6 +198,7 @@ def _sections(quick: bool, seed: int, data: str | None) -> list[tuple[str, Calla
 
 SECTIONS = ("chapter", "sweep", "bias", "decay", "counterexample", "init-batches", "compare")
 
+
 @dataclass
 class ReportResult:
     """The built sections; :meth:`html` renders the page."""
@@ -212,7 +213,13 @@ class ReportResult:
         return {
             "seconds": self.seconds,
             "sections": [
-                {"key": s.key, "title": s.title, "command": s.command, "seconds": s.seconds, "conclusions": s.conclusions}
+                {
+                    "key": s.key,
+                    "title": s.title,
+                    "command": s.command,
+                    "seconds": s.seconds,
+                    "conclusions": s.conclusions,
+                }
                 for s in self.sections
             ],
         }

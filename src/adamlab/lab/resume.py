@@ -34,7 +34,9 @@ class Checkpointing:
         if every < 0:
             raise LabInputError(f"--checkpoint-every must be >= 0, got {every}")
         if config.framework != "torch":
-            raise LabInputError(f"--checkpoint-every and --resume: only --framework torch supports them, not {config.framework}")
+            raise LabInputError(
+                f"--checkpoint-every and --resume: only --framework torch supports them, not {config.framework}"
+            )
         self.path, self.config, self.data = Path(path), config, data
         self.every, self.resume = every, resume
 
@@ -44,7 +46,9 @@ class Checkpointing:
             return None
         state = ckpt.load(self.path)
         if state.get("config") != asdict(self.config):
-            raise ckpt.CheckpointError(f"checkpoint {self.path} belongs to another configuration: {state.get('config')}")
+            raise ckpt.CheckpointError(
+                f"checkpoint {self.path} belongs to another configuration: {state.get('config')}"
+            )
         if state.get("data_sha1") != self.data.sha1:
             raise ckpt.CheckpointError(f"checkpoint {self.path} was made on other data (sha1 {state.get('data_sha1')})")
         return state
@@ -54,7 +58,9 @@ class Checkpointing:
         if state is None:
             return None
         session.load_state_dict(state)
-        return Progress(state["step"], state["train_seconds"], list(state["epochs"]), list(state["losses"]), state["perm"])
+        return Progress(
+            state["step"], state["train_seconds"], list(state["epochs"]), list(state["losses"]), state["perm"]
+        )
 
     def after_step(self, session: Any, progress: Progress, total_steps: int) -> None:
         if self.every and (progress.step % self.every == 0 or progress.step == total_steps):

@@ -8,8 +8,6 @@ from s = 0 with ε = 1e-3, Adam uses ε = 1e-6, ε after the square root.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from adamlab.lab.data import LabData, LabInputError

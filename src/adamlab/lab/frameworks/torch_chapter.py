@@ -201,7 +201,6 @@ class ConciseModel:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-
 @contextmanager
 def _cannot_run_here(name: str) -> Iterator[None]:
     """An optimizer this trainer cannot build or step is bad input (raised before anything is written)."""
