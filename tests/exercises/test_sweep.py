@@ -29,6 +29,8 @@ def test_tiny_sweep_marks_divergence_and_names_ranges(tmp_path) -> None:
     ranges = {(r["optimizer"], r["batch_size"]): r for r in doc["results"]["ranges"]}
     assert ranges[("sgd", 10)]["stable"][1] == pytest.approx(0.1)  # lr 10 is outside it
     assert ranges[("adam", 100)]["stable"] is not None
+    stable = ranges[("sgd", 10)]["stable"]
+    assert f"sgd (batch 10) is stable for lr {stable[0]:.2g} to {stable[1]:.2g};" in " ".join(doc["conclusions"])
     assert doc["config"]["seeds"] == 1 and "numpy" in doc["versions"]
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 

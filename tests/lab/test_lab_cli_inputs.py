@@ -97,3 +97,22 @@ def test_the_loop_and_the_chapter_import_without_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_each_name_says_one_thing():
+    import dataclasses
+    import importlib
+
+    from adamlab.lab import cli, frameworks, loop
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("adamlab.lab.exercises")  # helpers live beside the experiments now
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("adamlab.lab.train")  # the torch trainer is a framework module
+    assert dataclasses.is_dataclass(loop.Progress) and not hasattr(cli, "Progress")  # where a run stands
+    assert frameworks.module("torch").__name__ == "adamlab.lab.frameworks.torch_chapter"
+    assert {name: frameworks._MODULES[name].rsplit(".", 1)[1] for name in frameworks.FRAMEWORKS} == {
+        "torch": "torch_chapter",
+        "tensorflow": "tensorflow_chapter",
+        "mxnet": "mxnet_chapter",
+    }

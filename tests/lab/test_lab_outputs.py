@@ -63,22 +63,26 @@ def test_a_second_run_on_a_locked_folder_is_refused_with_one_line(tmp_path, no_t
 
 
 def test_two_processes_on_one_folder_the_first_finishes(tmp_path):
+    import signal
+
     out = tmp_path / "out"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "adamlab", "train", "--epochs", "4", "--checkpoint-every", "2", "--quiet", "--out",
-         str(out)],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    first_cmd = [sys.executable, "-m", "adamlab", "train", "--epochs", "2", "--checkpoint-every", "50", "--quiet"]
+    first = subprocess.Popen([*first_cmd, "--out", str(out)], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any((out / "checkpoints").glob("*.ckpt")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    second = subprocess.run(
-        [sys.executable, "-m", "adamlab", "train", "--epochs", "1", "--quiet", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # held mid-run (whatever the machine's speed) while the second starts
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "adamlab", "train", "--epochs", "1", "--quiet", "--out", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=120) == 0, first.stderr.read()
     assert second.returncode == 2 and "another adamlab run" in second.stderr, second.stderr
-    assert json.loads((out / "train.json").read_text())["config"]["epochs"] == {"scratch Adam": 4}
+    assert second.stderr.count("\n") == 1
+    assert json.loads((out / "train.json").read_text())["config"]["epochs"] == {"scratch Adam": 2}
 
 
 def test_leftovers_of_dead_runs_are_removed_by_the_next_lock_holder(tmp_path):

@@ -57,7 +57,7 @@ def test_the_chapter_figure_has_the_books_form(result):
     for ax, run in zip(axes, result.runs):
         assert ax.get_ylim() == pytest.approx(BOOK_YLIM)
         assert ax.get_xlim() == pytest.approx((0, 1.0))
-        assert ax.get_title().startswith(run.name + ": loss: ")
+        assert ax.get_title() == run.name and [t.get_text() for t in ax.texts] == [run.book_line()]
         highlighted = [line for line in ax.get_lines() if line.get_label() == run.name]
         assert len(highlighted) == 1 and list(highlighted[0].get_xdata()) == run.epochs
         floor = [line for line in ax.get_lines() if line.get_linestyle() == "--"]

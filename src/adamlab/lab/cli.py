@@ -87,8 +87,8 @@ class LabGroup(click.Group):
         except (click.ClickException, LabInputError) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             fail(message)
-        except OSError as e:  # e.g. the disk filled up while writing results (the message names the file)
-            fail(e.strerror or str(e), 1)
+        except OSError as e:  # e.g. the disk filled up while writing results
+            fail(_os_error(e), 1)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -109,7 +109,15 @@ def input_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         fail("interrupted; nothing had finished, nothing written", EXIT_INTERRUPTED)
     except OSError as err:
-        fail(err.strerror or str(err), 1)
+        fail(_os_error(err), 1)
+
+
+def _os_error(err: OSError) -> str:
+    """The error with the file it concerns (the lab's own errors already name it)."""
+    message = err.strerror or str(err)
+    if err.filename and str(err.filename) not in message:
+        message = f"{message}: {err.filename}"
+    return message
 
 
 def _reject_group_options(ctx: click.Context) -> None:

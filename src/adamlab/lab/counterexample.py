@@ -36,7 +36,7 @@ import numpy as np
 from adamlab.lab import online1d
 from adamlab.lab.cli import execute, input_errors, plot_format_option, standard_options
 from adamlab.lab.data import LabInputError
-from adamlab.lab.plots import color, figure, style
+from adamlab.lab.plots import color, figure, plain_log_ticks, style
 
 SOURCE = "Reddi, Kale & Kumar, On the Convergence of Adam and Beyond, ICLR 2018 (Thm 1, Sec. 5, Thm 3)"
 MAX_STEPS = 10**8  # the horizon's cap: each run keeps a few float64 arrays of this length
@@ -235,7 +235,7 @@ class CounterexampleResult:
                 f"{prob.name}: {names} all ran at the same learning-rate schedule {prob.alpha:g}/sqrt(t) with the "
                 f"same betas ({prob.beta1:g}, {prob.beta2:.3g}) for {prob.steps:,} steps ({what}), so only the update "
                 f"rule differs. Near the optimum x = {prob.optimum:+g} over the last tenth: "
-                f"{', '.join(near) or 'none'}; away from it: {', '.join(far) or 'none'}."
+                f"{', '.join(near) or 'none'}; away from it: {', '.join(far) or 'none'}. {_what_it_shows(near)}"
             )
         return out
 
@@ -270,8 +270,21 @@ class CounterexampleResult:
                 row[0].axhline(p.problem.optimum, color="k", ls="--", lw=0.8)
                 row[0].set(xscale="log", xlabel="t", ylabel="$x_t$", title=f"{p.problem.name}: iterate")
                 row[1].set(xscale="log", yscale="log", xlabel="t", ylabel="$R_t/t$", title=f"{p.problem.name}: regret")
+                plain_log_ticks(row[1])
                 row[0].legend()
         return fig
+
+
+def _what_it_shows(near: list[str]) -> str:
+    """What one shared schedule lets the outcome say (not Adam at a larger rate than the others)."""
+    if "adam" not in near and any(n != "adam" for n in near):
+        return (
+            f"With the step size equal for all, Adam's failure comes from its second-moment update, which "
+            f"{', '.join(n for n in near if n != 'adam')} change{'s' if len(near) == 1 else ''}."
+        )
+    if not near:
+        return "No update rule reaches the optimum within this horizon at this schedule."
+    return "Adam reaches the optimum here too."
 
 
 def _log_points(steps: int, n: int = CURVE_POINTS) -> np.ndarray:

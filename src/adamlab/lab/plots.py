@@ -88,7 +88,7 @@ def plain_log_ticks(ax: Any, axis: str = "y") -> None:
     if not (math.isfinite(low) and math.isfinite(high) and low > 0):
         return  # nothing positive to show (e.g. every run diverged): matplotlib's default copes
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(NullFormatter())
 
@@ -121,7 +121,9 @@ def plot_curves(runs: Sequence[Any], *, floor: float | None = None, title: str |
             ax.set_xlim(0, max((r.epochs[-1] for r in runs if r.epochs), default=1))
             if book_range:
                 ax.set_ylim(*BOOK_YLIM)
-            ax.set_title(f"{run.name}: {run.book_line()}" if hasattr(run, "book_line") else run.name)
+            ax.set_title(run.name)
+            if hasattr(run, "book_line"):  # the book's line, inside the panel
+                ax.text(0.97, 0.95, run.book_line(), transform=ax.transAxes, ha="right", va="top", fontsize=8)
             if i % cols == 0:
                 ax.set_ylabel("loss (½ MSE, full data)")
             if i >= len(runs) - cols:
