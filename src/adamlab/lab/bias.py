@@ -209,7 +209,7 @@ def bias(
     (the debiased estimates kept and updated directly: no correction needed), with
     bias_correction=True (the chapter) and with False (the cost of dropping it). Prints
     the losses, the first step's size and the conclusions; writes bias.json and bias.png.
-    About 3 s.""",
+    11 s measured on 2 busy CPU cores.""",
 )
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--epochs", type=int, default=2, show_default=True)

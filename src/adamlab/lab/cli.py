@@ -341,7 +341,7 @@ def _version() -> str:
 def cli(ctx: click.Context, **options: Any) -> None:
     """adamlab: reproduce the "Adam" section of Dive into Deep Learning (ch. 11).
 
-    With no command, runs the chapter (about 5 s on 2 CPU cores): scratch Adam,
+    With no command, runs the chapter (13 s measured on 2 busy CPU cores): scratch Adam,
     torch.optim.Adam, adamlab.Adam, scratch Yogi and adamlab.Yogi on the airfoil data;
     prints the book's lines, a table and the conclusions; writes OUT/loss.png and
     OUT/results.json.
@@ -355,7 +355,7 @@ def cli(ctx: click.Context, **options: Any) -> None:
 @click.command("chapter")
 @_chapter_options
 def chapter_command(**options: Any) -> None:
-    """The chapter's five runs (what `adamlab` with no command does; about 5 s)."""
+    """The chapter's five runs (what `adamlab` with no command does; 13 s measured on 2 busy cores)."""
     _run_chapter_command(**options)
 
 

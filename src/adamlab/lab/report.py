@@ -268,7 +268,7 @@ def report(
 
     Runs the chapter, the sweep, the bias-correction and decay experiments, the
     counterexample, Yogi's initial batch and the family comparison with their default
-    sizes (about 1.5 minutes on 2 cores; --quick: tiny versions, about 15 s), and writes
+    sizes (measured: 58 s on 2 busy CPU cores; --quick: tiny versions, 15 s), and writes
     OUT/report.html (tables, conclusions and SVG figures inline, no network needed) and
     OUT/report.json. Each section shows the command that regenerates it.""",
 )
