@@ -139,7 +139,8 @@ def compare(
     inside the root), RMSProp (lr 0.01, gamma 0.9, eps 1e-6 inside), Adadelta (rho 0.9,
     eps 1e-5), Adam (lr 0.01) and Yogi (lr 0.01, eps 1e-3), batch 10, 2 epochs. Prints
     a table (final loss, gap to the least-squares floor, sec/epoch); writes compare.json
-    and compare.png (loss vs epoch, and vs seconds on a log axis).""",
+    and compare.png (loss vs epoch, and vs seconds on a log axis). 13 s measured on 2 busy
+    CPU cores.""",
 )
 @click.option("--optimizer", "optimizers", multiple=True, help=f"Only these (repeatable): {', '.join(FAMILY)}.")
 @click.option("--epochs", type=int, default=2, show_default=True)
