@@ -66,7 +66,7 @@ def keras(session: nox.Session) -> None:
     """adamlab.keras on the TensorFlow, JAX and torch backends; the chapter in TensorFlow."""
     session.install(*KERAS_STACK, *TEST_TOOLS)
     session.install(os.environ.get("ADAMLAB_TORCH", "torch==2.13.0"))  # Keras's torch backend only
-    session.install("-e", ".[keras]")
+    session.install("-e", ".[keras,lab-core]")  # lab-core: `adamlab --framework tensorflow` starts here
     session.run(
         "python",
         "-m",
@@ -91,7 +91,7 @@ def mxnet(session: nox.Session) -> None:
             f"MXNet 1.9.1 needs Python 3.11 (numpy<1.24), nox runs on {running} and python3.11 is not on PATH"
         )
     session.install(*MXNET_STACK, *TEST_TOOLS)
-    session.install("-e", ".[mxnet]")
+    session.install("-e", ".[mxnet,lab-core]")  # lab-core: `adamlab --framework mxnet` starts here
     session.run("python", "-c", "import numpy, mxnet; print('mxnet', mxnet.__version__, 'numpy', numpy.__version__)")
     session.run(
         "python",

@@ -11,13 +11,13 @@ What runs, interleaved (book, adamlab, book, ...) so that a noisy machine hits b
   ``d2l.train_ch11`` (its loop, timer, evaluation and Animator), on the bundled data file.
   ``d2l`` does not ship the chapter's ``adam`` trainer function (it lives in the chapter's
   notebook), so the trainer function here is the chapter's per-parameter step calling
-  :func:`adamlab.lab.train.adam` — in-place, with fewer temporaries than the book's
+  :func:`adamlab.lab.frameworks.torch_chapter.adam` — in-place, with fewer temporaries than the book's
   out-of-place ``v[:] = β1 * v + ...``: if anything this baseline is *faster* than the
   book's, and the ratio below conservative. ``d2l.torch`` imports torchvision, pandas,
   requests, scipy, IPython and matplotlib_inline at module level; none of them is used by
   these functions, so any that is not installed is replaced by an empty stand-in module
   (listed in the record), and the Animator's Jupyter display calls are no-ops.
-* **adamlab** — :func:`adamlab.lab.train_scratch` ("adam"), the same protocol.
+* **adamlab** — :func:`adamlab.lab.train` (scratch "adam"), the same protocol.
 * the five chapter runs for seeds 0..4 (final losses), and the wall time of the whole
   ``adamlab`` command, imports included, in a fresh process.
 
@@ -101,7 +101,7 @@ def book_adam_run(d2l, seed: int) -> tuple[float, float]:
     import torch
     from matplotlib import pyplot as plt
 
-    from adamlab.lab.train import adam
+    from adamlab.lab.frameworks.torch_chapter import adam
 
     def init_adam_states(feature_dim):
         return [(torch.zeros((feature_dim, 1)), torch.zeros((feature_dim, 1))), (torch.zeros(1), torch.zeros(1))]
@@ -126,9 +126,9 @@ def book_adam_run(d2l, seed: int) -> tuple[float, float]:
 
 
 def adamlab_run(seed: int) -> tuple[float, float]:
-    from adamlab.lab.train import train_scratch
+    from adamlab.lab.loop import RunConfig, train
 
-    result = train_scratch("adam", seed=seed)
+    result = train(RunConfig("scratch", "adam", seed=seed))
     return result.final_loss, result.sec_per_epoch
 
 
@@ -171,7 +171,7 @@ def main() -> None:
     import torch
 
     import adamlab
-    from adamlab.lab.chapter import chapter
+    from adamlab.lab.chapter import run_chapter
     from adamlab.lab.data import least_squares_floor, load
 
     try:
@@ -199,7 +199,7 @@ def main() -> None:
     }
 
     floor = least_squares_floor(load())
-    chapters = {seed: chapter(seed=seed) for seed in seeds}
+    chapters = {seed: run_chapter(seed=seed) for seed in seeds}
     walls, cpus = cli_times(args.cli_repeats)
 
     book_spe = [spe for runs in book.values() for _, spe in runs]
@@ -269,7 +269,7 @@ def render(r: dict) -> str:
         lines.append(f"| book: `d2l.train_ch11` (d2l {r['versions']['d2l']}) | {b:.4f} | {losses} |")
     losses = ", ".join(f"{x:.4f}" for x in r["adamlab_final_loss"].values())
     lines += [
-        f"| adamlab: `adamlab.lab.train_scratch('adam')` | {a:.4f} | {losses} |",
+        f"| adamlab: `adamlab.lab.train(RunConfig('scratch', 'adam'))` | {a:.4f} | {losses} |",
         "",
         f"Speed-up of adamlab's scratch Adam over the book's code: **{ratio}** per epoch (target: >= 4x).",
     ]
@@ -285,7 +285,7 @@ def render(r: dict) -> str:
     names = list(next(iter(r["chapter_final_losses"].values())))
     lines += [
         "",
-        f"The chapter's five runs (`adamlab.lab.chapter(seed=s)`), final ½-MSE; floor {r['floor']:.4f} "
+        f"The chapter's five runs (`adamlab.lab.run_chapter(seed=s)`), final ½-MSE; floor {r['floor']:.4f} "
         "(least squares, float64):",
         "",
         "| seed | " + " | ".join(names) + " |",

@@ -17,9 +17,10 @@ import sys
 import numpy as np
 import pytest
 
+from adamlab.lab.chapter import chapter_configs, run_chapter
 from adamlab.lab.data import LabInputError, least_squares_floor, load
-from adamlab.lab.frameworks import CHAPTER_RUNS, chapter_configs, run_chapter
-from adamlab.lab.frameworks.protocol import FrameworkConfig, train
+from adamlab.lab.frameworks import CHAPTER_RUNS
+from adamlab.lab.loop import RunConfig, train
 
 BAND = (0.2417, 0.2500)  # the issue's band for every final loss
 
@@ -39,14 +40,26 @@ class Recorder:
     def implementation(self) -> str:
         return "recorder"
 
-    def parameters(self) -> dict[str, np.ndarray]:
-        return {"n": np.array([len(self.batches)])}
+
+class RecorderSession:
+    """What the loop drives, around a :class:`Recorder`; the order from ``default_rng(seed)``."""
+
+    def __init__(self, model: Recorder, data, seed: int = 0) -> None:
+        self.model, self.X, self.y = model, data.X, data.y
+        self._rng = np.random.default_rng(seed)
+
+    def permutation(self, n: int) -> np.ndarray:
+        return self._rng.permutation(n)
+
+    def parameters(self) -> dict[str, list[float]]:
+        return {"n": [float(len(self.model.batches))]}
 
 
 def test_protocol_batches_evaluation_points_and_permutations() -> None:
     data = load()
     model = Recorder()
-    result = train(model, FrameworkConfig("numpy", "scratch", "adam", epochs=2), data)
+    config = RunConfig("scratch", "adam", epochs=2, framework="numpy")
+    result = train(config, data, session=RecorderSession(model, data))
     assert len(model.batches) == result.steps == 300  # 1500 rows, batch 10, 2 epochs
     assert len(result.epochs) == 15  # every 200 examples: the book's 15 points for 2 epochs
     assert result.epochs[0] == pytest.approx(200 / 1500) and result.epochs[-1] == 2.0
@@ -56,7 +69,7 @@ def test_protocol_batches_evaluation_points_and_permutations() -> None:
     assert sorted(map(tuple, first)) == sorted(map(tuple, data.X)) == sorted(map(tuple, second))
     assert not np.array_equal(first, second)
     again = Recorder()
-    train(again, FrameworkConfig("numpy", "scratch", "adam", epochs=2), data)
+    train(RunConfig("scratch", "adam", epochs=2, framework="numpy"), data, session=RecorderSession(again, data))
     np.testing.assert_array_equal(np.concatenate(again.batches), np.concatenate(model.batches))  # seeded
 
 
@@ -75,8 +88,8 @@ def test_chapter_configs_mirror_the_torch_chapter() -> None:
 def test_bad_framework_and_torch_only_options_are_refused_before_anything_runs() -> None:
     with pytest.raises(LabInputError, match="unknown framework 'jax'"):
         run_chapter("jax")
-    with pytest.raises(LabInputError, match="only --framework torch"):
-        run_chapter("tensorflow", checkpoint_every=10)
+    with pytest.raises(LabInputError, match=r"only --framework torch|not available here"):
+        run_chapter("tensorflow", checkpoint_every=10, checkpoints="unused")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mxnet") is not None, reason="mxnet is installed here")
@@ -93,8 +106,11 @@ def _check_chapter(result, framework: str, tmp_path) -> None:
         assert BAND[0] <= run.final_loss <= BAND[1], (run.name, run.final_loss)
         assert run.losses[0] > run.final_loss  # it trained
         assert run.book_line().startswith("loss: 0.24")
-    doc = json.loads(result.to_json())
-    assert {r["framework"] for r in doc["runs"]} == {framework} and framework in doc["versions"]
+    from adamlab.lab.results import dumps, record
+
+    doc = json.loads(dumps(record(result, {"results": str(tmp_path / "results.json")})))
+    assert {r["config"]["framework"] for r in doc["results"]["runs"]} == {framework}
+    assert framework in doc["versions"] and doc["config"]["framework"] == framework
 
 
 @pytest.mark.slow
@@ -133,3 +149,20 @@ def test_adapters_say_what_to_install(module: str, package: str, hint: str) -> N
         pytest.skip(f"{package} is installed here")
     with pytest.raises(ImportError, match=re.escape(hint)):
         importlib.import_module(module)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["tensorflow", "mxnet"])
+def test_the_command_starts_in_the_framework_environment(framework: str, tmp_path) -> None:
+    """The README's ``adamlab --framework tensorflow|mxnet`` promise: the command itself runs there."""
+    import subprocess
+
+    if importlib.util.find_spec(framework) is None:
+        pytest.skip(f"{framework} is not installed here (ci/frameworks.sh builds its environment)")
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "adamlab", "--framework", framework, "--optimizer", "yogi", "--epochs", "1"]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([*cmd, "--out", str(out), "--json"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    assert doc["config"]["framework"] == framework and doc == json.loads((out / "results.json").read_text())

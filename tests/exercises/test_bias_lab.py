@@ -9,17 +9,23 @@ import pytest
 from click.testing import CliRunner
 
 from adamlab.lab import bias as bi
+from tests.lab.records import assert_valid_record
 
 
 def test_bias_cli(tmp_path) -> None:
     out = tmp_path / "o"
     res = CliRunner().invoke(bi.command, ["--epochs", "1", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    rows = {r["variant"]: r for r in json.loads(res.stdout)["table"]}
+    doc = json.loads(res.stdout)
+    assert doc == json.loads((out / "bias.json").read_text())  # --json prints what the file holds
+    assert_valid_record(doc, "bias")
+    rows = {r["variant"]: r for r in doc["results"]["table"]}
     assert rows["bias_correction=True"]["first_step_ratio"] == pytest.approx(1.0, abs=1e-3)
     assert rows["bias_correction=False"]["first_step_ratio"] == pytest.approx(0.1 / 0.001**0.5, rel=1e-3)
     assert rows["recursive"]["final_loss"] == pytest.approx(rows["bias_correction=True"]["final_loss"], rel=1e-5)
-    runs = json.loads((out / "bias.json").read_text())["runs"]
+    runs = doc["results"]["runs"]
+    assert runs[0]["variant"] == "recursive"  # the answer to the exercise leads
+    assert doc["conclusions"][0].startswith("No correction needed")
     moments = {r["variant"]: r["moments"] for r in runs}
     assert all(len(m["v_hat"]) == bi.MOMENT_STEPS for m in moments.values())
     np.testing.assert_allclose(moments["recursive"]["v_hat"], moments["bias_correction=True"]["v_hat"], rtol=1e-4)

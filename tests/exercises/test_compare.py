@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from adamlab.lab import compare as cmp
+from tests.lab.records import assert_valid_record
 
 
 def test_compare_two_members_one_epoch(tmp_path) -> None:
@@ -16,14 +17,16 @@ def test_compare_two_members_one_epoch(tmp_path) -> None:
     res = CliRunner().invoke(cmp.command, args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert [r["optimizer"] for r in doc["table"]] == ["adagrad", "yogi"]
-    assert 0.2 < doc["floor"] < 0.25
-    for row in doc["table"]:
+    assert doc == json.loads((out / "compare.json").read_text())
+    assert_valid_record(doc, "compare")
+    assert [r["optimizer"] for r in doc["results"]["table"]] == ["adagrad", "yogi"]
+    assert 0.2 < doc["results"]["floor"] < 0.25
+    for row in doc["results"]["table"]:
         assert row["gap_to_floor"] >= 0 and row["final_loss"] < 0.3  # both learn the problem
         assert row["sec_per_epoch"] > 0
-    run = doc["runs"][0]
+    run = doc["results"]["runs"][0]
     assert len(run["seconds"]) == len(run["losses"]) == 8 and run["seconds"] == sorted(run["seconds"])
-    assert doc["seed"] == 0 and "torch" in doc["versions"]
+    assert doc["config"]["seed"] == 0 and "torch" in doc["versions"]
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "compare.json").read_text())["config"]["epochs"] == 1
 

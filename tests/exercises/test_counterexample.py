@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from adamlab.lab import counterexample as ce
-from adamlab.lab.exercises import online1d
+from adamlab.lab import online1d
+from tests.lab.records import assert_valid_record
 
 
 def _has_c() -> bool:
@@ -93,12 +94,15 @@ def test_cli_json_and_files(tmp_path) -> None:
     res = CliRunner().invoke(ce.command, ["--problem", "theorem1", "--steps", "3000", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    names = [r["optimizer"] for r in doc["problems"]["theorem1"]["optimizers"]]
+    assert doc == json.loads((out / "counterexample.json").read_text())
+    assert_valid_record(doc, "counterexample")
+    names = [r["optimizer"] for r in doc["results"]["problems"]["theorem1"]["optimizers"]]
     assert names == ["adam", "amsgrad", "yogi", "yogi(s0=0,no-bc)"]
-    assert {"final_x", "average_regret"} <= set(doc["problems"]["theorem1"]["optimizers"][0])
-    assert "numpy" in doc["versions"] and doc["implementation"] == "c"
-    full = json.loads((out / "counterexample.json").read_text())
-    run = full["problems"]["theorem1"]["runs"][0]
+    assert {"final_x", "average_regret"} <= set(doc["results"]["problems"]["theorem1"]["optimizers"][0])
+    assert "numpy" in doc["versions"] and doc["results"]["implementation"] == "c"
+    assert doc["config"]["C"] == 3.0 and doc["config"]["steps"] == {"theorem1": 3000}  # defaults filled in
+    assert "same learning-rate schedule 0.5/sqrt(t)" in doc["conclusions"][0]
+    run = doc["results"]["problems"]["theorem1"]["runs"][0]
     assert len(run["t"]) == len(run["x"]) > 50 and run["t"][-1] == 3000
     png = (out / "counterexample.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -158,8 +162,30 @@ def test_without_a_compiler_auto_falls_back_and_c_refuses(tmp_path, monkeypatch)
     assert res.exit_code == 0, res.output
     assert "warning: no C compiler" in res.stderr
     doc = json.loads(res.stdout)
-    assert doc["implementation"] == "reference"
-    assert doc["problems"]["theorem1"]["optimizers"][0]["final_x"] > 0.9  # Adam fails here too
+    assert doc["results"]["implementation"] == "reference"
+    assert doc["results"]["problems"]["theorem1"]["optimizers"][0]["final_x"] > 0.9  # Adam fails here too
     res = CliRunner().invoke(ce.command, ["--backend", "c", "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and "C backend is unavailable" in res.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_the_figure_is_untangled_one_row_per_problem_one_colour_per_optimizer() -> None:
+    result = ce.counterexample(("theorem1", "stochastic"), steps=2000, seeds=5)
+    fig = result.plot()
+    assert len(fig.axes) == 4  # two problems x (iterate, regret)
+    for ax in fig.axes:
+        curves = [line for line in ax.get_lines() if line.get_linestyle() != "--"]
+        assert len(curves) == 4  # one line per optimizer, not one per seed (the seeds are a band)
+        assert len({line.get_color() for line in curves}) == 4
+    iterate = fig.axes[2]  # stochastic: 5 seeds as a median line and a min-max band
+    assert iterate.get_title() == "stochastic: iterate" and len(iterate.collections) == 4
+    assert {ax.title.get_fontsize() for ax in fig.axes} == {10.0}
+
+
+def test_the_conclusion_names_the_shared_schedule_and_is_computed() -> None:
+    result = ce.counterexample(("theorem1",), steps=5000, seeds=1)
+    (line,) = result.conclusions()
+    assert "adam, amsgrad, yogi, yogi(s0=0,no-bc) all ran at the same learning-rate schedule 0.5/sqrt(t)" in line
+    rows = {r["optimizer"]: r for r in result.problems[0].per_optimizer()}
+    far = [n for n, r in rows.items() if abs(r["mean_x_last_tenth"] + 1) >= 0.1]
+    assert "adam (mean x" in line and all(f"{n} (mean x" in line for n in far)

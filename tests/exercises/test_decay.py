@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from adamlab.lab import decay as dc
+from tests.lab.records import assert_valid_record
 
 
 @pytest.mark.parametrize("schedule", dc.SCHEDULES)
@@ -33,14 +34,16 @@ def test_decay_cli_two_schedules(tmp_path) -> None:
     res = CliRunner().invoke(dc.command, args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    rows = {r["schedule"]: r for r in doc["table"]}
+    assert_valid_record(doc, "decay")
+    rows = {r["schedule"]: r for r in doc["results"]["table"]}
     assert set(rows) == {"constant", "cosine"}
     # annealing to 0 removes the minibatch noise at the end: less jitter, closer to the floor
     assert rows["cosine"]["last_epoch_std"] < rows["constant"]["last_epoch_std"]
     assert rows["cosine"]["last_epoch_mean_gap"] < rows["constant"]["last_epoch_mean_gap"]
     assert all(r["gap_to_floor"] > -1e-6 for r in rows.values())  # nothing beats least squares
     saved = json.loads((out / "decay.json").read_text())
-    assert saved["config"]["epochs"] == 3 and len(saved["runs"]) == 2
+    assert saved == doc and saved["config"]["epochs"] == 3 and len(saved["results"]["runs"]) == 2
+    assert any("cosine" in line for line in doc["conclusions"])
     assert (out / "decay.png").stat().st_size > 10_000
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from adamlab.lab.exercises.book import BookOptimizer
-from adamlab.lab.exercises.family import FAMILY
+from adamlab.lab.book_optimizer import BookOptimizer
+from adamlab.lab.family import FAMILY
 
 rng = np.random.default_rng(1)
 X = rng.normal(size=(30, 4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from adamlab.lab import report as rp
+from tests.lab.records import assert_valid_record
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +26,29 @@ def built(tmp_path_factory):
 def test_report_is_self_contained(built) -> None:
     out, doc = built
     page = (out / "report.html").read_text()
-    assert [s["key"] for s in doc["sections"]] == list(rp.SECTIONS)
-    figures = re.findall(r'<img class="figure" alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(figures) == len(rp.SECTIONS) and all(len(f) > 10_000 for f in figures)
+    sections = doc["results"]["sections"]
+    assert [s["key"] for s in sections] == list(rp.SECTIONS)
+    assert doc == json.loads((out / "report.json").read_text())
+    assert_valid_record(doc, "report")
+    # figures: inline SVG (text stays text), one per section; the whole page stays small
+    assert page.count('<figure class="figure"') == len(rp.SECTIONS) == page.count("<svg")
+    assert len(page.encode()) < 3_000_000
     # nothing to fetch: no external URL in a src/href, no stylesheet or script file
     assert not re.search(r'(src|href)="(?!data:|#)', page)
-    for s in doc["sections"]:
+    for s in sections:
         assert s["command"].startswith("adamlab ") and s["command"] in page
+        assert s["conclusions"] and all(c in html.unescape(page) for c in s["conclusions"])
     assert "loss: " in page  # the book's lines of the chapter run
-    assert doc["seed"] == 0 and "torch" in doc["versions"]
+    assert doc["config"]["seed"] == 0 and "torch" in doc["versions"]
+
+
+def test_report_tables_are_html_tables_and_versions_a_list(built) -> None:
+    out, _ = built
+    page = (out / "report.html").read_text()
+    assert "<pre>" not in page  # no fixed-width text tables
+    assert page.count("<table>") >= len(rp.SECTIONS)
+    assert "<th>final loss</th>" in page or '<th class="">final loss</th>' in page
+    assert re.search(r"<dt>torch</dt><dd>[0-9]", page) and "{&#34;" not in page  # not a JSON dump
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

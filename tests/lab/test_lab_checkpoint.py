@@ -16,9 +16,15 @@ import torch
 from click.testing import CliRunner
 
 from adamlab.lab import checkpoint as ckpt
-from adamlab.lab.chapter import checkpoint_path
 from adamlab.lab.cli import cli
-from adamlab.lab.train import RunConfig, run
+from adamlab.lab.data import load
+from adamlab.lab.loop import RunConfig, train
+from adamlab.lab.resume import Checkpointing, checkpoint_path
+
+
+def _path(out: Path, config: RunConfig) -> Path:
+    return checkpoint_path(out / "checkpoints", config)
+
 
 CASES = {
     "scratch": (RunConfig("scratch", "yogi", 0.01, 10, 4, 5), ["--trainer", "scratch", "--optimizer", "yogi"]),
@@ -59,13 +65,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(tmp_path, cas
     rng = random.Random(os.urandom(8))
     every = rng.choice([1, 2, 3])  # the resumed run redoes the steps since the last checkpoint
     out = tmp_path / "out"
-    checkpoint = checkpoint_path(out, config)
+    checkpoint = _path(out, config)
 
     killed = _run_and_kill(_command(args, out, every, resume=False), checkpoint, rng)
     state = ckpt.load(checkpoint)  # whatever moment the kill hit, the checkpoint on disk is whole
     # Resume in this process (the command line's resume is what test_resume_* below run).
-    resumed = run(config, checkpoint=checkpoint, checkpoint_every=every, resume=True)
-    uninterrupted = run(config)
+    data = load()
+    resumed = train(config, data, checkpoint=Checkpointing(checkpoint, config, data, every=every, resume=True))
+    uninterrupted = train(config, data)
 
     assert resumed.losses == uninterrupted.losses
     assert resumed.epochs == uninterrupted.epochs
@@ -80,7 +87,7 @@ def _make_checkpoint(out: Path) -> Path:
     args = ["train", "--epochs", "1", "--checkpoint-every", "40", "--out", str(out), "--quiet"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    return checkpoint_path(out, RunConfig("scratch", "adam", 0.01, 10, 1, 0))
+    return _path(out, RunConfig("scratch", "adam", 0.01, 10, 1, 0))
 
 
 def _truncate(p: Path) -> None:
@@ -110,12 +117,12 @@ def test_a_corrupt_checkpoint_is_refused_with_exit_2(tmp_path, case):
     corrupt(path)
     with pytest.raises(ckpt.CheckpointError, match=message):
         ckpt.load(path)
-    results_before = (out / "results.json").read_bytes()
+    results_before = (out / "train.json").read_bytes()
     result = CliRunner().invoke(cli, ["train", "--epochs", "1", "--resume", "--out", str(out)])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("adamlab: error: ") and result.stderr.count("\n") == 1
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert (out / "results.json").read_bytes() == results_before  # nothing was used or rewritten
+    assert (out / "train.json").read_bytes() == results_before  # nothing was used or rewritten
 
 
 @pytest.mark.parametrize("change", [["--lr", "0.02"], ["--seed", "1"], ["--batch-size", "20"]])
@@ -129,9 +136,9 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path, change):
 def test_resume_of_a_finished_run_returns_its_result(tmp_path):
     out = tmp_path / "out"
     _make_checkpoint(out)
-    first = json.loads((out / "results.json").read_text())["runs"][0]
+    first = json.loads((out / "train.json").read_text())["results"]["runs"][0]
     result = CliRunner().invoke(cli, ["train", "--epochs", "1", "--resume", "--json", "--out", str(out)])
-    again = json.loads(result.stdout)["runs"][0]
+    again = json.loads(result.stdout)["results"]["runs"][0]
     assert again["losses"] == first["losses"] and again["parameters"] == first["parameters"]
     assert again["train_seconds"] == first["train_seconds"] and again["resumed_at_step"] == first["steps"]
 
@@ -156,6 +163,6 @@ def test_chapter_checkpoints_every_run_and_resumes_them(tmp_path):
     again = CliRunner().invoke(cli, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert not stale.exists()
-    for a, b in zip(json.loads(first.stdout)["runs"], json.loads(again.stdout)["runs"]):
+    for a, b in zip(json.loads(first.stdout)["results"]["runs"], json.loads(again.stdout)["results"]["runs"]):
         assert a["losses"] == b["losses"] and a["parameters"] == b["parameters"]
         assert b["resumed_at_step"] == b["steps"] == 150

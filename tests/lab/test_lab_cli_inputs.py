@@ -40,8 +40,8 @@ def test_chapter_optimizer_is_checked_the_same_way(tmp_path):
 
 
 def test_the_lab_family_factories_still_resolve():
-    from adamlab.lab.exercises.family import FAMILY, sgd
-    from adamlab.lab.train import resolve_optimizer
+    from adamlab.lab.family import FAMILY, sgd
+    from adamlab.lab.frameworks.torch_chapter import resolve_optimizer
 
     assert resolve_optimizer(FAMILY["sgd"].target) is sgd
 
@@ -83,20 +83,36 @@ def test_a_command_on_its_own_says_the_same_line(tmp_path):
     assert alone.stderr == grouped.stderr
 
 
-def test_run_records_share_one_torch_free_base():
+def test_the_loop_and_the_chapter_import_without_torch():
+    """One loop for every framework: the MXNet environment has no torch."""
     import subprocess
     import sys
 
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from adamlab.lab.frameworks.protocol import FrameworkRun\n"
-        "from adamlab.lab.runs import CurveRun\n"
-        "assert issubclass(FrameworkRun, CurveRun)\n"
+        "from adamlab.lab.loop import RunConfig, train\n"
+        "from adamlab.lab.chapter import run_chapter, chapter_configs\n"
+        "from adamlab.lab.results import Outputs, record\n"
+        "assert [c.framework for c in chapter_configs('mxnet')] == ['mxnet'] * 5\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
-    from adamlab.lab.runs import CurveRun
-    from adamlab.lab.train import RunResult
 
-    assert issubclass(RunResult, CurveRun)
+def test_each_name_says_one_thing():
+    import dataclasses
+    import importlib
+
+    from adamlab.lab import cli, frameworks, loop
+
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("adamlab.lab.exercises")  # helpers live beside the experiments now
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("adamlab.lab.train")  # the torch trainer is a framework module
+    assert dataclasses.is_dataclass(loop.Progress) and not hasattr(cli, "Progress")  # where a run stands
+    assert frameworks.module("torch").__name__ == "adamlab.lab.frameworks.torch_chapter"
+    assert {name: frameworks._MODULES[name].rsplit(".", 1)[1] for name in frameworks.FRAMEWORKS} == {
+        "torch": "torch_chapter",
+        "tensorflow": "tensorflow_chapter",
+        "mxnet": "mxnet_chapter",
+    }

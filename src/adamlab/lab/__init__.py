@@ -1,16 +1,21 @@
 """The lab: the "Adam" section of *Dive into Deep Learning* (ch. 11), reproduced.
 
 Read top to bottom: :mod:`~adamlab.lab.data` (the airfoil data and the chapter's
-pipeline), :mod:`~adamlab.lab.train` (the scratch and concise trainers),
+pipeline), :mod:`~adamlab.lab.loop` (one run: the config, the training loop, the result),
+:mod:`~adamlab.lab.frameworks` (torch, TensorFlow and MXNet: the models the loop drives),
 :mod:`~adamlab.lab.chapter` (the chapter's five runs), :mod:`~adamlab.lab.plots`,
-:mod:`~adamlab.lab.results` and :mod:`~adamlab.lab.checkpoint`, and
+:mod:`~adamlab.lab.results` (the record and the output folder) and
 :mod:`~adamlab.lab.cli` (the ``adamlab`` command, which calls the same functions).
+The exercises: :mod:`~adamlab.lab.sweep`, :mod:`~adamlab.lab.bias`,
+:mod:`~adamlab.lab.decay`, :mod:`~adamlab.lab.counterexample`,
+:mod:`~adamlab.lab.init_batches`, :mod:`~adamlab.lab.compare`, :mod:`~adamlab.lab.report`.
 
 In a notebook::
 
     from adamlab import lab
-    result = lab.chapter()          # the five runs; result.plot() draws them
-    run = lab.train_scratch("yogi")  # one run; run.plot(), run.to_json()
+    result = lab.run_chapter()                  # the five runs; result.plot(), result.conclusions()
+    run = lab.train(lab.RunConfig("scratch", "yogi"))   # one run; run.plot(), run.to_dict()
+    lab.save(result, "adamlab-results")         # results.json + loss.png, as `adamlab` writes them
 
 Torch and matplotlib are imported on first use.
 """
@@ -20,25 +25,20 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-# ``chapter`` is both a submodule and its main function. Importing the function here, once,
-# keeps ``adamlab.lab.chapter`` the function: a later ``import adamlab.lab.chapter`` finds the
-# module in sys.modules and leaves the package attribute alone. (chapter.py needs NumPy only.)
-from adamlab.lab.chapter import ChapterResult as ChapterResult
-from adamlab.lab.chapter import chapter as chapter
-
 _LAZY = {
-    "train_scratch": "adamlab.lab.train",
-    "train_concise": "adamlab.lab.train",
-    "run": "adamlab.lab.train",
-    "RunConfig": "adamlab.lab.train",
-    "RunResult": "adamlab.lab.train",
+    "run_chapter": "adamlab.lab.chapter",
+    "ChapterResult": "adamlab.lab.chapter",
+    "train": "adamlab.lab.loop",
+    "RunConfig": "adamlab.lab.loop",
+    "RunResult": "adamlab.lab.loop",
+    "save": "adamlab.lab.results",
     "load": "adamlab.lab.data",
     "least_squares_floor": "adamlab.lab.data",
     "LabInputError": "adamlab.lab.data",
     "CheckpointError": "adamlab.lab.checkpoint",
 }
 
-__all__ = sorted([*_LAZY, "ChapterResult", "chapter"])
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

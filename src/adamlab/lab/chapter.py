@@ -1,6 +1,6 @@
-"""The chapter: five runs on the airfoil data, the floor, one figure and one results file.
+"""The chapter: five runs on the airfoil data, in any of its three frameworks.
 
-:func:`chapter` is what ``adamlab`` with no arguments runs, and what a notebook calls::
+:func:`run_chapter` is what ``adamlab`` with no arguments runs, and what a notebook calls::
 
     scratch Adam          the chapter's Adam on raw tensors       lr 0.01, batch 10, 2 epochs
     torch.optim.Adam      nn.Linear + torch's Adam                lr 0.01, batch 10, 4 epochs
@@ -8,37 +8,32 @@
     scratch Yogi          the chapter's Yogi on raw tensors       lr 0.01, batch 10, 2 epochs
     adamlab.Yogi          nn.Linear + adamlab's Yogi              lr 0.01, batch 10, 4 epochs
 
-Every run uses the same seed, so all start from the same draw of the generator. The
-floor is the least-squares optimum of the same ½-MSE, computed in float64 from the data.
-Everything is validated (configs, data, output folder, checkpoints to resume) before
-anything is trained or written.
+(``framework="tensorflow"``/``"mxnet"``: the same five with that framework's tensors and
+built-in Adam; :mod:`adamlab.lab.frameworks`.) Every run uses the same seed. The floor is
+the least-squares optimum of the same ½-MSE, computed in float64 from the data.
+
+The order: validate everything (configs, data, checkpoints to resume), train each run
+(:func:`adamlab.lab.loop.train`), and return a :class:`ChapterResult`; the ``adamlab``
+command writes it with :func:`adamlab.lab.cli.write_and_report`. Ctrl-C between or
+during runs keeps the runs that finished (``status: "partial"``).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adamlab.lab import frameworks
 from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
-from adamlab.lab.results import RESULTS_SCHEMA, atomic_write, check_output_dir, versions, write_json
+from adamlab.lab.loop import BOOK_EPOCHS, RunConfig, RunResult, train
 
-CHAPTER_RUNS: tuple[tuple[str, str], ...] = (
-    ("scratch", "adam"),
-    ("concise", "torch.optim.Adam"),
-    ("concise", "adamlab.Adam"),
-    ("scratch", "yogi"),
-    ("concise", "adamlab.Yogi"),
-)
-FAMILIES = {"adam": ("adam", "torch.optim.Adam", "adamlab.Adam"), "yogi": ("yogi", "adamlab.Yogi")}
-RESULTS_FILE = "results.json"
-PLOT_STEM = "loss"
+FAMILIES = {"adam": "adam", "yogi": "yogi"}
 
 
 def chapter_configs(
+    framework: str = "torch",
     *,
     optimizers: Sequence[str] | None = None,
     lr: float = 0.01,
@@ -46,36 +41,47 @@ def chapter_configs(
     epochs: int | None = None,
     seed: int = 0,
     data: str | None = None,
-):
-    """The chapter's run configs; ``optimizers`` picks some: "adam", "yogi", or optimizer names.
+) -> list[RunConfig]:
+    """The chapter's runs in ``framework``; ``optimizers`` picks some: "adam", "yogi", or run names.
 
-    A name outside the chapter's five (e.g. ``torch.optim.AdamW``) adds a concise run with it.
-    ``epochs=None`` keeps the book's 2 (scratch) and 4 (concise).
+    With torch, a name outside the chapter's five (e.g. ``torch.optim.AdamW``) adds a
+    concise run with it. ``epochs=None`` keeps the book's 2 (scratch) and 4 (concise).
     """
-    from adamlab.lab.train import DEFAULT_EPOCHS, RunConfig
-
-    runs = list(CHAPTER_RUNS) if not optimizers else []
+    frameworks.check_framework(framework)
+    book = frameworks.CHAPTER_RUNS[framework]
+    runs = list(book) if not optimizers else []
     for name in optimizers or ():
-        family = FAMILIES.get(name.lower(), (name,))
-        picked = [run for run in CHAPTER_RUNS if run[1] in family] or [("concise", name)]
-        runs += [run for run in picked if run not in runs]
+        key = name.lower()
+        picked = [r for r in book if r[1].lower() == key or (key in FAMILIES and _family(r[1]) == key)]
+        if not picked:
+            if framework != "torch":
+                known = ", ".join(["adam", "yogi", *(r[1] for r in book)])
+                raise LabInputError(f"no run of the {framework} chapter matches {name!r} (known: {known})")
+            picked = [("concise", name)]
+        runs += [r for r in picked if r not in runs]
     return [
-        RunConfig(trainer, optimizer, lr, batch_size, DEFAULT_EPOCHS[trainer] if epochs is None else epochs, seed, data)
-        for trainer, optimizer in runs
+        RunConfig(
+            trainer, name, lr, batch_size, BOOK_EPOCHS[trainer] if epochs is None else epochs, seed, data, framework
+        )
+        for trainer, name in runs
     ]
+
+
+def _family(name: str) -> str:
+    return "yogi" if "yogi" in name.lower() else "adam"
 
 
 @dataclass
 class ChapterResult:
-    """The chapter's runs, the floor, and where the data came from."""
+    """The chapter's runs (or ``adamlab train``'s one run), the floor, and the data's provenance."""
 
-    runs: list[Any]
+    runs: list[RunResult]
     floor: float
     data: dict[str, Any]
-    seed: int
-    kind: str = "chapter"  # or "runs": runs other than the chapter's five (``adamlab train``)
-    versions: dict[str, str] = field(default_factory=versions)
-    files: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any]
+    command: str = "chapter"  # or "train"
+    status: str = "complete"  # "partial": interrupted, ``runs`` are those that finished
+    planned: list[str] = field(default_factory=list)
 
     def book_lines(self) -> list[str]:
         return [f"{run.name:<18} {run.book_line()}" for run in self.runs]
@@ -88,37 +94,73 @@ class ChapterResult:
         lines.append(f"{'floor (lstsq)':<18} {self.floor:>10.4f}")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict[str, Any]:
+    def conclusions(self) -> list[str]:
+        """What the numbers say, computed from them (gaps to the floor, implementations that agree)."""
+        out = []
+        if self.status == "partial":
+            out.append(f"Interrupted: {len(self.runs)} of {len(self.planned)} runs finished; only those are reported.")
+        diverged = [r.name for r in self.runs if r.status == "diverged"]
+        if diverged:
+            out.append(f"Diverged (a loss that is not finite): {', '.join(diverged)}.")
+        ok = [r for r in self.runs if r.status == "ok"]
+        if ok:
+            gaps = {r.name: r.final_loss - self.floor for r in ok}
+            worst = max(gaps, key=gaps.get)
+            out.append(
+                f"{len(ok)} run(s) end {min(gaps.values()):.4f} to {gaps[worst]:.4f} above the least-squares "
+                f"floor {self.floor:.4f} (furthest: {worst})."
+            )
+        by_name = {r.name: r for r in ok}
+        for a, b in (("torch.optim.Adam", "adamlab.Adam"), ("keras.optimizers.Adam", "adamlab.keras.Adam"),
+                     ("gluon 'adam'", "adamlab.gluon.Adam")):  # fmt: skip
+            if a in by_name and b in by_name:
+                ra, rb = by_name[a], by_name[b]
+                same = ra.parameters == rb.parameters
+                diff = abs(ra.final_loss - rb.final_loss)
+                how = "bitwise-identical parameters" if same else f"final losses {diff:.2e} apart"
+                out.append(f"{b} reproduces {a} on this data: {how}.")
+        scratch = {r.config.optimizer: r for r in ok if r.config.trainer == "scratch"}
+        if "adam" in scratch and "yogi" in scratch:
+            d = scratch["yogi"].final_loss - scratch["adam"].final_loss
+            word = "below" if d < 0 else "above"
+            out.append(
+                f"From scratch, Yogi ends {abs(d):.4f} {word} Adam after {scratch['adam'].config.epochs} epoch(s) "
+                "at the same lr and seed."
+            )
+        return out
+
+    def results(self) -> dict[str, Any]:
         return {
-            "schema": RESULTS_SCHEMA,
-            "kind": self.kind,
-            "seed": self.seed,
             "floor": self.floor,
             "data": self.data,
-            "versions": self.versions,
+            "planned_runs": self.planned,
             "runs": [run.to_dict() for run in self.runs],
-            "files": self.files,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def plot(self):
-        """All runs and the floor (dashed) in one matplotlib Figure."""
-        from adamlab.lab.plots import plot_runs
+    def plot(self) -> Any:
+        """The book's figure: loss vs epoch, one panel per run, the floor dashed."""
+        from adamlab.lab.plots import plot_curves
 
         source = self.data["source"]
         where = "the airfoil data" if source.startswith("bundled:") else Path(source).name
-        what = "Adam and Yogi" if self.kind == "chapter" else ", ".join(run.name for run in self.runs)
-        return plot_runs(self.runs, floor=self.floor, title=f"{what} on {where} (seed {self.seed})")
+        framework = self.config.get("framework", "torch")
+        return plot_curves(self.runs, floor=self.floor, title=f"{framework}, {where}, seed {self.config['seed']}")
 
 
-def checkpoint_path(out: str | Path, config: Any) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{config.trainer}-{config.optimizer}").strip("-").lower()
-    return Path(out) / "checkpoints" / f"{slug}.ckpt"
+def check_runs(configs: Sequence[RunConfig], data: LabData) -> None:
+    """Everything about ``configs`` that can fail, checked before any run: each config, each
+    framework's presence, and (torch) that each concise optimizer builds and takes a step."""
+    for config in configs:
+        config.validate(data)
+    for name in {c.framework for c in configs}:
+        frameworks.module(name)
+    for config in configs:
+        if config.framework == "torch" and config.trainer == "concise":
+            frameworks.module("torch").Session(config, data)  # e.g. LBFGS: its step() needs a closure
 
 
-def chapter(
+def run_chapter(
+    framework: str = "torch",
     *,
     seed: int = 0,
     lr: float = 0.01,
@@ -126,72 +168,62 @@ def chapter(
     epochs: int | None = None,
     optimizers: Sequence[str] | None = None,
     data: LabData | str | Path | None = None,
-    out: str | Path | None = None,
-    plot_format: str = "png",
+    configs: Sequence[RunConfig] | None = None,
+    checkpoints: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
-    configs: Sequence[Any] | None = None,
-    on_start: Callable[[Any, int], Callable[[int, int], None] | None] | None = None,
+    on_start: Callable[[RunConfig, int], Callable[[int, int], None] | None] | None = None,
+    command: str = "chapter",
 ) -> ChapterResult:
-    """Run the chapter; with ``out``, write ``results.json`` and ``loss.png`` (or ``.svg``) there.
+    """Run the chapter (or ``configs``, e.g. ``adamlab train``'s one run) and return the result.
 
-    ``configs`` (a list of :class:`~adamlab.lab.train.RunConfig`) replaces the chapter's
-    five runs: ``adamlab train`` runs one config through here.
-
-    ``checkpoint_every``/``resume`` keep one checkpoint per run in ``out/checkpoints``.
-    ``on_start(config, index)`` may return a progress callback ``(step, total)`` for that run.
+    ``checkpoints`` (a folder) with ``checkpoint_every``/``resume`` keeps one checkpoint per
+    run there (torch). ``on_start(config, index)`` may return a progress callback
+    ``(step, total)`` for that run. Everything is validated before anything is trained.
     """
-    from adamlab.lab.plots import FORMATS
-    from adamlab.lab.train import load_checkpoint, run
-
-    # Validate everything before training or writing anything.
     lab_data = data if isinstance(data, LabData) else load(data)
     source = None if lab_data.source.startswith("bundled:") else lab_data.source
-    kind = "chapter" if configs is None else "runs"
     if configs is None:
         configs = chapter_configs(
-            optimizers=optimizers, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, data=source
+            framework, optimizers=optimizers, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, data=source
         )
-    for config in configs:
-        config.validate(lab_data)
-    if plot_format not in FORMATS:
-        raise LabInputError(f"plot format must be one of {', '.join(FORMATS)}, got {plot_format!r}")
-    if checkpoint_every < 0:
-        raise LabInputError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    if (checkpoint_every or resume) and out is None:
-        raise LabInputError("--checkpoint-every and --resume need --out (the checkpoints live there)")
-    if out is not None:
-        check_output_dir(out)
-    if resume:
-        for config in configs:
-            load_checkpoint(checkpoint_path(out, config), config, lab_data)
+    configs = list(configs)
+    check_runs(configs, lab_data)
+    saving = checkpoint_every or resume
+    if saving and checkpoints is None:
+        raise LabInputError("--checkpoint-every and --resume need a checkpoint folder (--out)")
+    if saving:
+        from adamlab.lab.resume import Checkpointing, checkpoint_path  # torch: imported only when used
+    hooks = [
+        Checkpointing(checkpoint_path(checkpoints, c), c, lab_data, every=checkpoint_every, resume=resume)
+        if saving
+        else None
+        for c in configs
+    ]
+    for hook in hooks:
+        if hook is not None:
+            hook.load()  # a bad checkpoint is refused before any run
 
-    floor = least_squares_floor(lab_data)
-    results = []
-    for index, config in enumerate(configs):
-        progress = on_start(config, index) if on_start else None
-        results.append(
-            run(
-                config,
-                lab_data,
-                checkpoint=checkpoint_path(out, config) if out is not None else None,
-                checkpoint_every=checkpoint_every,
-                resume=resume,
-                progress=progress,
-            )
-        )
-    result = ChapterResult(runs=results, floor=floor, data=lab_data.describe(), seed=configs[0].seed, kind=kind)
-    if out is not None:
-        write_outputs(result, Path(out), plot_format)
+    first = configs[0]
+    config = {
+        "framework": first.framework,
+        "runs": [c.name for c in configs],
+        "lr": first.lr,
+        "batch_size": first.batch_size,
+        "epochs": {c.name: c.epochs for c in configs},
+        "seed": first.seed,
+        "data": lab_data.source,
+        "checkpoint_every": checkpoint_every,
+        "resume": resume,
+    }
+    result = ChapterResult([], least_squares_floor(lab_data), lab_data.describe(), config, command)
+    result.planned = [c.name for c in configs]
+    try:
+        for index, (run_config, hook) in enumerate(zip(configs, hooks)):
+            progress = on_start(run_config, index) if on_start else None
+            result.runs.append(train(run_config, lab_data, on_progress=progress, checkpoint=hook))
+    except KeyboardInterrupt:
+        if not result.runs:
+            raise
+        result.status = "partial"
     return result
-
-
-def write_outputs(result: ChapterResult, out: Path, plot_format: str = "png") -> None:
-    """``results.json`` and the figure, each written atomically."""
-    from adamlab.lab.plots import figure_bytes
-
-    plot_file = out / f"{PLOT_STEM}.{plot_format}"
-    image = figure_bytes(result.plot(), plot_format)  # rendered first: a failure here writes nothing
-    result.files = {"results": str(out / RESULTS_FILE), "plot": str(plot_file)}
-    write_json(out / RESULTS_FILE, result.to_dict())
-    atomic_write(plot_file, image)

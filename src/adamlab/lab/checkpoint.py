@@ -48,18 +48,6 @@ def save(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_write(path, header + body)
 
 
-def remove_stale_temp_files(path: str | Path) -> list[Path]:
-    """Delete the temp files a killed writer of ``path`` left behind (``.NAME.*.tmp``).
-
-    Only the temp files of this one checkpoint: a run owns its checkpoint file.
-    """
-    path = Path(path)
-    stale = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
-    for temp in stale:
-        temp.unlink(missing_ok=True)
-    return stale
-
-
 def load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:

@@ -4,35 +4,26 @@ Source: *Dive into Deep Learning*, chapter 11 (§11.5 minibatch SGD through §11
 Adam/Yogi), each optimizer with the hyperparameters its section uses, on the same data
 and protocol (batch 10, 2 epochs as ``d2l.train_ch11``, loss recorded every 200
 examples). The loss-vs-time figure follows §11.5, which plots loss against seconds on a
-log axis. Conventions and implementations: :mod:`adamlab.lab.exercises.family`.
+log axis. Conventions and implementations: :mod:`adamlab.lab.family`.
 
-Each run goes through the lab's concise trainer (:func:`adamlab.lab.train.train_concise`).
+Each run goes through the lab's one training loop (:func:`adamlab.lab.loop.train`, torch, concise).
 Seconds at a recorded point are the run's training time scaled by the fraction of steps
 done (the trainer times the whole run; every step costs the same).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from adamlab.lab.cli import standard_options
-from adamlab.lab.data import LabData, least_squares_floor, load
-from adamlab.lab.exercises.common import (
-    LabInputError,
-    Progress,
-    check_output_dir,
-    experiment_record,
-    figure,
-    input_errors,
-    versions,
-    write_results,
-)
-from adamlab.lab.exercises.family import FAMILY, member
+from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
+from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
+from adamlab.lab.family import FAMILY, member
+from adamlab.lab.plots import color, figure, style
 
 SOURCE = "Dive into Deep Learning, ch. 11 (sections 11.5-11.10), the book's hyperparameters"
 
@@ -44,7 +35,8 @@ class CompareResult:
     floor: float
     config: dict[str, Any]
     data: dict[str, Any]
-    versions: dict[str, str] = field(default_factory=versions)
+    status: str = "complete"
+    command: str = "compare"
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -74,23 +66,45 @@ class CompareResult:
         total_epochs = run.epochs[-1]
         return [run.train_seconds * e / total_epochs for e in run.epochs]
 
+    def conclusions(self) -> list[str]:
+        """The ranking by final loss and by time, from the table."""
+        rows = [r for r in self.rows() if math.isfinite(r["final_loss"])]
+        out = []
+        bad = [r["optimizer"] for r in self.rows() if not math.isfinite(r["final_loss"])]
+        if bad:
+            out.append(f"Diverged: {', '.join(bad)}.")
+        if rows:
+            ranked = sorted(rows, key=lambda r: r["final_loss"])
+            order = " < ".join(f"{r['optimizer']} ({r['gap_to_floor']:.4f})" for r in ranked)
+            out.append(f"Gap to the floor after {self.config['epochs']} epoch(s), best first: {order}.")
+            fast = min(rows, key=lambda r: r["sec_per_epoch"])
+            slow = max(rows, key=lambda r: r["sec_per_epoch"])
+            out.append(
+                f"Per epoch, {fast['optimizer']} is cheapest ({fast['sec_per_epoch']:.4f} s) and {slow['optimizer']} "
+                f"dearest ({slow['sec_per_epoch']:.4f} s)."
+            )
+        return out
+
+    def results(self) -> dict[str, Any]:
+        runs = [run.to_dict() | {"optimizer": n, "seconds": self.seconds(run)} for n, run in zip(self.names, self.runs)]
+        return {"floor": self.floor, "data": self.data, "table": self.rows(), "runs": runs}
+
     def plot(self) -> Any:
-        fig, axes = figure(1, 2, width=5.6, height=3.8)
-        for name, run in zip(self.names, self.runs):
-            axes[0, 0].plot(run.epochs, run.losses, marker=".", ms=3, lw=1.2, label=name)
-            axes[0, 1].plot(self.seconds(run), run.losses, marker=".", ms=3, lw=1.2, label=name)
+        with style():
+            return self._plot()
+
+    def _plot(self) -> Any:
+        fig, axes = figure(1, 2)
+        for i, (name, run) in enumerate(zip(self.names, self.runs)):
+            axes[0, 0].plot(run.epochs, run.losses, marker=".", color=color(name, i), label=name)
+            axes[0, 1].plot(self.seconds(run), run.losses, marker=".", color=color(name, i), label=name)
         for ax in axes[0]:
             ax.axhline(self.floor, color="k", ls="--", lw=0.8, label=f"floor {self.floor:.4f}")
             ax.set_ylabel("loss (½ MSE, full data)")
-            ax.grid(alpha=0.3)
         axes[0, 0].set(xlabel="epoch", title="the chapter-11 family on airfoil")
         axes[0, 1].set(xlabel="training time (s)", xscale="log", title="loss vs time (as in §11.5)")
         axes[0, 0].legend(fontsize="small")
         return fig
-
-    def to_dict(self) -> dict[str, Any]:
-        runs = [run.to_dict() | {"optimizer": n, "seconds": self.seconds(run)} for n, run in zip(self.names, self.runs)]
-        return experiment_record("compare", SOURCE, self, runs)
 
 
 def compare(
@@ -100,10 +114,10 @@ def compare(
     batch_size: int = 10,
     seed: int = 0,
     data: LabData | str | Path | None = None,
-    progress: Progress | None = None,
+    progress: ProgressBar | None = None,
 ) -> CompareResult:
     """Train every member of the family (or ``optimizers``) with the book's hyperparameters."""
-    from adamlab.lab.train import RunConfig, run
+    from adamlab.lab.loop import RunConfig, run_each, train
 
     names = list(dict.fromkeys(optimizers or FAMILY))
     lab_data = data if isinstance(data, LabData) else load(data)
@@ -112,13 +126,9 @@ def compare(
     for c in configs:
         c.validate(lab_data)
     floor = least_squares_floor(lab_data)
-    runs = []
-    for config in configs:
-        runs.append(run(config, lab_data))
-        if progress is not None:
-            progress.advance()
-    cfg = {"optimizers": names, "epochs": epochs, "batch_size": batch_size, "seed": seed, "data": source}
-    return CompareResult(runs, names, floor, cfg, lab_data.describe())
+    runs, status = run_each(configs, lambda c: train(c, lab_data), advance=progress.advance if progress else None)
+    cfg = {"optimizers": names, "epochs": epochs, "batch_size": batch_size, "seed": seed, "data": lab_data.source}
+    return CompareResult(runs, names[: len(runs)], floor, cfg, lab_data.describe(), status)
 
 
 @click.command(
@@ -129,26 +139,27 @@ def compare(
     inside the root), RMSProp (lr 0.01, gamma 0.9, eps 1e-6 inside), Adadelta (rho 0.9,
     eps 1e-5), Adam (lr 0.01) and Yogi (lr 0.01, eps 1e-3), batch 10, 2 epochs. Prints
     a table (final loss, gap to the least-squares floor, sec/epoch); writes compare.json
-    and compare.png (loss vs epoch, and vs seconds on a log axis).""",
+    and compare.png (loss vs epoch, and vs seconds on a log axis). 13 s measured on 2 busy
+    CPU cores.""",
 )
 @click.option("--optimizer", "optimizers", multiple=True, help=f"Only these (repeatable): {', '.join(FAMILY)}.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True)
 @click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
-@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@plot_format_option
 @standard_options
 def command(
     optimizers: tuple[str, ...],
     epochs: int,
     batch_size: int,
     data: str | None,
-    fmt: str,
+    plot_format: str,
     seed: int,
     out: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    with input_errors("compare"):
+    with input_errors():
         for name in optimizers:
             member(name)
         if epochs < 1:
@@ -156,14 +167,10 @@ def command(
         if batch_size < 1:
             raise LabInputError(f"--batch-size must be >= 1, got {batch_size}")
         lab_data = load(data)
-        out_dir = check_output_dir(out)
         names = optimizers or tuple(FAMILY)
-        with Progress("compare", len(names), enabled=not (quiet or as_json)) as bar:
-            result = compare(names, epochs=epochs, batch_size=batch_size, seed=seed, data=lab_data, progress=bar)
-    doc = result.to_dict()
-    _, fig_path = write_results(out_dir, "compare", doc, result.plot(), fmt)
-    if as_json:
-        click.echo(json.dumps(doc, indent=1))
-    elif not quiet:
-        click.echo(result.table())
-        click.echo(f"wrote {out_dir / 'compare.json'} and {fig_path}")
+
+        def work(_: Any) -> CompareResult:
+            with ProgressBar("compare", len(names), enabled=not (quiet or as_json)) as bar:
+                return compare(names, epochs=epochs, batch_size=batch_size, seed=seed, data=lab_data, progress=bar)
+
+        execute(work, out=out, stem="compare", as_json=as_json, quiet=quiet, plot_format=plot_format)

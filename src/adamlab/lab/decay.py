@@ -18,27 +18,17 @@ full-data loss recorded every 200 examples).
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from adamlab.lab.cli import standard_options
-from adamlab.lab.data import LabData, least_squares_floor, load
-from adamlab.lab.exercises.common import (
-    LabInputError,
-    Progress,
-    check_output_dir,
-    experiment_record,
-    figure,
-    input_errors,
-    versions,
-    write_results,
-)
-from adamlab.lab.exercises.family import FAMILY
+from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
+from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
+from adamlab.lab.family import FAMILY
+from adamlab.lab.plots import color, figure, style
 
 if TYPE_CHECKING:  # torch loads when an experiment runs, not with `adamlab --help`
     import torch
@@ -83,7 +73,8 @@ class DecayResult:
     floor: float
     config: dict[str, Any]
     data: dict[str, Any]
-    versions: dict[str, str] = field(default_factory=versions)
+    status: str = "complete"
+    command: str = "decay"
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -113,22 +104,48 @@ class DecayResult:
         lines.append(f"floor {self.floor:.5f} (least squares); jitter: the loss every 200 examples over the last epoch")
         return "\n".join(lines)
 
+    def conclusions(self) -> list[str]:
+        """Which schedule ends closest to the floor and which jitters least, from the table."""
+        rows = [r for r in self.rows() if math.isfinite(r["final_loss"])]
+        if not rows:
+            return ["Every schedule diverged."]
+        best = min(rows, key=lambda r: r["last_epoch_mean_gap"])
+        calm = min(rows, key=lambda r: r["last_epoch_std"])
+        out = [
+            f"Closest to the floor over the last epoch: {best['schedule']} "
+            f"(mean gap {best['last_epoch_mean_gap']:.5f})."
+        ]
+        const = next((r for r in rows if r["schedule"] == "constant"), None)
+        if const is not None and calm["schedule"] != "constant" and const["last_epoch_std"] > 0:
+            ratio = const["last_epoch_std"] / max(calm["last_epoch_std"], 1e-12)
+            out.append(
+                f"Decay steadies the loss: {calm['schedule']} jitters {ratio:.0f}x less than a constant lr over the "
+                f"last epoch (sd {calm['last_epoch_std']:.1e} vs {const['last_epoch_std']:.1e})."
+            )
+        elif const is not None:
+            out.append(f"A constant lr jitters least here (sd {const['last_epoch_std']:.1e}): decay did not help.")
+        return out
+
+    def results(self) -> dict[str, Any]:
+        runs = [run.to_dict() | {"schedule": s} for s, run in zip(self.schedules, self.runs)]
+        return {"floor": self.floor, "data": self.data, "table": self.rows(), "runs": runs}
+
     def plot(self) -> Any:
-        fig, axes = figure(1, 2, width=5.6, height=3.8)
-        for name, run in zip(self.schedules, self.runs):
+        with style():
+            return self._plot()
+
+    def _plot(self) -> Any:
+        fig, axes = figure(1, 2)
+        for i, (name, run) in enumerate(zip(self.schedules, self.runs)):
             gap = np.maximum(np.array(run.losses) - self.floor, 1e-7)
-            axes[0, 0].plot(run.epochs, run.losses, lw=1.1, label=name)
-            axes[0, 1].plot(run.epochs, gap, lw=1.1, label=name)
+            axes[0, 0].plot(run.epochs, run.losses, color=color(name, i), label=name)
+            axes[0, 1].plot(run.epochs, gap, color=color(name, i), label=name)
         axes[0, 0].axhline(self.floor, color="k", ls="--", lw=0.8, label=f"floor {self.floor:.4f}")
         axes[0, 0].set(xlabel="epoch", ylabel="loss (½ MSE)", title=f"{self.config['optimizer']}: lr schedules")
         axes[0, 0].set_ylim(self.floor - 0.002, self.floor + 0.03)
         axes[0, 1].set(xlabel="epoch", ylabel="loss − floor", yscale="log", title="gap to the floor")
         axes[0, 0].legend(fontsize="small")
         return fig
-
-    def to_dict(self) -> dict[str, Any]:
-        runs = [run.to_dict() | {"schedule": s} for s, run in zip(self.schedules, self.runs)]
-        return experiment_record("decay", SOURCE, self, runs)
 
 
 def decay(
@@ -140,10 +157,10 @@ def decay(
     batch_size: int = 10,
     seed: int = 0,
     data: LabData | str | None = None,
-    progress: Progress | None = None,
+    progress: ProgressBar | None = None,
 ) -> DecayResult:
     """Train the chapter's optimizer once per schedule (same seed: same init and data order)."""
-    from adamlab.lab.train import RunConfig, run
+    from adamlab.lab.loop import RunConfig, run_each, train
 
     for s in schedules:
         if s not in SCHEDULES:
@@ -157,15 +174,16 @@ def decay(
     config.validate(lab_data)
     steps_per_epoch = math.ceil(lab_data.n / batch_size)
     total = steps_per_epoch * epochs
-    runs = []
-    for s in schedules:
-        factory = scheduled(optimizer, s, total_steps=total, steps_per_epoch=steps_per_epoch)
-        runs.append(run(config, lab_data, factory=factory))
-        if progress is not None:
-            progress.advance()
+
+    def one(schedule: str) -> Any:
+        factory = scheduled(optimizer, schedule, total_steps=total, steps_per_epoch=steps_per_epoch)
+        return train(config, lab_data, factory=factory)
+
+    runs, status = run_each(schedules, one, advance=progress.advance if progress else None)
     cfg = asdict(config) | {"optimizer": optimizer, "family_member": FAMILY[optimizer].implementation}
-    cfg["schedules"] = list(schedules)
-    return DecayResult(list(schedules), runs, least_squares_floor(lab_data), cfg, lab_data.describe())
+    cfg |= {"schedules": list(schedules), "data": lab_data.source}
+    return DecayResult(list(schedules)[: len(runs)], runs, least_squares_floor(lab_data), cfg, lab_data.describe(),
+                       status)  # fmt: skip
 
 
 @click.command(
@@ -175,7 +193,8 @@ def decay(
     The chapter's Adam (lr 0.01, batch 10) for 10 epochs with a constant lr, 1/sqrt(t)
     (t in epochs), cosine annealing and step decay (x0.1 at 1/2 and 3/4 of the run).
     Prints how close each gets to the least-squares floor and how much the loss jitters
-    over the last epoch; writes decay.json and decay.png.""",
+    over the last epoch, and the conclusions; writes decay.json and decay.png. 14 s
+    measured on 2 busy CPU cores (4 runs of 10 epochs).""",
 )
 @click.option("--schedule", "schedules", multiple=True, type=click.Choice(SCHEDULES), help="Repeatable [default: all].")
 @click.option("--optimizer", type=click.Choice(["adam", "yogi"]), default="adam", show_default=True)
@@ -183,7 +202,7 @@ def decay(
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True)
 @click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
-@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@plot_format_option
 @standard_options
 def command(
     schedules: tuple[str, ...],
@@ -192,28 +211,24 @@ def command(
     epochs: int,
     batch_size: int,
     data: str | None,
-    fmt: str,
+    plot_format: str,
     seed: int,
     out: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    with input_errors("decay"):
-        from adamlab.lab.train import RunConfig
+    with input_errors():
+        from adamlab.lab.loop import RunConfig
 
         lab_data = load(data)
         RunConfig("concise", "adamlab.Adam", lr, batch_size, epochs, seed).validate(lab_data)
-        out_dir = check_output_dir(out)
         names = schedules or SCHEDULES
-        with Progress("decay", len(names), enabled=not (quiet or as_json)) as bar:
-            result = decay(
-                names, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
-                data=lab_data, progress=bar,
-            )  # fmt: skip
-    doc = result.to_dict()
-    _, fig_path = write_results(out_dir, "decay", doc, result.plot(), fmt)
-    if as_json:
-        click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
-    elif not quiet:
-        click.echo(result.table())
-        click.echo(f"wrote {out_dir / 'decay.json'} and {fig_path}")
+
+        def work(_: Any) -> DecayResult:
+            with ProgressBar("decay", len(names), enabled=not (quiet or as_json)) as bar:
+                return decay(
+                    names, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed,
+                    data=lab_data, progress=bar,
+                )  # fmt: skip
+
+        execute(work, out=out, stem="decay", as_json=as_json, quiet=quiet, plot_format=plot_format)

@@ -6,7 +6,7 @@ minibatches as a remedy for high-variance gradients, hence the second axis.
 
 A log grid of learning rates (default 1e-4 … 1, 13 points) for Adam and Yogi, with SGD,
 momentum, RMSProp and Adagrad for context (each in the book's convention, see
-:mod:`adamlab.lab.exercises.family`), several seeds per point, on the airfoil data with
+:mod:`adamlab.lab.family`), several seeds per point, on the airfoil data with
 the lab's concise trainer. A second axis repeats Adam and Yogi at larger batch sizes.
 
 A run *diverged* when its final loss is not finite or exceeds :data:`DIVERGED_LOSS`
@@ -18,28 +18,20 @@ range* (median final loss within :data:`NEAR_FLOOR` of the least-squares floor).
 
 from __future__ import annotations
 
-import json
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
 import numpy as np
 
-from adamlab.lab.cli import standard_options
-from adamlab.lab.data import LabData, least_squares_floor, load
-from adamlab.lab.exercises.common import (
-    LabInputError,
-    Progress,
-    check_output_dir,
-    figure,
-    input_errors,
-    versions,
-    write_results,
-)
-from adamlab.lab.exercises.family import member
+from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
+from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
+from adamlab.lab.family import member
+from adamlab.lab.plots import color, figure, plain_log_ticks, style
 
 SOURCE = "Dive into Deep Learning, section 11.10, exercise 1 (learning rate); the summary's larger minibatches"
 DIVERGED_LOSS = 1.0  # ½-MSE; predicting 0 on the standardized target scores 0.5
@@ -92,30 +84,34 @@ class SweepConfig:
         out += [(o, lr, b, s) for b in extra for o in self.batch_optimizers for lr in self.lrs() for s in seeds]
         return out
 
+    def steps(self, data_rows: int) -> list[int]:
+        """Optimizer steps of each task (same order): what a task costs, for an honest ETA."""
+        return [self.epochs * math.ceil(data_rows / bs) for _, _, bs, _ in self.tasks()]
+
 
 _DATA: dict[str | None, LabData] = {}
 
 
 def _train(task: tuple[str, float, int, int], epochs: int, data: str | None) -> dict[str, Any]:
     """One run (in a worker process or in this one); a plain dict comes back."""
-    from adamlab.lab.train import RunConfig, run
+    from adamlab.lab.loop import RunConfig, train
 
     name, lr, batch_size, seed = task
     if data not in _DATA:
         _DATA[data] = load(data)
-    result = run(RunConfig("concise", member(name).target, lr, batch_size, epochs, seed, data), _DATA[data])
-    losses = [x if math.isfinite(x) else None for x in result.losses]
+    result = train(RunConfig("concise", member(name).target, lr, batch_size, epochs, seed, data), _DATA[data])
     final = result.final_loss
+    diverged = not math.isfinite(final) or final > DIVERGED_LOSS
     return {
         "optimizer": name,
         "lr": lr,
         "batch_size": batch_size,
         "seed": seed,
-        "final_loss": final if math.isfinite(final) else None,
-        "diverged": not math.isfinite(final) or final > DIVERGED_LOSS,
+        "status": "diverged" if diverged else "ok",
+        "final_loss": final,  # written as null when not finite (results.finite_or_none)
         "sec_per_epoch": result.sec_per_epoch,
         "epochs": result.epochs,
-        "losses": losses,
+        "losses": result.losses,
     }
 
 
@@ -127,27 +123,33 @@ def _init_worker() -> None:
 
 @dataclass
 class SweepResult:
-    config: SweepConfig
+    sweep: SweepConfig
     runs: list[dict[str, Any]]
     floor: float
     data: dict[str, Any]
     jobs: int
-    versions: dict[str, str] = field(default_factory=versions)
+    status: str = "complete"  # "partial": interrupted; ``runs`` are those that finished
+    planned: int = 0
+    command: str = "sweep"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return asdict(self.sweep) | {"jobs": self.jobs, "data": self.data["source"], "lrs": self.sweep.lrs()}
 
     def points(self, optimizer: str, batch_size: int) -> list[dict[str, Any]]:
         """Per lr: median/min/max final loss over seeds, and how many seeds diverged."""
         rows = []
-        for lr in self.config.lrs():
+        for lr in self.sweep.lrs():
             mine = [r for r in self.runs if r["optimizer"] == optimizer and r["batch_size"] == batch_size]
             mine = [r for r in mine if r["lr"] == lr]
             if not mine:
                 continue
-            ok = np.array([r["final_loss"] for r in mine if not r["diverged"]], dtype=float)
+            ok = np.array([r["final_loss"] for r in mine if r["status"] == "ok"], dtype=float)
             rows.append(
                 {
                     "lr": lr,
                     "runs": len(mine),
-                    "diverged": sum(r["diverged"] for r in mine),
+                    "diverged": sum(r["status"] == "diverged" for r in mine),
                     "median": float(np.median(ok)) if ok.size else None,
                     "min": float(ok.min()) if ok.size else None,
                     "max": float(ok.max()) if ok.size else None,
@@ -193,26 +195,60 @@ class SweepResult:
         )
         return "\n".join(lines)
 
+    def conclusions(self) -> list[str]:
+        """Each optimizer's stable range and best rate, and what larger batches did; from the runs."""
+        out = []
+        if self.status == "partial":
+            out.append(f"Interrupted: {len(self.runs)} of {self.planned} runs finished; the ranges use those only.")
+        cfg = self.sweep
+        for opt, bs in self.axes():
+            r = self.ranges(opt, bs)
+            if r["stable"] is None:
+                out.append(f"{opt} (batch {bs}) diverged at every learning rate tried.")
+                continue
+            lo, hi = r["stable"]
+            edge = " (the top of the grid: it may go higher)" if hi >= cfg.lr_max else ""
+            out.append(
+                f"{opt} (batch {bs}) is stable for lr {lo:.2g} to {hi:.2g}{edge}; its best lr is {r['best_lr']:.2g} "
+                f"(median final loss {r['best_loss']:.4f}, {r['best_loss'] - self.floor:.4f} above the floor)."
+            )
+        return out
+
+    def results(self) -> dict[str, Any]:
+        return {
+            "floor": self.floor,
+            "data": self.data,
+            "diverged_loss": DIVERGED_LOSS,
+            "planned_runs": self.planned,
+            "ranges": [{"optimizer": o, "batch_size": b} | self.ranges(o, b) for o, b in self.axes()],
+            "runs": self.runs,
+        }
+
     def plot(self) -> Any:
-        cfg = self.config
-        fig, axes = figure(1, 3, width=5.0, height=3.8)
+        with style():
+            return self._plot()
+
+    def _plot(self) -> Any:
+        cfg = self.sweep
+        fig, axes = figure(1, 3)
         ax = axes[0, 0]
         ceiling = DIVERGED_LOSS * 1.2
         for i, opt in enumerate(cfg.optimizers):
-            color = f"C{i}"
+            color_ = color(opt, i)
             pts = self.points(opt, cfg.batch_size)
             lr = [p["lr"] for p in pts if p["median"] is not None]
-            ax.plot(lr, [p["median"] for p in pts if p["median"] is not None], "-o", ms=3, color=color, label=opt)
+            ax.plot(lr, [p["median"] for p in pts if p["median"] is not None], "-o", ms=3, color=color_, label=opt)
             ax.fill_between(
                 lr, [p["min"] for p in pts if p["min"] is not None], [p["max"] for p in pts if p["max"] is not None],
-                color=color, alpha=0.2, lw=0,
+                color=color_, alpha=0.2, lw=0,
             )  # fmt: skip
             bad = [p["lr"] for p in pts if p["diverged"]]
-            ax.plot(bad, [ceiling] * len(bad), "x", color=color, ms=7, mew=2)
+            ax.plot(bad, [ceiling] * len(bad), "x", color=color_, ms=7, mew=2)
         ax.axhline(self.floor, color="k", ls="--", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final loss (median, min-max)")
-        ax.set_title(f"batch {cfg.batch_size}, {cfg.epochs} epoch(s); x = diverged", fontsize="medium")
-        ax.legend(fontsize="small")
+        plain_log_ticks(ax)
+        ax.set_title(f"batch {cfg.batch_size}, {cfg.epochs} epoch(s); x = diverged")
+        ax.legend()
 
         ax = axes[0, 1]  # curves at a few learning rates
         lrs = cfg.lrs()
@@ -226,37 +262,27 @@ class SweepResult:
                     if r["optimizer"] == opt and r["lr"] == lr and r["batch_size"] == cfg.batch_size
                 )
                 y = [np.nan if v is None else min(v, ceiling) for v in run["losses"]]
-                ax.plot(run["epochs"], y, styles[lr], color=f"C{i}", label=f"{opt} lr {lr:.2g}")
+                ax.plot(run["epochs"], y, styles[lr], color=color(opt, i), label=f"{opt} lr {lr:.2g}")
         ax.axhline(self.floor, color="k", ls="--", lw=0.8)
         ax.set(yscale="log", xlabel="epoch", ylabel="loss", title="curves at a few learning rates")
-        ax.legend(fontsize="x-small")
+        plain_log_ticks(ax)
+        ax.legend()
 
         ax = axes[0, 2]  # the batch-size axis
         for i, opt in enumerate(cfg.batch_optimizers):
             for j, bs in enumerate(b for o, b in self.axes() if o == opt):
                 pts = [p for p in self.points(opt, bs) if p["median"] is not None]
                 ax.plot([p["lr"] for p in pts], [p["median"] for p in pts], ["-", "--", ":", "-."][j % 4],
-                        color=f"C{i}", marker=".", label=f"{opt} batch {bs}")  # fmt: skip
+                        color=color(opt, i), marker=".", label=f"{opt} batch {bs}")  # fmt: skip
+        ax.set_title("batch size")
+        if not any(len(line.get_xdata()) for line in ax.get_lines()):  # nothing converged on this axis
+            ax.text(0.5, 0.5, "no converged run", ha="center", va="center", transform=ax.transAxes)
+            return fig
         ax.axhline(self.floor, color="k", ls="--", lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final loss (median)")
-        ax.set_title("batch size", fontsize="medium")
-        ax.legend(fontsize="x-small")
+        plain_log_ticks(ax)
+        ax.legend()
         return fig
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "experiment": "sweep",
-            "source": SOURCE,
-            "config": asdict(self.config),
-            "seed": self.config.seed,
-            "floor": self.floor,
-            "diverged_loss": DIVERGED_LOSS,
-            "data": self.data,
-            "jobs": self.jobs,
-            "versions": self.versions,
-            "ranges": [{"optimizer": o, "batch_size": b} | self.ranges(o, b) for o, b in self.axes()],
-            "runs": self.runs,
-        }
 
 
 def _widest(flags: list[bool]) -> tuple[int, int] | None:
@@ -276,38 +302,58 @@ def default_jobs() -> int:
 
 
 def sweep(
-    config: SweepConfig = SweepConfig(), *, jobs: int | None = None, progress: Progress | None = None
+    config: SweepConfig = SweepConfig(), *, jobs: int | None = None, progress: ProgressBar | None = None
 ) -> SweepResult:
-    """Run the grid (in ``jobs`` processes; 1 runs in this one)."""
+    """Run the grid (in ``jobs`` processes; 1 runs in this one). Ctrl-C keeps the runs that
+    finished (``status="partial"``); ``progress`` advances by each run's optimizer steps."""
     config = (config or SweepConfig()).validate()
     data = load(config.data)
     floor = least_squares_floor(data)
     tasks = config.tasks()
+    steps = config.steps(data.n)
     jobs = default_jobs() if jobs is None else jobs
     if jobs < 1:
         raise LabInputError(f"--jobs must be >= 1, got {jobs}")
+    _DATA[config.data] = data
     runs: list[dict[str, Any]] = []
-    if jobs == 1 or len(tasks) < 8:
-        _DATA[config.data] = data
-        for task in tasks:
-            runs.append(_train(task, config.epochs, config.data))
-            if progress is not None:
-                progress.advance()
-    else:
-        import multiprocessing
 
-        # fork where the platform has it: workers start in milliseconds with torch already
-        # imported (as torch's own DataLoader workers do); spawn elsewhere.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-            chunk = max(1, len(tasks) // (jobs * 8))
-            for result in pool.map(_train, tasks, [config.epochs] * len(tasks), [config.data] * len(tasks),
-                                   chunksize=chunk):  # fmt: skip
-                runs.append(result)
-                if progress is not None:
-                    progress.advance()
-    return SweepResult(config, runs, floor, data.describe(), jobs)
+    def on_result(index: int, run: dict[str, Any]) -> None:
+        runs.append(run)
+        if progress is not None:
+            progress.advance(steps[index])
+
+    status = "complete"
+    try:
+        _run_tasks(tasks, config, jobs, on_result)
+    except KeyboardInterrupt:
+        if not runs:
+            raise
+        status = "partial"
+    return SweepResult(config, runs, floor, data.describe(), jobs, status, len(tasks))
+
+
+def _run_tasks(
+    tasks: list[tuple[str, float, int, int]],
+    config: SweepConfig,
+    jobs: int,
+    on_result: Callable[[int, dict[str, Any]], None],
+) -> None:
+    """Train every task, in this process or a pool of ``jobs``; ``on_result(i, run)`` as each ends (in order)."""
+    if jobs == 1 or len(tasks) < 8:
+        for index, task in enumerate(tasks):
+            on_result(index, _train(task, config.epochs, config.data))
+        return
+    import multiprocessing
+
+    # fork where the platform has it: workers start in milliseconds with torch already
+    # imported (as torch's own DataLoader workers do); spawn elsewhere.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
+        chunk = max(1, len(tasks) // (jobs * 8))
+        results = pool.map(_train, tasks, [config.epochs] * len(tasks), [config.data] * len(tasks), chunksize=chunk)
+        for index, result in enumerate(results):
+            on_result(index, result)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -329,8 +375,12 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     in the book's conventions, for context), several seeds per point, and a batch-size axis
     for adam and yogi. Prints each optimizer's stable and useful lr range; writes sweep.json
     and sweep.png (final loss vs lr with the spread across seeds and diverged runs marked,
-    curves at a few lrs, the batch-size axis). Defaults are modest (1 epoch, 2 seeds);
-    --full runs 25 points, 5 seeds, 2 epochs and batch sizes 2 to 1500.""",
+    curves at a few lrs, the batch-size axis). How long: the default (13 points, 2 seeds,
+    1 epoch, batch sizes 10, 50, 250: 25,272 optimizer steps) took 48 s on 2 busy CPU
+    cores; --full (25 points, 5 seeds, 2 epochs, batch sizes 2 to 1500: 618,500 steps,
+    most of them at batch size 2) is 24x that: about 20 minutes there (estimated from the
+    step count). The progress bar counts optimizer steps, so its ETA is honest; Ctrl-C
+    writes the runs that finished (status: partial).""",
 )
 @click.option(
     "--optimizer", "optimizers", multiple=True, help=f"Repeatable [default: {', '.join(DEFAULT_OPTIMIZERS)}]."
@@ -345,7 +395,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.option("--full", is_flag=True, help="The long version.")
 @click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
 @click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
-@click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
+@plot_format_option
 @standard_options
 def command(
     optimizers: tuple[str, ...],
@@ -359,13 +409,13 @@ def command(
     full: bool,
     jobs: int | None,
     data: str | None,
-    fmt: str,
+    plot_format: str,
     seed: int,
     out: str,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    with input_errors("sweep"):
+    with input_errors():
         overrides: dict[str, Any] = {"seed": seed, "data": data}
         for key, value in (("lr_min", lr_min), ("lr_max", lr_max), ("points", points), ("seeds", seeds)):
             if value is not None:
@@ -379,18 +429,13 @@ def command(
         if batch_sizes is not None:
             overrides["batch_sizes"] = parse_batch_sizes(batch_sizes)
         config = (SweepConfig.full(**overrides) if full else SweepConfig(**overrides)).validate()
-        load(config.data)
         if jobs is not None and jobs < 1:
             raise LabInputError(f"--jobs must be >= 1, got {jobs}")
-        out_dir = check_output_dir(out)
-        with Progress("sweep", len(config.tasks()), enabled=not (quiet or as_json)) as bar:
-            result = sweep(config, jobs=jobs, progress=bar)
-    doc = result.to_dict()
-    _, fig_path = write_results(out_dir, "sweep", doc, result.plot(), fmt)
-    if as_json:
-        click.echo(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
-    elif not quiet:
-        click.echo(result.table())
-        click.echo(
-            f"{len(result.runs)} runs in {result.jobs} process(es); wrote {out_dir / 'sweep.json'} and {fig_path}"
-        )
+        lab_data = load(config.data)
+        total = sum(config.steps(lab_data.n))
+
+        def work(_: Any) -> SweepResult:
+            with ProgressBar("sweep", total, enabled=not (quiet or as_json)) as bar:
+                return sweep(config, jobs=jobs, progress=bar)
+
+        execute(work, out=out, stem="sweep", as_json=as_json, quiet=quiet, plot_format=plot_format)

@@ -1,6 +1,6 @@
 #include <math.h>
 
-/* One projected Adam/Yogi trajectory on a scalar; see adamlab/lab/exercises/online1d.py.
+/* One projected Adam/Yogi trajectory on a scalar; see adamlab/lab/online1d.py.
    Built with the package (setup.py) with -O2 -ffp-contract=off -fno-fast-math so that no
    fused multiply-add changes a rounding.
    Every expression mirrors adamlab.reference.step, in the same order of operations.

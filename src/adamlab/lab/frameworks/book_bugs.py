@@ -32,7 +32,7 @@ import numpy as np
 
 from adamlab import reference
 from adamlab.lab.data import LabData, load
-from adamlab.lab.frameworks.protocol import FrameworkConfig, half_mse, train
+from adamlab.lab.loop import RunConfig, half_mse, train
 
 
 @dataclass(frozen=True)
@@ -98,8 +98,22 @@ class ScratchVariant:
 def run(variant: Variant, *, seed: int = 0, lr: float = 0.01, epochs: int = 2, data: LabData | None = None) -> Any:
     """One variant on the chapter's protocol (batch 10, the bundled data by default)."""
     data = data if data is not None else load()
-    config = FrameworkConfig("numpy", "scratch", variant.label, lr, 10, epochs, seed)
-    return train(ScratchVariant(variant, data.features, lr, seed), config, data)
+    config = RunConfig("scratch", variant.rule, lr, 10, epochs, seed, framework="numpy")
+    return train(config, data, session=_Session(ScratchVariant(variant, data.features, lr, seed), data, seed))
+
+
+class _Session:
+    """What the lab's loop drives: the variant, the data, and the order from ``default_rng(seed)``."""
+
+    def __init__(self, model: ScratchVariant, data: LabData, seed: int) -> None:
+        self.model, self.X, self.y = model, data.X, data.y
+        self._rng = np.random.default_rng(seed)
+
+    def permutation(self, n: int) -> np.ndarray:
+        return self._rng.permutation(n)
+
+    def parameters(self) -> dict[str, list[float]]:
+        return {k: np.ravel(v).tolist() for k, v in self.model.parameters().items()}
 
 
 def compare(*, seed: int = 0, lr: float = 0.01, epochs: int = 2) -> list[dict[str, Any]]:

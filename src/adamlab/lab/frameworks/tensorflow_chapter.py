@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from adamlab.lab.data import LabInputError
-from adamlab.lab.frameworks.protocol import FrameworkConfig, half_mse
+from adamlab.lab.data import LabData, LabInputError
+from adamlab.lab.loop import RunConfig, half_mse
 
 SCRATCH_EPS = {"adam": 1e-6, "yogi": 1e-3}  # the chapter's ε; Yogi starts from s = 0
 CONCISE = ("keras.optimizers.Adam", "adamlab.keras.Adam", "adamlab.keras.Yogi")
@@ -37,7 +37,7 @@ def _keras() -> Any:
     return keras
 
 
-def framework_versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import tensorflow as tf
 
     return {"tensorflow": tf.__version__, "keras": _keras().__version__}
@@ -134,11 +134,22 @@ class ConciseModel:
         return {"weight": kernel, "bias": bias}
 
 
-def make_model(config: FrameworkConfig, features: int) -> Any:
-    if config.trainer == "scratch":
-        if config.optimizer not in SCRATCH_EPS:
-            raise LabInputError(
-                f"unknown optimizer {config.optimizer!r} for the scratch trainer (expected adam or yogi)"
-            )
-        return ScratchModel(features, config.optimizer, config.lr, config.seed)
-    return ConciseModel(features, config.optimizer, config.lr, config.seed)
+class Session:
+    """One run: the model (init from ``numpy.random.default_rng(seed)``), the data as NumPy
+    arrays, and the data order from its own ``default_rng(seed)`` (what the loop drives)."""
+
+    def __init__(self, config: RunConfig, data: LabData, factory: object = None) -> None:
+        if factory is not None:
+            raise LabInputError("an optimizer factory is a torch-only option")
+        self.X, self.y = data.X, data.y
+        self._rng = np.random.default_rng(config.seed)
+        if config.trainer == "scratch":
+            self.model = ScratchModel(data.features, config.optimizer, config.lr, config.seed)
+        else:
+            self.model = ConciseModel(data.features, config.optimizer, config.lr, config.seed)
+
+    def permutation(self, n: int) -> np.ndarray:
+        return self._rng.permutation(n)
+
+    def parameters(self) -> dict[str, list[float]]:
+        return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in self.model.parameters().items()}

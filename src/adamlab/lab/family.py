@@ -3,7 +3,7 @@
 *Dive into Deep Learning*, chapter 11 (§11.5 minibatch SGD, §11.6 momentum, §11.7
 Adagrad, §11.8 RMSProp, §11.9 Adadelta, §11.10 Adam and Yogi). The book trains each
 from scratch on the ½-MSE of a linear model (``d2l.train_ch11``). The lab's concise
-trainer (:func:`adamlab.lab.train.train_concise`) minimizes ``nn.MSELoss`` instead, whose
+trainer (:func:`adamlab.lab.loop.train`, concise) minimizes ``nn.MSELoss`` instead, whose
 gradient is exactly twice the ½-MSE gradient, and halves the loss it reports. Each member
 below is configured so that, fed that doubled gradient, it makes *the book's update on the
 ½-MSE*; every rescaling is by a power of two, so nothing is rounded differently:
@@ -42,7 +42,7 @@ MSE_OVER_HALF_MSE = 2.0
 
 
 # Factories ``f(params, lr)``, one per member, importable by name so that a run's config
-# (``"adamlab.lab.exercises.family.sgd"``) can rebuild it: see :func:`adamlab.lab.train.resolve_optimizer`.
+# (``"adamlab.lab.family.sgd"``) can rebuild it: see :func:`adamlab.lab.train.resolve_optimizer`.
 _HALF = 1 / MSE_OVER_HALF_MSE
 
 
@@ -59,19 +59,19 @@ def momentum(params: Any, lr: float = 0.01) -> Optimizer:
 
 
 def adagrad(params: Any, lr: float = 0.1) -> Optimizer:
-    from adamlab.lab.exercises.book import BookOptimizer
+    from adamlab.lab.book_optimizer import BookOptimizer
 
     return BookOptimizer(params, "adagrad", lr, eps=1e-6, grad_scale=_HALF)
 
 
 def rmsprop(params: Any, lr: float = 0.01) -> Optimizer:
-    from adamlab.lab.exercises.book import BookOptimizer
+    from adamlab.lab.book_optimizer import BookOptimizer
 
     return BookOptimizer(params, "rmsprop", lr, gamma=0.9, eps=1e-6, grad_scale=_HALF)
 
 
 def adadelta(params: Any, lr: float = 1.0) -> Optimizer:
-    from adamlab.lab.exercises.book import BookOptimizer
+    from adamlab.lab.book_optimizer import BookOptimizer
 
     return BookOptimizer(params, "adadelta", lr, gamma=0.9, eps=1e-5, grad_scale=_HALF)
 

@@ -1,6 +1,6 @@
 """Adagrad, RMSProp and Adadelta as *Dive into Deep Learning* writes them (ε inside the roots).
 
-Used by :mod:`adamlab.lab.exercises.family`; see there for why torch's own classes differ.
+Used by :mod:`adamlab.lab.family`; see there for why torch's own classes differ.
 """
 
 from __future__ import annotations

@@ -1,0 +1,5 @@
+"""``python -m adamlab``: the ``adamlab`` command."""
+
+from adamlab.lab.cli import main
+
+main()

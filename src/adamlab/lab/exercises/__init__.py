@@ -1,1 +1,0 @@
-"""Internals of the chapter-exercise experiments (issue 4)."""
