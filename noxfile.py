@@ -36,7 +36,7 @@ TEST_TOOLS = ("pytest>=8", "hypothesis>=6.100")
 # add_variable_from_reference(initializer=) and the base class's gradient accumulation,
 # both in 3.3.3 and neither in 3.0.0 (read from the wheels; 3.1/3.2 not checked). Only
 # the newest release is tested here (keras 3.15.1, tensorflow-cpu 2.21.0, jax 0.10.2).
-KERAS_STACK = ("keras>=3.3", "tensorflow-cpu>=2.16", "jax[cpu]>=0.4.30")
+KERAS_STACK = ("keras>=3.3", "tensorflow-cpu>=2.16", "jax[cpu]>=0.4.30", "optax>=0.2")
 MXNET_STACK = ("mxnet==1.9.1", "numpy<1.24")
 
 
