@@ -104,9 +104,9 @@ def test_sparse_gradient_is_the_dense_algorithm(rule: str, features: str) -> Non
         for i, g in enumerate(grads):
             thetas[i], states[i] = reference.step(rule, thetas[i], g, states[i], **hyper)
             what = f"{rule}/{features} step {k + 1} variable {i}"
-            np.testing.assert_allclose(value(variables[i]), thetas[i], rtol=rtol, atol=1e-12, err_msg=what)
-            np.testing.assert_allclose(value(opt._momentums[i]), states[i].v, rtol=rtol, atol=1e-14, err_msg=what)
-            np.testing.assert_allclose(value(opt._velocities[i]), states[i].s, rtol=rtol, atol=1e-16, err_msg=what)
+            for got, want in ((variables[i], thetas[i]), (opt._momentums[i], states[i].v), (opt._velocities[i], states[i].s)):
+                # normwise: v crosses 0, where an elementwise rtol amplifies a clip's rounding
+                np.testing.assert_allclose(value(got), want, rtol=0, atol=rtol * np.max(np.abs(want)), err_msg=what)
 
 
 @needs_float64
