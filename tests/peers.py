@@ -335,10 +335,15 @@ def tf_addons_yogi(
     return {"theta": thetas, "v": m, "s": v}
 
 
+# ε̂ = 1e-4, not MXNet's 1e-8: with √s ~ 1e-3 here the placement of 1e-8 would hide below the
+# float32 rounding of MXNet's scalars (tests/test_peers.py checks that it shows).
+MXNET_EPS = 1e-4
+
+
 def _mxnet_adam(theta0: list[np.ndarray], grads: list[list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
     import mxnet as mx
 
-    opt = mx.optimizer.Adam(learning_rate=LR, beta1=BETAS[0], beta2=BETAS[1], epsilon=EPS, wd=WD)
+    opt = mx.optimizer.Adam(learning_rate=LR, beta1=BETAS[0], beta2=BETAS[1], epsilon=MXNET_EPS, wd=WD)
     weights = [mx.nd.array(t, dtype="float64") for t in theta0]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
     for gs in grads:
@@ -377,11 +382,11 @@ def _eps_hat_rows() -> list[Peer]:
             "step is transcribed from its source (tests/peers.py: tf_addons_yogi)",
         ),
         Peer(
-            "mxnet.optimizer.Adam (1.9.1), wd=λ",
+            "mxnet.optimizer.Adam (1.9.1), ε̂ = 1e-4, wd=λ",
             "mxnet",
-            "adamlab.gluon.Adam(..., wd=λ, epsilon_hat=True)",
+            "adamlab.gluon.Adam(..., epsilon=ε̂, wd=λ, epsilon_hat=True)",
             "adam",
-            dict(ADAM, weight_decay=WD, eps_hat=True),
+            dict(ADAM, eps=MXNET_EPS, weight_decay=WD, eps_hat=True),
             _mxnet_adam,
             bound=1e-5,
             note="MXNet's adam_update kernel takes lr, β, ε and wd as float32 scalars (its "

@@ -108,7 +108,9 @@ def test_float32_each_step_matches_reference(rule: str, case: str) -> None:
         for i, g in enumerate(gradients(rng, k, "float32")):
             theta = weights[i].asnumpy().astype(np.float64)
             if k == 0:
-                state = reference.init_state(theta, s0=opt.initial_accumulator_value, amsgrad=opt.amsgrad)
+                state = reference.init_state(
+                    theta, s0=opt.initial_accumulator_value, v0=opt.initial_exp_avg_value, amsgrad=opt.amsgrad
+                )
             else:
                 state = state_of(opt, updater, i)
             updater(i, nd.array(g), weights[i])
