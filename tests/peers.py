@@ -278,12 +278,15 @@ def _optax_rows() -> list[Peer]:
 
 
 # ---- Keras, TF-Addons, MXNet: the ε-hat form -----------------------------------------------
+# ε̂ = 1e-4, not Keras's 1e-7 or MXNet's 1e-8: with √s ~ 1e-3 here, the placement of a tiny ε̂
+# would hide below the float32 rounding of their scalars (test_peers.py checks it shows).
+EPS_HAT = 1e-4
 def _keras_adam(theta0: list[np.ndarray], grads: list[list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
     import keras
     from keras import ops
 
     variables = [keras.Variable(t, dtype="float64") for t in theta0]
-    opt = keras.optimizers.Adam(learning_rate=LR, beta_1=BETAS[0], beta_2=BETAS[1], epsilon=1e-7)
+    opt = keras.optimizers.Adam(learning_rate=LR, beta_1=BETAS[0], beta_2=BETAS[1], epsilon=EPS_HAT)
     opt.build(variables)
     apply = opt.apply
     if keras.backend.backend() == "tensorflow":  # as model.fit runs it, and ~10x faster
@@ -335,15 +338,12 @@ def tf_addons_yogi(
     return {"theta": thetas, "v": m, "s": v}
 
 
-# ε̂ = 1e-4, not MXNet's 1e-8: with √s ~ 1e-3 here the placement of 1e-8 would hide below the
-# float32 rounding of MXNet's scalars (tests/test_peers.py checks that it shows).
-MXNET_EPS = 1e-4
 
 
 def _mxnet_adam(theta0: list[np.ndarray], grads: list[list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
     import mxnet as mx
 
-    opt = mx.optimizer.Adam(learning_rate=LR, beta1=BETAS[0], beta2=BETAS[1], epsilon=MXNET_EPS, wd=WD)
+    opt = mx.optimizer.Adam(learning_rate=LR, beta1=BETAS[0], beta2=BETAS[1], epsilon=EPS_HAT, wd=WD)
     weights = [mx.nd.array(t, dtype="float64") for t in theta0]
     states = [opt.create_state(i, w) for i, w in enumerate(weights)]
     for gs in grads:
@@ -359,12 +359,12 @@ def _mxnet_adam(theta0: list[np.ndarray], grads: list[list[np.ndarray]]) -> dict
 def _eps_hat_rows() -> list[Peer]:
     return [
         Peer(
-            "keras.optimizers.Adam (ε̂ = 1e-7)",
+            "keras.optimizers.Adam, ε̂ = 1e-4",
             "keras",
-            "adamlab.keras.Adam(epsilon=1e-7, epsilon_hat=True)",
+            "adamlab.keras.Adam(epsilon=ε̂, epsilon_hat=True)",
             "adam",
             # Keras keeps η in a floatx (float32) variable: the reference gets that value.
-            dict(ADAM, lr=float(np.float32(LR)), eps=1e-7, eps_hat=True),
+            dict(ADAM, lr=float(np.float32(LR)), eps=EPS_HAT, eps_hat=True),
             _keras_adam,
             bound=1e-5,
             note="on TensorFlow, Keras computes β^t from β rounded to float32 (ops.cast of a Python "
@@ -386,7 +386,7 @@ def _eps_hat_rows() -> list[Peer]:
             "mxnet",
             "adamlab.gluon.Adam(..., epsilon=ε̂, wd=λ, epsilon_hat=True)",
             "adam",
-            dict(ADAM, eps=MXNET_EPS, weight_decay=WD, eps_hat=True),
+            dict(ADAM, eps=EPS_HAT, weight_decay=WD, eps_hat=True),
             _mxnet_adam,
             bound=1e-5,
             note="MXNet's adam_update kernel takes lr, β, ε and wd as float32 scalars (its "

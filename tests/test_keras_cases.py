@@ -476,9 +476,10 @@ def test_keras_finds_the_optimizers_by_name(name: str, cls: type) -> None:
     assert type(keras.optimizers.get(name)) is cls
 
 
-def test_adam_stays_keras_own() -> None:
-    assert type(keras.optimizers.get("adam")) is keras.optimizers.Adam
-    assert type(keras.optimizers.get("Adam")) is keras.optimizers.Adam
+@pytest.mark.parametrize("name", ["adam", "Adam"])
+def test_adam_stays_keras_own(name: str) -> None:
+    found = keras.optimizers.get(name)  # on the torch backend, a torch subclass of Keras's Adam
+    assert isinstance(found, keras.optimizers.Adam) and not isinstance(found, ak.Adam)
 
 
 def test_model_compile_with_the_name_yogi_trains() -> None:

@@ -36,7 +36,7 @@ SETTINGS = {
     "torch_optimizer.Yogi (0.3.0)": dict(v0=0.0),
     "pytorch_optimizer.Yogi": dict(v0=0.0),
     "TF-Addons Yogi (formula)": dict(hyper_eps_hat=False),
-    "keras.optimizers.Adam (ε̂ = 1e-7)": dict(hyper_eps_hat=False),
+    "keras.optimizers.Adam, ε̂ = 1e-4": dict(hyper_eps_hat=False),
     "mxnet.optimizer.Adam (1.9.1), ε̂ = 1e-4, wd=λ": dict(hyper_eps_hat=False),
     "optax.amsgrad": dict(hyper_bias_correction=True),
 }
