@@ -176,13 +176,13 @@ def _torch_rows() -> list[Peer]:
 def _torch_optimizer_yogi(ps: list[Any]) -> Any:
     import torch_optimizer
 
-    return torch_optimizer.Yogi(ps)  # lr 1e-2, eps 1e-3, v and s start at 1e-6
+    return torch_optimizer.Yogi(ps, weight_decay=WD)  # lr 1e-2, eps 1e-3, v and s start at 1e-6
 
 
 def _pytorch_optimizer_yogi(ps: list[Any]) -> Any:
     import pytorch_optimizer
 
-    return pytorch_optimizer.Yogi(ps)  # lr 1e-2, eps 1e-3, v and s start at 1e-6
+    return pytorch_optimizer.Yogi(ps, weight_decay=WD)  # lr 1e-2, eps 1e-3, v and s start at 1e-6
 
 
 YOGI_V0 = "adamlab.Yogi(p, initial_exp_avg_value=1e-6) (defaults otherwise: lr 1e-2, eps 1e-3, s0 1e-6)"
@@ -247,7 +247,14 @@ def _optax_rows() -> list[Peer]:
         return optax.amsgrad(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)
 
     return [
-        Peer("optax.adam", "optax", "adamlab.Adam(p, lr, betas, eps) (optax eps_root=0)", "adam", dict(ADAM), _optax(adam)),
+        Peer(
+            "optax.adam",
+            "optax",
+            "adamlab.Adam(p, lr, betas, eps) (optax eps_root=0)",
+            "adam",
+            dict(ADAM),
+            _optax(adam),
+        ),
         Peer(
             "optax.adamw, weight_decay=λ",
             "optax",
@@ -269,7 +276,7 @@ def _optax_rows() -> list[Peer]:
         Peer(
             "optax.amsgrad",
             "optax",
-            'adamlab.Adam(..., amsgrad=True, bias_correction="recursive"): optax takes the max of ŝ, after bias correction',
+            'adamlab.Adam(..., amsgrad=True, bias_correction="recursive"): optax takes the max of ŝ'
             "adam",
             dict(ADAM, amsgrad=True, bias_correction="recursive"),
             _optax(amsgrad, recursive=True),
@@ -281,6 +288,8 @@ def _optax_rows() -> list[Peer]:
 # ε̂ = 1e-4, not Keras's 1e-7 or MXNet's 1e-8: with √s ~ 1e-3 here, the placement of a tiny ε̂
 # would hide below the float32 rounding of their scalars (test_peers.py checks it shows).
 EPS_HAT = 1e-4
+
+
 def _keras_adam(theta0: list[np.ndarray], grads: list[list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
     import keras
     from keras import ops
@@ -336,8 +345,6 @@ def tf_addons_yogi(
             v[i] = v[i] + (1.0 - beta2) * np.sign(g2 - v[i]) * g2
             thetas[i] = thetas[i] - lr_t * m[i] / (np.sqrt(v[i]) + epsilon)
     return {"theta": thetas, "v": m, "s": v}
-
-
 
 
 def _mxnet_adam(theta0: list[np.ndarray], grads: list[list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
@@ -398,21 +405,21 @@ def _eps_hat_rows() -> list[Peer]:
 def _yogi_rows() -> list[Peer]:
     return [
         Peer(
-            "torch_optimizer.Yogi (0.3.0)",
+            "torch_optimizer.Yogi (0.3.0), weight_decay=λ",
             "torch_optimizer",
-            YOGI_V0,
+            YOGI_V0 + ", weight_decay=λ (L2, added to g)",
             "yogi",
-            dict(YOGI),
+            dict(YOGI, weight_decay=WD),
             _torch(_torch_optimizer_yogi),
             s0=1e-6,
             v0=1e-6,
         ),
         Peer(
-            "pytorch_optimizer.Yogi",
+            "pytorch_optimizer.Yogi, weight_decay=λ",
             "pytorch_optimizer",
-            YOGI_V0,
+            YOGI_V0 + ", weight_decay=λ, decoupled_weight_decay=True (its weight_decouple=True default)",
             "yogi",
-            dict(YOGI),
+            dict(YOGI, weight_decay=WD, decoupled_weight_decay=True),
             _torch(_pytorch_optimizer_yogi),
             s0=1e-6,
             v0=1e-6,

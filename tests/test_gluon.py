@@ -87,7 +87,10 @@ def test_float64_trajectory_matches_reference(rule: str, case: str) -> None:
     weights, opt, updater, rng = make(rule, "float64", seed=0, **{"learning_rate": 0.05, **CASES[case]})
     hyper = reference_hyper(opt)
     thetas = [w.asnumpy() for w in weights]
-    states = [reference.init_state(t, s0=opt.initial_accumulator_value, v0=opt.initial_exp_avg_value, amsgrad=opt.amsgrad) for t in thetas]
+    states = [
+        reference.init_state(t, s0=opt.initial_accumulator_value, v0=opt.initial_exp_avg_value, amsgrad=opt.amsgrad)
+        for t in thetas
+    ]
     for k in range(200):
         grads = gradients(rng, k, "float64")
         for i, g in enumerate(grads):

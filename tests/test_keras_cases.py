@@ -470,7 +470,13 @@ def test_import_does_not_import_torch() -> None:
 # ---- names, docstrings, signatures -------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("yogi", ak.Yogi), ("adamlab_yogi", ak.Yogi), ("adamlab_adam", ak.Adam), ("adamlab>Yogi", ak.Yogi), ("adamlab>Adam", ak.Adam)],
+    [
+        ("yogi", ak.Yogi),
+        ("adamlab_yogi", ak.Yogi),
+        ("adamlab_adam", ak.Adam),
+        ("adamlab>Yogi", ak.Yogi),
+        ("adamlab>Adam", ak.Adam),
+    ],
 )
 def test_keras_finds_the_optimizers_by_name(name: str, cls: type) -> None:
     assert type(keras.optimizers.get(name)) is cls

@@ -104,7 +104,11 @@ def test_sparse_gradient_is_the_dense_algorithm(rule: str, features: str) -> Non
         for i, g in enumerate(grads):
             thetas[i], states[i] = reference.step(rule, thetas[i], g, states[i], **hyper)
             what = f"{rule}/{features} step {k + 1} variable {i}"
-            for got, want in ((variables[i], thetas[i]), (opt._momentums[i], states[i].v), (opt._velocities[i], states[i].s)):
+            for got, want in (
+                (variables[i], thetas[i]),
+                (opt._momentums[i], states[i].v),
+                (opt._velocities[i], states[i].s),
+            ):
                 # normwise: v crosses 0, where an elementwise rtol amplifies a clip's rounding
                 np.testing.assert_allclose(value(got), want, rtol=0, atol=rtol * np.max(np.abs(want)), err_msg=what)
 
@@ -188,7 +192,7 @@ def _against_keras_adam(repeat: bool) -> float:
         ours.apply([sparse(rows, values, (ROWS, DIM))], [ours_var])
         try:
             theirs.apply([sparse(rows, values, (ROWS, DIM))], [theirs_var])
-        except Exception as exc:  # noqa: BLE001 - Keras's own support varies by backend
+        except Exception as exc:
             pytest.skip(f"keras.optimizers.Adam does not take this backend's sparse gradient: {exc!r:.200}")
     moved = np.max(np.abs(value(theirs_var) - start))
     return float(np.max(np.abs(value(ours_var) - value(theirs_var))) / moved)

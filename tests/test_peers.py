@@ -33,8 +33,8 @@ def test_peer_matches_the_reference(peer: Peer) -> None:
 # The settings each row needs are needed: without them the same peer is far off.
 SETTINGS = {
     "optax.yogi": dict(v0=0.0),
-    "torch_optimizer.Yogi (0.3.0)": dict(v0=0.0),
-    "pytorch_optimizer.Yogi": dict(v0=0.0),
+    "torch_optimizer.Yogi (0.3.0), weight_decay=λ": dict(v0=0.0),
+    "pytorch_optimizer.Yogi, weight_decay=λ": dict(v0=0.0, hyper_decoupled_weight_decay=False),
     "TF-Addons Yogi (formula)": dict(hyper_eps_hat=False),
     "keras.optimizers.Adam, ε̂ = 1e-4": dict(hyper_eps_hat=False),
     "mxnet.optimizer.Adam (1.9.1), ε̂ = 1e-4, wd=λ": dict(hyper_eps_hat=False),
