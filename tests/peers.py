@@ -276,7 +276,7 @@ def _optax_rows() -> list[Peer]:
         Peer(
             "optax.amsgrad",
             "optax",
-            'adamlab.Adam(..., amsgrad=True, bias_correction="recursive"): optax takes the max of ŝ'
+            'adamlab.Adam(..., amsgrad=True, bias_correction="recursive"): optax takes the max of ŝ',
             "adam",
             dict(ADAM, amsgrad=True, bias_correction="recursive"),
             _optax(amsgrad, recursive=True),
