@@ -1,9 +1,10 @@
 """Environments for the chapter's other two frameworks, each built from scratch.
 
     nox -s keras     Keras 3 on TensorFlow, JAX and PyTorch: adamlab.keras against the
-                     float64 reference on each backend, and the chapter in TensorFlow
+                     float64 reference on each backend, the chapter in TensorFlow, and the
+                     compatibility matrix's optax and Keras rows (tests/test_peers.py)
     nox -s mxnet     MXNet 1.9.1 (legacy): adamlab.gluon against the reference, gluon.Trainer,
-                     and the chapter in MXNet
+                     the chapter in MXNet, and the matrix's MXNet row
 
 Why separate environments: Keras picks one backend per process and TensorFlow's CPU wheel
 is large (about 2 GB installed with JAX), so the main ``.venv`` stays lean; MXNet 1.9.1,
@@ -36,7 +37,7 @@ TEST_TOOLS = ("pytest>=8", "hypothesis>=6.100")
 # add_variable_from_reference(initializer=) and the base class's gradient accumulation,
 # both in 3.3.3 and neither in 3.0.0 (read from the wheels; 3.1/3.2 not checked). Only
 # the newest release is tested here (keras 3.15.1, tensorflow-cpu 2.21.0, jax 0.10.2).
-KERAS_STACK = ("keras>=3.3", "tensorflow-cpu>=2.16", "jax[cpu]>=0.4.30")
+KERAS_STACK = ("keras>=3.3", "tensorflow-cpu>=2.16", "jax[cpu]>=0.4.30", "optax>=0.2")
 MXNET_STACK = ("mxnet==1.9.1", "numpy<1.24")
 
 
@@ -75,6 +76,7 @@ def keras(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         "tests/test_keras.py",
+        "tests/test_peers.py",
         "tests/test_frameworks.py",
         "tests/test_frameworks_book_bugs.py",
         *session.posargs,
@@ -101,6 +103,7 @@ def mxnet(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         "tests/test_gluon.py",
+        "tests/test_peers.py",
         "tests/test_frameworks.py",
         *session.posargs,
     )

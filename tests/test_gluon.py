@@ -35,6 +35,8 @@ CASES: dict[str, dict[str, Any]] = {
     "decoupled_weight_decay": dict(wd=0.1, decoupled_weight_decay=True),
     "s0_and_eps": dict(initial_accumulator_value=0.5, epsilon=0.0),
     "beta1_zero": dict(beta1=0.0),
+    "v0_and_epsilon_hat": dict(initial_exp_avg_value=0.3, epsilon=1e-3, epsilon_hat=True),
+    "recursive_epsilon_hat": dict(bias_correction="recursive", epsilon=1e-3, epsilon_hat=True),
 }
 
 
@@ -48,6 +50,7 @@ def reference_hyper(opt: Any) -> dict[str, Any]:
         decoupled_weight_decay=opt.decoupled_weight_decay,
         amsgrad=opt.amsgrad,
         bias_correction=opt.bias_correction,
+        eps_hat=opt.epsilon_hat,
     )
 
 
@@ -84,7 +87,10 @@ def test_float64_trajectory_matches_reference(rule: str, case: str) -> None:
     weights, opt, updater, rng = make(rule, "float64", seed=0, **{"learning_rate": 0.05, **CASES[case]})
     hyper = reference_hyper(opt)
     thetas = [w.asnumpy() for w in weights]
-    states = [reference.init_state(t, s0=opt.initial_accumulator_value, amsgrad=opt.amsgrad) for t in thetas]
+    states = [
+        reference.init_state(t, s0=opt.initial_accumulator_value, v0=opt.initial_exp_avg_value, amsgrad=opt.amsgrad)
+        for t in thetas
+    ]
     for k in range(200):
         grads = gradients(rng, k, "float64")
         for i, g in enumerate(grads):
@@ -105,7 +111,9 @@ def test_float32_each_step_matches_reference(rule: str, case: str) -> None:
         for i, g in enumerate(gradients(rng, k, "float32")):
             theta = weights[i].asnumpy().astype(np.float64)
             if k == 0:
-                state = reference.init_state(theta, s0=opt.initial_accumulator_value, amsgrad=opt.amsgrad)
+                state = reference.init_state(
+                    theta, s0=opt.initial_accumulator_value, v0=opt.initial_exp_avg_value, amsgrad=opt.amsgrad
+                )
             else:
                 state = state_of(opt, updater, i)
             updater(i, nd.array(g), weights[i])
@@ -238,13 +246,14 @@ def test_optimizer_pickles() -> None:
 
 
 def test_epsilon_hat_differs_from_mxnet_adam() -> None:
-    """ε after √ŝ (ours) vs ε̂ added to √s with a bias-corrected step size (MXNet's 'adam')."""
+    """ε after √ŝ (ours) vs ε̂ added to √s with a bias-corrected step size (MXNet's 'adam'),
+    and ``epsilon_hat=True``, which is MXNet's form: ε = ε̂/√(1-β2^t)."""
 
-    def run(eps: float) -> float:
+    def run(eps: float, epsilon_hat: bool = False) -> float:
         rng = np.random.default_rng(5)
         w0 = rng.standard_normal(4)
         ours, theirs = nd.array(w0, dtype="float64"), nd.array(w0, dtype="float64")
-        u1 = mx.optimizer.get_updater(ag.Adam(learning_rate=0.01, epsilon=eps))
+        u1 = mx.optimizer.get_updater(ag.Adam(learning_rate=0.01, epsilon=eps, epsilon_hat=epsilon_hat))
         u2 = mx.optimizer.get_updater(mx.optimizer.Adam(learning_rate=0.01, epsilon=eps))
         for _ in range(50):
             g = nd.array(rng.standard_normal(4) * 1e-5, dtype="float64")
@@ -254,6 +263,14 @@ def test_epsilon_hat_differs_from_mxnet_adam() -> None:
 
     assert run(0.0) < 1e-5  # not ~1e-12: MXNet's Adam kernel takes its scalars as float32
     assert run(1e-5) > 1e-3
+    assert run(1e-5, epsilon_hat=True) < 1e-5
+
+
+def test_initial_exp_avg_value_starts_v() -> None:
+    opt = ag.Yogi(initial_exp_avg_value=1e-6)
+    v, s = opt.create_state(0, nd.zeros((2, 3), dtype="float64"))
+    np.testing.assert_array_equal(v.asnumpy(), np.full((2, 3), 1e-6))
+    np.testing.assert_array_equal(s.asnumpy(), np.full((2, 3), 1e-6))
 
 
 @pytest.mark.parametrize(
@@ -266,6 +283,8 @@ def test_epsilon_hat_differs_from_mxnet_adam() -> None:
         (dict(wd=-1.0), "Invalid weight_decay value: -1.0"),
         (dict(initial_accumulator_value=-1.0), "Invalid initial_accumulator_value (s0): -1.0"),
         (dict(bias_correction="yes"), "Invalid bias_correction: 'yes'"),
+        (dict(initial_exp_avg_value=float("nan")), "Invalid initial_exp_avg_value (v0): nan"),
+        (dict(initial_exp_avg_value="0"), "Invalid initial_exp_avg_value (v0): '0'"),
     ],
 )
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))

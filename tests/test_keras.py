@@ -1,4 +1,5 @@
-"""Runs test_keras_cases.py once per Keras backend, each in its own Python process.
+"""Runs test_keras_cases.py and test_keras_sparse_cases.py once per Keras backend, each
+backend in its own Python process.
 
 Keras binds its backend at import (``KERAS_BACKEND``), so one process cannot test three
 backends. Each backend whose package is missing here is skipped with the reason; in CI
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-CASES = Path(__file__).with_name("test_keras_cases.py")
+HERE = Path(__file__).parent
+CASES = [HERE / "test_keras_cases.py", HERE / "test_keras_sparse_cases.py"]
 # run -> (KERAS_BACKEND, the package it needs, extra environment)
 RUNS = {
     "tensorflow": ("tensorflow", "tensorflow", {}),
@@ -44,13 +46,13 @@ def test_keras_backend(run: str) -> None:
     }
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning"]
     done = subprocess.run(
-        [*command, str(CASES)],
+        [*command, *map(str, CASES)],
         env=env,
-        cwd=CASES.parents[1],
+        cwd=HERE.parent,
         capture_output=True,
         text=True,
         timeout=900,
     )
     report = (done.stdout + done.stderr)[-6000:]
     print(report)
-    assert done.returncode == 0, f"test_keras_cases.py failed on the {run} backend:\n{report}"
+    assert done.returncode == 0, f"the Keras cases failed on the {run} backend:\n{report}"

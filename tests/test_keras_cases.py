@@ -57,6 +57,8 @@ CASES: dict[str, dict[str, Any]] = {
     "weight_decay": dict(weight_decay=0.1),
     "s0_and_eps": dict(initial_accumulator_value=0.5, epsilon=0.0),
     "beta1_zero": dict(beta_1=0.0),
+    "v0_and_epsilon_hat": dict(initial_exp_avg_value=0.3, epsilon=1e-3, epsilon_hat=True),
+    "recursive_epsilon_hat": dict(bias_correction="recursive", epsilon=1e-3, epsilon_hat=True),
 }
 TOLERANCES = {"float64": (1e-10, 1e-12), "float32": (1e-5, 1e-6)}  # (rtol, atol)
 
@@ -83,7 +85,14 @@ def reference_hyper(opt: Any, lr: float) -> dict[str, Any]:
         decoupled_weight_decay=True,  # Keras's base class decays decoupled: θ ← θ - ηλθ
         amsgrad=opt.amsgrad,
         bias_correction=opt.bias_correction,
+        eps_hat=opt.epsilon_hat,
     )
+
+
+def init_states(opt: Any, thetas: list[np.ndarray]) -> list[reference.State]:
+    """The reference's state before the first step, with the optimizer's s0 and v0."""
+    s0, v0 = opt.initial_accumulator_value, opt.initial_exp_avg_value
+    return [reference.init_state(t, s0=s0, v0=v0, amsgrad=opt.amsgrad) for t in thetas]
 
 
 def slots(opt: Any, i: int) -> reference.State:
@@ -146,7 +155,7 @@ def test_float64_trajectory_matches_reference(rule: str, case: str) -> None:
     variables, opt, rng = make(rule, "float64", seed=0, **kwargs)
     hyper = reference_hyper(opt, kwargs["learning_rate"])
     thetas = [value(v) for v in variables]
-    states = [reference.init_state(t, s0=opt.initial_accumulator_value, amsgrad=opt.amsgrad) for t in thetas]
+    states = init_states(opt, thetas)
     rtol, atol = TOLERANCES["float64"]
     for k in range(200):
         grads = gradients(rng, k, "float64")
@@ -172,7 +181,7 @@ def test_float32_each_step_matches_reference(rule: str, case: str) -> None:
         for i, g in enumerate(grads):
             theta, state = before[i]
             if state is None:
-                state = reference.init_state(theta, s0=opt.initial_accumulator_value, amsgrad=opt.amsgrad)
+                state = init_states(opt, [theta])[0]
             want_theta, want = reference.step(rule, theta, g, state, **hyper)
             what = f"{rule}/{case} step {k + 1} variable {i} {SHAPES[i]}"
             # θ moves by at most ~lr per step: compare the update relative to the step size.
@@ -256,28 +265,78 @@ def test_ema_tracks_the_parameters_and_swaps_in() -> None:
         np.testing.assert_allclose(value(v), a, rtol=1e-7, atol=1e-8)
 
 
-# ---- ε placement: where adamlab.keras.Adam and keras.optimizers.Adam agree and differ ------
-def _against_keras_adam(epsilon: float) -> float:
-    variables, ours, rng = make("adam", "float64", seed=5, epsilon=epsilon)
-    theirs_vars = [keras.Variable(value(v), dtype="float64") for v in variables]
-    theirs = keras.optimizers.Adam(epsilon=epsilon)
-    for _k in range(50):
-        grads = [np.asarray(rng.standard_normal(s) * 1e-5) for s in SHAPES]  # √s ~ ε: where it matters
-        apply(ours, variables, grads)
-        apply(theirs, theirs_vars, grads)
-    return max(float(np.max(np.abs(value(x) - value(y)))) for x, y in zip(variables, theirs_vars))
+# ---- ε placement: Keras's ε̂ is ε = ε̂ / √(1 - β2^t) -----------------------------------------
+# keras.optimizers.Adam keeps η in a float32 variable, and on TensorFlow and torch computes
+# β^t from β rounded to float32 (ops.cast of a Python float): float64-exact only on JAX x64.
+KERAS_ADAM_RTOL = 1e-12 if BACKEND == "jax" else 1e-5
+
+
+def _keras_adam_run(epsilon: float, steps: int = 200) -> tuple[list[np.ndarray], list[np.ndarray], list[Any]]:
+    """θ0, then keras.optimizers.Adam's θ after ``steps`` steps; gradients ~1e-5, so √s ~ ε̂."""
+    rng = np.random.default_rng(5)
+    theta0 = [rng.standard_normal(s) for s in SHAPES]
+    grads = [[rng.standard_normal(s) * 1e-5 for s in SHAPES] for _ in range(steps)]
+    variables = [keras.Variable(t, dtype="float64") for t in theta0]
+    opt = keras.optimizers.Adam(learning_rate=0.01, epsilon=epsilon)
+    for gs in grads:
+        apply(opt, variables, gs)
+    return theta0, [value(v) for v in variables], grads
+
+
+def _reference_with(eps_at: Any, theta0: list[np.ndarray], grads: list[Any]) -> list[np.ndarray]:
+    """The reference, ε after √ŝ, with ε = eps_at(t) at step t; η as Keras stores it (float32)."""
+    thetas, states = list(theta0), [reference.init_state(t) for t in theta0]
+    lr = float(np.float32(0.01))
+    for t, gs in enumerate(grads, start=1):
+        for i, g in enumerate(gs):
+            thetas[i], states[i] = reference.adam_step(
+                thetas[i], g, states[i], lr=lr, beta1=0.9, beta2=0.999, eps=eps_at(t)
+            )
+    return thetas
+
+
+def _relative(got: list[np.ndarray], want: list[np.ndarray], theta0: list[np.ndarray]) -> float:
+    """The largest difference relative to how far θ moved (θ itself is ~1, the moves ~0.1)."""
+    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b - t0))) for a, b, t0 in zip(got, want, theta0))
+
+
+@needs_float64
+def test_keras_epsilon_hat_is_epsilon_over_sqrt_one_minus_beta2_power() -> None:
+    """Measured against keras.optimizers.Adam: ε̂ = 1e-5 is ε = ε̂/√(1-β2^t) after √ŝ, and
+    not ε̂·√(1-β2^t) (the formula this project's docs once gave). Differences are relative
+    to how far θ moved."""
+    hat = 1e-5
+    theta0, theirs, grads = _keras_adam_run(hat)
+    right = _relative(theirs, _reference_with(lambda t: hat / np.sqrt(1.0 - 0.999**t), theta0, grads), theta0)
+    wrong = _relative(theirs, _reference_with(lambda t: hat * np.sqrt(1.0 - 0.999**t), theta0, grads), theta0)
+    assert right < KERAS_ADAM_RTOL, right
+    assert wrong > 1e-2, wrong
+
+
+@needs_float64
+def test_epsilon_hat_true_is_keras_adam() -> None:
+    hat = 1e-5
+    theta0, theirs, grads = _keras_adam_run(hat)
+    variables = [keras.Variable(t, dtype="float64") for t in theta0]
+    ours = ak.Adam(learning_rate=0.01, epsilon=hat, epsilon_hat=True)
+    plain = ak.Adam(learning_rate=0.01, epsilon=hat)
+    plain_vars = [keras.Variable(t, dtype="float64") for t in theta0]
+    for gs in grads:
+        apply(ours, variables, gs)
+        apply(plain, plain_vars, gs)
+    assert _relative([value(v) for v in variables], theirs, theta0) < KERAS_ADAM_RTOL
+    # Same ε, ε after √ŝ: far from Keras's Adam where √s ~ ε.
+    assert _relative([value(v) for v in plain_vars], theirs, theta0) > 1e-2
 
 
 @needs_float64
 def test_equals_keras_adam_when_epsilon_is_zero() -> None:
-    # Not to 1e-12: keras.optimizers.Adam casts β1, β2 through float32 even for float64 variables.
-    assert _against_keras_adam(0.0) < 1e-6
-
-
-@needs_float64
-def test_differs_from_keras_adam_epsilon_hat() -> None:
-    # Same ε, different forms: ε after √ŝ (ours) vs ε̂ next to √s (Keras), ε = ε̂ √(1-β2^t).
-    assert _against_keras_adam(1e-5) > 1e-3
+    theta0, theirs, grads = _keras_adam_run(0.0, steps=50)
+    variables = [keras.Variable(t, dtype="float64") for t in theta0]
+    ours = ak.Adam(learning_rate=0.01, epsilon=0.0)
+    for gs in grads:
+        apply(ours, variables, gs)
+    assert _relative([value(v) for v in variables], theirs, theta0) < KERAS_ADAM_RTOL
 
 
 # ---- Keras integration ----------------------------------------------------------------------
@@ -379,6 +438,8 @@ def test_defaults_match_the_torch_classes() -> None:
         (dict(weight_decay=-1.0), "Invalid weight_decay value: -1.0"),
         (dict(initial_accumulator_value=-1.0), "Invalid initial_accumulator_value (s0): -1.0"),
         (dict(bias_correction="yes"), "Invalid bias_correction: 'yes'"),
+        (dict(initial_exp_avg_value=float("nan")), "Invalid initial_exp_avg_value (v0): nan"),
+        (dict(initial_exp_avg_value=None), "Invalid initial_exp_avg_value (v0): None"),
     ],
 )
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))
@@ -404,3 +465,70 @@ def test_import_does_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], env=os.environ.copy(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---- names, docstrings, signatures -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("yogi", ak.Yogi),
+        ("adamlab_yogi", ak.Yogi),
+        ("adamlab_adam", ak.Adam),
+        ("adamlab>Yogi", ak.Yogi),
+        ("adamlab>Adam", ak.Adam),
+    ],
+)
+def test_keras_finds_the_optimizers_by_name(name: str, cls: type) -> None:
+    assert type(keras.optimizers.get(name)) is cls
+
+
+@pytest.mark.parametrize("name", ["adam", "Adam"])
+def test_adam_stays_keras_own(name: str) -> None:
+    found = keras.optimizers.get(name)  # on the torch backend, a torch subclass of Keras's Adam
+    assert isinstance(found, keras.optimizers.Adam) and not isinstance(found, ak.Adam)
+
+
+def test_model_compile_with_the_name_yogi_trains() -> None:
+    x, y = _linear_data()
+    model = _model()
+    model.compile(optimizer="yogi", loss="mse")
+    assert type(model.optimizer) is ak.Yogi
+    losses = model.fit(x, y, batch_size=32, epochs=5, verbose=0).history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("cls", [ak.Adam, ak.Yogi])
+def test_docstring_and_signature_spell_out_every_keyword(cls: type) -> None:
+    """help() shows the update rule and every argument; no **kwargs, every keyword typed,
+    and every keyword of Keras's base Optimizer is there (IDEs and type checkers see them)."""
+    import inspect
+
+    doc = cls.__doc__
+    assert doc and "θ ← θ - η" in doc and "Args:" in doc
+    signature = inspect.signature(cls.__init__)
+    params = [p for name, p in signature.parameters.items() if name != "self"]
+    assert all(p.kind is not p.VAR_KEYWORD and p.kind is not p.VAR_POSITIONAL for p in params)
+    assert all(p.annotation is not p.empty for p in params), [p.name for p in params if p.annotation is p.empty]
+    for p in params:
+        assert f"{p.name}:" in doc, f"{p.name} is not documented in {cls.__name__}"
+    # Keras's backend optimizer classes take (*args, **kwargs): the base with the keywords.
+    base = next(
+        inspect.signature(k.__init__).parameters
+        for k in keras.optimizers.Optimizer.__mro__
+        if "learning_rate" in inspect.signature(k.__init__).parameters
+    )
+    wanted = {n for n, p in base.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+    assert wanted <= set(signature.parameters), wanted - set(signature.parameters)
+    with pytest.raises(TypeError):
+        cls(decay=0.1)  # not a keyword: a typo fails at the call, not deep in Keras
+
+
+@pytest.mark.parametrize("cls", [ak.Adam, ak.Yogi])
+def test_initial_exp_avg_value_starts_v(cls: type) -> None:
+    variable = keras.Variable(np.zeros((2, 3), dtype="float32"), dtype="float32")
+    opt = cls(initial_exp_avg_value=1e-6, initial_accumulator_value=0.25)
+    opt.build([variable])
+    np.testing.assert_array_equal(value(opt._momentums[0]), np.full((2, 3), np.float32(1e-6), dtype=np.float64))
+    np.testing.assert_array_equal(value(opt._velocities[0]), np.full((2, 3), 0.25))
+    again = cls.from_config(opt.get_config())
+    assert (again.initial_exp_avg_value, again.epsilon_hat) == (1e-6, False)

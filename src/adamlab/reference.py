@@ -26,18 +26,23 @@ One step, with every convention named::
 Conventions, each an explicit keyword:
 
 * **ε placement** — after the square root, as in Kingma & Ba (2015) Algorithm 1,
-  PyTorch and optax. Keras/TensorFlow's Adam adds an "ε-hat" to √s *before* the bias
-  correction of the step size (``θ ← θ - η_t v / (√s + ε̂)`` with
-  ``η_t = η √(1-β2^t)/(1-β1^t)``), which equals ε = ε̂·√(1-β2^t) here: the two agree
-  only when ε = 0.
+  PyTorch and optax. Keras/TensorFlow's Adam, MXNet's ``adam`` and TF-Addons' Yogi add an
+  "ε-hat" to the raw √s and bias-correct the step size instead
+  (``θ ← θ - η_t v / (√s + ε̂)`` with ``η_t = η √(1-β2^t)/(1-β1^t)``). Dividing through
+  by √(1-β2^t) gives ``η v̂ / (√ŝ + ε̂/√(1-β2^t))``: ε̂ is this module's
+  **ε = ε̂ / √(1-β2^t)**, an ε that starts large (ε̂/√(1-β2) ≈ 31.6 ε̂ at t = 1 for
+  β2 = 0.999) and falls to ε̂. ``eps_hat=True`` puts ε there (the ε given is then ε̂);
+  with ``bias_correction=False`` nothing is corrected and the two placements coincide.
 * **bias correction** — ``True`` (divide by 1 - β^t, t from 1), ``False`` (use v and
   s as they are: the start-up bias towards v0 = s0 = 0 the chapter describes), or
   ``"recursive"`` (keep the *debiased* estimates in the state and update them with
   step-dependent weights, so no division by 1 - β^t happens at step time; see
   :func:`first_moment` and :func:`second_moment`).
-* **initial second moment s0** — ``s0``. The chapter starts from s = 0; TF-Addons,
-  optax and the Yogi paper's author start Yogi from 1e-6. v always starts at 0 (optax
-  also starts Yogi's v at 1e-6; the difference fades as β1^t).
+* **initial moments s0 and v0** — ``s0`` (torch: ``initial_accumulator_value``), ``v0``
+  (torch: ``initial_exp_avg_value``). The chapter starts from v = s = 0; TF-Addons,
+  optax and the Yogi paper's author start Yogi's s from 1e-6, and optax,
+  ``torch_optimizer.Yogi`` and ``pytorch_optimizer.Yogi`` start v from 1e-6 too
+  (TF-Addons starts v from 0). With bias correction a v0 ≠ 0 fades as β1^t.
 * **AMSGrad** — PyTorch's form: keep the running maximum of the *raw* s, then
   bias-correct it. With ``bias_correction="recursive"`` the maximum is taken of the
   debiased estimate (the state holds nothing else).
@@ -69,11 +74,11 @@ class State:
     s_max: np.ndarray | None = None
 
 
-def init_state(theta: np.ndarray, *, s0: float = 0.0, amsgrad: bool = False) -> State:
-    """The state before the first step: t = 0, v = 0, s = s0 (and max(s) = s0)."""
+def init_state(theta: np.ndarray, *, s0: float = 0.0, v0: float = 0.0, amsgrad: bool = False) -> State:
+    """The state before the first step: t = 0, v = v0, s = s0 (and max(s) = s0)."""
     theta = np.asarray(theta, dtype=np.float64)
     s = np.full_like(theta, s0)
-    return State(t=0, v=np.zeros_like(theta), s=s, s_max=s.copy() if amsgrad else None)
+    return State(t=0, v=np.full_like(theta, v0), s=s, s_max=s.copy() if amsgrad else None)
 
 
 def first_moment(v: np.ndarray, g: np.ndarray, t: int, beta1: float, bias_correction: BiasCorrection) -> np.ndarray:
@@ -134,9 +139,12 @@ def step(
     amsgrad: bool = False,
     maximize: bool = False,
     bias_correction: BiasCorrection = True,
+    eps_hat: bool = False,
 ) -> tuple[np.ndarray, State]:
     """One step of ``rule`` ("adam" or "yogi") in float64. Pure: inputs are not modified.
 
+    ``eps_hat=True`` reads ``eps`` as Keras's ε̂ (added to the raw √s): the ε used is
+    ε̂/√(1 - β2^t) whenever s is bias-corrected (``True`` or ``"recursive"``).
     Returns the new parameters and the new :class:`State`.
     """
     if rule not in RULES:
@@ -162,6 +170,8 @@ def step(
         s_hat = s_used / (1.0 - beta2**t)
     else:  # False: no correction; "recursive": the state already holds v̂ and ŝ
         v_hat, s_hat = v, s_used
+    if eps_hat and bias_correction is not False:
+        eps = eps / np.sqrt(1.0 - beta2**t)  # ε̂ next to √s is ε = ε̂/√(1-β2^t) next to √ŝ
     theta = theta - lr * v_hat / (np.sqrt(s_hat) + eps)
     as_array = np.asarray  # 0-dim inputs stay arrays, not NumPy scalars
     return as_array(theta), replace(

@@ -23,8 +23,12 @@ counts its own steps t from 1::
     s ← s - (1 - β2) sgn(s - g²) g²          Yogi (the only line that differs)
     θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)      ε after the square root
 
-MXNet's built-in ``"adam"`` scales η by √(1-β2^t)/(1-β1^t) and adds ε to √s: the ε-hat
-form, equal to ε = ε̂·√(1-β2^t) here, so the two agree only when ε = 0. ``wd`` is MXNet's
+MXNet's built-in ``"adam"`` scales η by √(1-β2^t)/(1-β1^t) and adds ε̂ to the raw √s: the
+ε-hat form. Dividing through by √(1-β2^t), its ε̂ is an ε = ε̂ / √(1-β2^t) here (about
+31.6 ε̂ at t = 1 for β2 = 0.999), so the two agree only when ε = 0; ``epsilon_hat=True``
+reads ``epsilon`` as ε̂ and reproduces MXNet's Adam (``wd`` included). v starts at
+``initial_exp_avg_value`` (v0, default 0; optax's Yogi and the torch Yogi packages use
+1e-6), s at ``initial_accumulator_value`` (s0). ``wd`` is MXNet's
 weight decay, added to the gradient (L2, as ``torch.optim.Adam``) and scaled per
 parameter by ``wd_mult``; ``decoupled_weight_decay=True`` makes it AdamW's θ ← θ - ηλθ.
 The state of a parameter is the tuple (v, s) or, with amsgrad, (v, s, max s).
@@ -33,6 +37,7 @@ The state of a parameter is the tuple (v, s) or, with amsgrad, (v, s, max s).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 import mxnet as mx
@@ -75,8 +80,15 @@ class _AdamFamily(mx.optimizer.Optimizer):
         bias_correction: bool | str,
         initial_accumulator_value: float,
         decoupled_weight_decay: bool,
+        initial_exp_avg_value: float,
+        epsilon_hat: bool,
         **kwargs: Any,
     ) -> None:
+        # v0 is a signed average: any finite real.
+        if isinstance(initial_exp_avg_value, bool) or not isinstance(initial_exp_avg_value, numbers.Real):
+            raise ValueError(f"Invalid initial_exp_avg_value (v0): {initial_exp_avg_value!r} (expected a real number)")
+        if not math.isfinite(initial_exp_avg_value):
+            raise ValueError(f"Invalid initial_exp_avg_value (v0): {initial_exp_avg_value}")
         validate_hyperparameters(
             lr=learning_rate,
             betas=(beta1, beta2),
@@ -93,10 +105,12 @@ class _AdamFamily(mx.optimizer.Optimizer):
         self.bias_correction = bias_correction
         self.initial_accumulator_value = float(initial_accumulator_value)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self.initial_exp_avg_value = float(initial_exp_avg_value)
+        self.epsilon_hat = bool(epsilon_hat)
 
     def create_state(self, index: int, weight: nd.NDArray) -> tuple[nd.NDArray, ...]:
-        """The one place that creates state: v = 0, s = s0 (and max s = s0), like the weight."""
-        v = nd.zeros(weight.shape, weight.context, dtype=weight.dtype)
+        """The one place that creates state: v = v0, s = s0 (and max s = s0), like the weight."""
+        v = nd.full(weight.shape, self.initial_exp_avg_value, weight.context, dtype=weight.dtype)
         s = nd.full(weight.shape, self.initial_accumulator_value, weight.context, dtype=weight.dtype)
         return (v, s, s.copy()) if self.amsgrad else (v, s)
 
@@ -123,7 +137,10 @@ class _AdamFamily(mx.optimizer.Optimizer):
         if self.amsgrad:  # PyTorch's form: the running max of the raw s, bias-corrected below
             state[2][:] = nd.maximum(state[2], s)
             s = state[2]
-        denom = nd.sqrt(s) / k.bc2_sqrt + self.epsilon  # ε after the square root
+        eps = self.epsilon
+        if self.epsilon_hat and self.bias_correction is not False:  # ε = ε̂ / √(1 - β2^t)
+            eps = eps / math.sqrt(_c(self.beta2, t))
+        denom = nd.sqrt(s) / k.bc2_sqrt + eps  # ε after the square root
         weight[:] = weight - k.step_size * v / denom
 
 
@@ -132,7 +149,8 @@ class Adam(_AdamFamily):
 
     Defaults are ``torch.optim.Adam``'s (lr 1e-3, β (0.9, 0.999), ε 1e-8, s0 = 0); the
     chapter's from-scratch Adam is ``Adam(learning_rate=0.01, epsilon=1e-6)``. Gluon name:
-    ``"adamlab_adam"``. Keyword arguments not listed go to ``mxnet.optimizer.Optimizer``
+    ``"adamlab_adam"``. ``Adam(epsilon=1e-8, epsilon_hat=True)`` is MXNet's own ``"adam"``.
+    Keyword arguments not listed go to ``mxnet.optimizer.Optimizer``
     (``wd``, ``rescale_grad``, ``clip_gradient``, ``lr_scheduler``, ``multi_precision``, ...).
     """
 
@@ -148,6 +166,8 @@ class Adam(_AdamFamily):
         bias_correction: bool | str = True,
         initial_accumulator_value: float = 0.0,
         decoupled_weight_decay: bool = False,
+        initial_exp_avg_value: float = 0.0,
+        epsilon_hat: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -159,6 +179,8 @@ class Adam(_AdamFamily):
             bias_correction,
             initial_accumulator_value,
             decoupled_weight_decay,
+            initial_exp_avg_value,
+            epsilon_hat,
             **kwargs,
         )
 
@@ -184,6 +206,8 @@ class Yogi(_AdamFamily):
         bias_correction: bool | str = True,
         initial_accumulator_value: float = 1e-6,
         decoupled_weight_decay: bool = False,
+        initial_exp_avg_value: float = 0.0,
+        epsilon_hat: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -195,6 +219,8 @@ class Yogi(_AdamFamily):
             bias_correction,
             initial_accumulator_value,
             decoupled_weight_decay,
+            initial_exp_avg_value,
+            epsilon_hat,
             **kwargs,
         )
 

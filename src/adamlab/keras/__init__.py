@@ -2,11 +2,14 @@
 
 Needs ``keras>=3`` and one backend (TensorFlow, JAX or PyTorch); never torch itself
 unless Keras runs on the torch backend. Importing this module registers both classes for
-``.keras`` serialization. See :mod:`adamlab.keras.optimizers` for the conventions (ε after
-the square root, unlike ``keras.optimizers.Adam``'s ε-hat; decoupled weight decay).
+``.keras`` serialization and the names ``"yogi"``, ``"adamlab_yogi"`` and ``"adamlab_adam"``
+(``"adam"`` stays Keras's own). See :mod:`adamlab.keras.optimizers` for the conventions
+(ε after the square root, unlike ``keras.optimizers.Adam``'s ε-hat, which
+``epsilon_hat=True`` gives; sparse gradients; decoupled weight decay).
 
     import keras, adamlab.keras
     model.compile(optimizer=adamlab.keras.Yogi(), loss="mse")
+    model.compile(optimizer="yogi", loss="mse")   # the same, by name
 """
 
 try:
