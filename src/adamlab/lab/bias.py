@@ -28,7 +28,7 @@ import click
 import numpy as np
 
 from adamlab.lab.cli import standard_options
-from adamlab.lab.data import LabData, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, LabData, least_squares_floor, load
 from adamlab.lab.exercises.common import (
     Progress,
     check_output_dir,
@@ -186,7 +186,7 @@ def bias(
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
 @standard_options
 def command(

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import click
 
-from adamlab.lab.data import LabInputError
+from adamlab.lab.data import DATA_HELP, LabInputError
 
 # Subcommands: name -> ("module:attribute" of a click.Command, one-line help). A module is
 # imported only when its command runs (or its own --help is asked for).
@@ -125,7 +125,7 @@ def training_options(command: Any) -> Any:
             click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate."),
             click.option("--batch-size", type=int, default=10, show_default=True, help="Minibatch size."),
             click.option("--epochs", type=int, default=None, help="Epochs [book: 2 scratch, 4 concise]."),
-            click.option("--data", type=str, default=None, help="Your own delimited file; last column the target."),
+            click.option("--data", type=str, default=None, help=DATA_HELP),
             click.option("--plot-format", type=str, default="png", show_default=True, help="png or svg."),
             click.option("--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (OUT/checkpoints)."),
             click.option("--resume", is_flag=True, help="Resume from the checkpoints in OUT."),

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from adamlab.lab.cli import standard_options
-from adamlab.lab.data import LabData, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, LabData, least_squares_floor, load
 from adamlab.lab.exercises.common import (
     LabInputError,
     Progress,
@@ -134,7 +134,7 @@ def compare(
 @click.option("--optimizer", "optimizers", multiple=True, help=f"Only these (repeatable): {', '.join(FAMILY)}.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
 @standard_options
 def command(

@@ -29,7 +29,7 @@ import click
 import numpy as np
 
 from adamlab.lab.cli import standard_options
-from adamlab.lab.data import LabData, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, LabData, least_squares_floor, load
 from adamlab.lab.exercises.common import (
     LabInputError,
     Progress,
@@ -344,7 +344,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.option("--batch-sizes", type=str, default=None, help="Second axis, comma-separated [default: 50,250].")
 @click.option("--full", is_flag=True, help="The long version.")
 @click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @click.option("--format", "fmt", type=click.Choice(["png", "svg"]), default="png", show_default=True)
 @standard_options
 def command(
