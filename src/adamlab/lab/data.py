@@ -201,9 +201,8 @@ def parse_table(text: str, *, name: str = "data") -> np.ndarray:
             if not math.isfinite(x):
                 raise LabInputError(f"{name}: line {lineno}, column {j + 1}: {cell} is not finite")
             if abs(x) > _FLOAT32_MAX:  # would be inf in float32, the dtype the lab trains in
-                raise LabInputError(
-                    f"{name}: line {lineno}, column {j + 1}: {cell[:20]} is beyond float32's range (±{_FLOAT32_MAX:.4g})"
-                )
+                where = f"{name}: line {lineno}, column {j + 1}"
+                raise LabInputError(f"{where}: {cell[:20]} is beyond float32's range (±{_FLOAT32_MAX:.4g})")
             values[i, j] = x
     return values.astype(np.float32)
 
