@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,11 @@ from torch import Tensor
 
 from adamlab.lab import checkpoint as ckpt
 from adamlab.lab.data import EXAMPLES_PER_EVAL, LabData, LabInputError
+from adamlab.lab.names import resolve_optimizer  # the allow-list of optimizer names
 from adamlab.lab.results import versions
 from adamlab.lab.runs import CurveRun
 
 SCRATCH_RULES = ("adam", "yogi")
-# Short names the command line accepts for the concise trainer; any "module.Class" works too.
-CONCISE_OPTIMIZERS = {
-    "torch.optim.Adam": "torch.optim:Adam",
-    "adamlab.Adam": "adamlab.optim:Adam",
-    "adamlab.Yogi": "adamlab.optim:Yogi",
-}
 DEFAULT_EPOCHS = {"scratch": 2, "concise": 4}
 
 
@@ -86,35 +80,6 @@ class RunConfig:
             raise LabInputError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if data is not None and data.n < self.batch_size:
             raise LabInputError(f"the data has {data.n} rows, fewer than one batch of {self.batch_size}")
-
-
-def resolve_optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
-    """``"torch.optim.Adam"``, ``"adamlab.Yogi"`` or any ``"package.module.Class"`` -> the class.
-
-    Only :class:`torch.optim.Optimizer` subclasses are accepted by name, and the lab's own
-    factories of :mod:`adamlab.lab.exercises.family` (``"adamlab.lab.exercises.family.sgd"``,
-    what ``compare`` and ``sweep`` record); any other callable is refused, so a name on the
-    command line never runs arbitrary code. The Python API takes any factory directly.
-    """
-    from adamlab.lab.exercises.family import FAMILY
-
-    target = CONCISE_OPTIMIZERS.get(name)
-    if target is None:
-        module, _, attr = name.rpartition(".")
-        target = f"{module}:{attr}"
-    module, _, attr = target.partition(":")
-    try:
-        found = getattr(import_module(module), attr) if module and attr else None
-    except (ImportError, AttributeError, ValueError):
-        found = None
-    if found is None:
-        known = ", ".join([*SCRATCH_RULES, *CONCISE_OPTIMIZERS])
-        raise LabInputError(f"unknown optimizer {name!r} (known: {known}, or any torch.optim class)")
-    is_optimizer = isinstance(found, type) and issubclass(found, torch.optim.Optimizer)
-    is_family = any(name == m.target for m in FAMILY.values())
-    if not (is_optimizer or is_family):
-        raise LabInputError(f"{name!r} is not a torch.optim.Optimizer class (e.g. torch.optim.Adam, adamlab.Yogi)")
-    return found
 
 
 # ----------------------------------------------------------------------------------------------
