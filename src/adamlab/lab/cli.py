@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 import click
 
+from adamlab.lab import stdio
 from adamlab.lab.data import DATA_HELP, LabInputError
 
 # Subcommands: name -> ("module:attribute" of a click.Command, one-line help). A module is
@@ -65,13 +66,20 @@ class LabGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click's main would print a blank line first, then "Aborted!"
+            raise Interrupted from None
+
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
+        stdio.occupy_closed()  # `adamlab >&-`: output discarded; no result file lands on fd 1
         try:
             code = super().main(args, prog_name or "adamlab", standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
             code = e.exit_code
-        except click.exceptions.Abort:
+        except (click.exceptions.Abort, Interrupted):
             fail("aborted", 130)
         except (click.ClickException, LabInputError) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
@@ -79,6 +87,10 @@ class LabGroup(click.Group):
         except OSError as e:  # e.g. the disk filled up while writing results
             fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e), 1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command (reported by :class:`LabGroup` as one line, exit code 130)."""
 
 
 def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:

@@ -21,15 +21,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import click
 import numpy as np
 
+from adamlab.lab import limits, pool
 from adamlab.lab.cli import standard_options
-from adamlab.lab.data import DATA_HELP, LabData, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, EXAMPLES_PER_EVAL, LabData, least_squares_floor, load
 from adamlab.lab.exercises.common import (
     LabInputError,
     Progress,
@@ -82,7 +83,14 @@ class SweepConfig:
                 raise LabInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if any(b < 1 for b in self.batch_sizes):
             raise LabInputError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.seed + self.seeds > 2**63:
+            raise LabInputError(f"--seed {self.seed} + --seeds {self.seeds} passes the largest seed, 2**63 - 1")
         return self
+
+    def run_count(self) -> int:
+        """``len(self.tasks())``, computed without building the list (to bound it first)."""
+        extra = [b for b in self.batch_sizes if b != self.batch_size]
+        return self.seeds * self.points * (len(self.optimizers) + len(extra) * len(self.batch_optimizers))
 
     def tasks(self) -> list[tuple[str, float, int, int]]:
         """(optimizer, lr, batch size, seed) for every run, main axis first."""
@@ -282,10 +290,10 @@ def sweep(
     config = (config or SweepConfig()).validate()
     data = load(config.data)
     floor = least_squares_floor(data)
+    jobs = limits.check_jobs(default_jobs() if jobs is None else jobs)
+    points_per_run = config.epochs * data.n // EXAMPLES_PER_EVAL + 2  # the curve's length, at most
+    limits.check_runs(config.run_count(), points_per_run, "--points x --seeds x optimizers (and batch sizes)")
     tasks = config.tasks()
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1:
-        raise LabInputError(f"--jobs must be >= 1, got {jobs}")
     runs: list[dict[str, Any]] = []
     if jobs == 1 or len(tasks) < 8:
         _DATA[config.data] = data
@@ -294,19 +302,12 @@ def sweep(
             if progress is not None:
                 progress.advance()
     else:
-        import multiprocessing
-
-        # fork where the platform has it: workers start in milliseconds with torch already
-        # imported (as torch's own DataLoader workers do); spawn elsewhere.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        ctx = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-            chunk = max(1, len(tasks) // (jobs * 8))
-            for result in pool.map(_train, tasks, [config.epochs] * len(tasks), [config.data] * len(tasks),
-                                   chunksize=chunk):  # fmt: skip
-                runs.append(result)
-                if progress is not None:
-                    progress.advance()
+        chunk = max(1, len(tasks) // (jobs * 8))
+        train = partial(_train, epochs=config.epochs, data=config.data)
+        for result in pool.ordered_map(train, tasks, jobs=jobs, initializer=_init_worker, chunksize=chunk):
+            runs.append(result)
+            if progress is not None:
+                progress.advance()
     return SweepResult(config, runs, floor, data.describe(), jobs)
 
 
@@ -380,10 +381,10 @@ def command(
             overrides["batch_sizes"] = parse_batch_sizes(batch_sizes)
         config = (SweepConfig.full(**overrides) if full else SweepConfig(**overrides)).validate()
         load(config.data)
-        if jobs is not None and jobs < 1:
-            raise LabInputError(f"--jobs must be >= 1, got {jobs}")
+        if jobs is not None:
+            limits.check_jobs(jobs)
         out_dir = check_output_dir(out)
-        with Progress("sweep", len(config.tasks()), enabled=not (quiet or as_json)) as bar:
+        with Progress("sweep", config.run_count(), enabled=not (quiet or as_json)) as bar:
             result = sweep(config, jobs=jobs, progress=bar)
     doc = result.to_dict()
     _, fig_path = write_results(out_dir, "sweep", doc, result.plot(), fmt)
