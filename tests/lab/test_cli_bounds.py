@@ -1,0 +1,162 @@
+"""Issue 18 items 14, 15 and 17 (the command line): counts bounded by the machine, a closed
+stdout, Ctrl-C on ``sweep`` within a second, and Ctrl-C as one line.
+
+The Ctrl-C tests run the command in its own process group and send SIGINT to the group,
+as a terminal does; every child has a deadline, so a regression fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adamlab.lab import limits
+from adamlab.lab.data import LabInputError
+from adamlab.lab.sweep import SweepConfig, sweep
+
+POSIX = pytest.mark.skipif(os.name != "posix", reason="process groups and fd 1 are POSIX")
+LIMIT_MEMORY = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))"
+
+
+def _cli(args: list[str], *, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess:
+    """``adamlab ARGS`` in a child with 3 GiB of address space and a deadline."""
+    code = f"{LIMIT_MEMORY}\nfrom adamlab.lab.cli import main\nmain({args!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, **popen)
+
+
+def _assert_one_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.startswith("adamlab: error: ") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--points", str(10**12)], "would need"),
+        (["--seeds", str(10**12)], "would need"),
+        (["--jobs", "10000"], "--jobs 10000 is more than the"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--seed", str(2**63 - 1), "--seeds", "2"], "passes the largest seed"),
+    ],
+)
+def test_sweep_counts_beyond_the_machine_are_one_line(tmp_path, args, needle):
+    out = tmp_path / "out"
+    proc = _cli(["sweep", *args, "--out", str(out)])
+    _assert_one_line(proc, needle)
+    assert not out.exists()
+
+
+def test_the_run_bound_follows_the_memory_available(monkeypatch):
+    config = SweepConfig(points=10, seeds=10)
+    runs = config.run_count()
+    assert runs == len(config.tasks()) == 10 * 10 * (6 + 2 * 2)
+    need = runs * (limits.BYTES_PER_RUN + limits.BYTES_PER_POINT * 10)
+    monkeypatch.setattr(limits, "available_memory", lambda: 2 * need)
+    assert limits.check_runs(runs, 10, "grid") == runs  # exactly half the memory: allowed
+    monkeypatch.setattr(limits, "available_memory", lambda: 2 * need - 2)
+    with pytest.raises(LabInputError, match=r"grid = 1,000 runs of 10 curve points would need"):
+        limits.check_runs(runs, 10, "grid")
+
+
+def test_the_python_api_is_bounded_too():
+    with pytest.raises(LabInputError, match="would need"):
+        sweep(SweepConfig(points=10**12))
+    with pytest.raises(LabInputError, match="more than the"):
+        sweep(SweepConfig(points=2, seeds=1), jobs=limits.usable_cpus() + 1)
+
+
+@POSIX
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_closed_stdout_runs_and_writes_its_files(tmp_path, as_json):
+    out = tmp_path / "out"
+    args = ["train", "--epochs", "1", "--out", str(out), *(["--json"] if as_json else [])]
+    code = f"from adamlab.lab.cli import main\nmain({args!r})"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], stdout=None, stderr=subprocess.PIPE, text=True, timeout=120,
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["runs"][0]["steps"] == 150
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _interrupt(args: list[str], ready, *, deadline: float = 120) -> tuple[float, subprocess.Popen, str]:
+    """Start ``adamlab ARGS`` in its own session, wait until ``ready(proc)``, send SIGINT to its
+    group (a terminal's Ctrl-C); return the seconds from the signal to the exit, and stderr."""
+    code = f"from adamlab.lab.cli import main\nmain({args!r})"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        start = time.monotonic()
+        while not ready(proc):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() - start < deadline, "never got ready"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=deadline)
+        return time.monotonic() - sent, proc, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@POSIX
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads children from /proc")
+@pytest.mark.skipif(limits.usable_cpus() < 2, reason="needs two CPUs for two workers")
+def test_ctrl_c_stops_a_sweep_within_a_second(tmp_path):
+    # 20 epochs per run: each in-flight chunk has seconds of work left when the signal lands.
+    args = ["sweep", "--jobs", "2", "--epochs", "20", "--points", "4", "--seeds", "2", "--out", str(tmp_path)]
+    workers: list[int] = []
+
+    def ready(proc: subprocess.Popen) -> bool:
+        workers[:] = _children(proc.pid)
+        if len(workers) < 2:
+            return False
+        time.sleep(1.0)  # the workers are inside their first chunk
+        return True
+
+    seconds, proc, err = _interrupt(args, ready)
+    assert proc.returncode == 130 and err == "adamlab: error: aborted\n", err
+    # A second is the promise; the bound leaves room for a loaded test machine (it used to be 9-61 s).
+    assert seconds < 3.0, f"took {seconds:.1f} s"
+    time.sleep(0.2)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in _state(w)], "workers left"
+    assert not (tmp_path / "sweep.json").exists()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
+@POSIX
+def test_ctrl_c_is_one_line_without_a_blank_line_before_it(tmp_path):
+    args = ["train", "--epochs", "100000", "--quiet", "--out", str(tmp_path / "out")]
+    started = time.monotonic()
+
+    def ready(proc: subprocess.Popen) -> bool:
+        return time.monotonic() - started > 4.0  # imported torch and training
+
+    _, proc, err = _interrupt(args, ready)
+    assert proc.returncode == 130 and err == "adamlab: error: aborted\n", repr(err)
