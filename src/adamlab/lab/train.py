@@ -310,26 +310,40 @@ def _cannot_run_here(name: str) -> Iterator[None]:
         raise LabInputError(f"{name} cannot run here: {e}") from None
 
 
-def _burn_in(config: RunConfig, features: int, factory: Any, X: Tensor, y: Tensor) -> None:
+def _burn_in(config: RunConfig, features: int, factory: Any, X: Tensor, y: Tensor) -> ScratchModel | ConciseModel:
     """One untimed step of a throwaway model, so that lazy set-up (torch.optim's first step
-    imports torch._dynamo, seconds on a cold start) is not counted as training time."""
+    imports torch._dynamo, seconds on a cold start) is not counted as training time.
+    Returned: the structure a checkpoint's model state must have."""
     generator = torch.Generator().manual_seed(0)
     if config.trainer == "scratch":
-        ScratchModel(features, config.optimizer, config.lr, generator).step(X, y)
+        model: ScratchModel | ConciseModel = ScratchModel(features, config.optimizer, config.lr, generator)
     else:
-        ConciseModel(features, factory or config.optimizer, config.lr, generator).step(X, y)
+        model = ConciseModel(features, factory or config.optimizer, config.lr, generator)
+    model.step(X, y)
+    return model
 
 
-def load_checkpoint(path: str | Path | None, config: RunConfig, data: LabData) -> dict[str, Any] | None:
-    """The verified checkpoint of this run at ``path``, or None if there is none yet."""
+def load_checkpoint(
+    path: str | Path | None, config: RunConfig, data: LabData, factory: Any = None
+) -> dict[str, Any] | None:
+    """The checkpoint of this run at ``path``, verified and validated (:func:`ckpt.validate`), or None."""
     if path is None or not Path(path).exists():
         return None
-    state = ckpt.load(path)
-    if state.get("config") != asdict(config):
-        raise ckpt.CheckpointError(f"checkpoint {path} belongs to another configuration: {state.get('config')}")
-    if state.get("data_sha1") != data.sha1:
-        raise ckpt.CheckpointError(f"checkpoint {path} was made on other data (sha1 {state.get('data_sha1')})")
-    return state
+    X, y = data.tensors()
+    bs = config.batch_size
+    prepare = ScratchModel.prepare if config.trainer == "scratch" else ConciseModel.prepare
+    with _cannot_run_here(config.optimizer):
+        template = _burn_in(config, data.features, factory, prepare(X[:bs]), y[:bs])
+    expect = ckpt.Expected(
+        config=asdict(config),
+        data_sha1=data.sha1,
+        rows=data.n,
+        total_steps=config.epochs * math.ceil(data.n / bs),
+        epochs=float(config.epochs),
+        model=template.state_dict(),
+        generator=torch.Generator().get_state(),
+    )
+    return ckpt.load(path, expect)
 
 
 def run(
@@ -378,7 +392,7 @@ def run(
     resumed_at = None
     if checkpoint is not None:
         ckpt.remove_stale_temp_files(checkpoint)  # left by a run killed mid-write
-    state = load_checkpoint(checkpoint, config, data) if resume else None
+    state = load_checkpoint(checkpoint, config, data, factory) if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         generator.set_state(state["generator"])
