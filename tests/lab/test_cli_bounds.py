@@ -55,6 +55,13 @@ def test_sweep_counts_beyond_the_machine_are_one_line(tmp_path, args, needle):
     assert not out.exists()
 
 
+def test_counterexample_seeds_beyond_the_machine_are_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(["counterexample", "--seeds", str(10**12), "--out", str(out)])
+    _assert_one_line(proc, "--seeds x optimizers x problems", "would need")
+    assert not out.exists()
+
+
 def test_the_run_bound_follows_the_memory_available(monkeypatch):
     config = SweepConfig(points=10, seeds=10)
     runs = config.run_count()

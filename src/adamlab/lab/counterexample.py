@@ -34,6 +34,7 @@ from typing import Any
 import click
 import numpy as np
 
+from adamlab.lab import limits
 from adamlab.lab.cli import standard_options
 from adamlab.lab.exercises import online1d
 from adamlab.lab.exercises.common import (
@@ -352,6 +353,8 @@ def counterexample(
     chosen = select_problems(problems, steps=steps, C=C)
     if seeds < 1:
         raise LabInputError(f"--seeds must be at least 1, got {seeds}")
+    runs = seeds * len(online1d.CONVENTIONS) * len(chosen)
+    limits.check_runs(runs, CURVE_POINTS, "--seeds x optimizers x problems")  # before range(seeds) is built
     resolved = online1d.resolve_backend(backend)
     start = time.perf_counter()
     results = [run_problem(p, seeds=tuple(range(seed, seed + seeds)), backend=resolved) for p in chosen]
