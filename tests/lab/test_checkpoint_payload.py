@@ -97,6 +97,10 @@ SCRATCH_EDITS: dict[str, tuple[Callable[[dict], None], str]] = {
     "other versions": (_set("versions", value={"adamlab": "0.0.1", "torch": "1.0"}), "adamlab 0.0.1, torch 1.0"),
     "other config": (_set("config", "lr", value=0.5), "another configuration: lr 0.5 there, 0.01 here"),
     "other data": (_set("data_sha1", value="0" * 40), "was made on other data"),
+    "tensor sha1": (_set("data_sha1", value=torch.zeros(3)), "was made on other data"),
+    "tensor in config": (_set("config", "lr", value=torch.zeros(3)), "another configuration: lr"),
+    "tensor versions": (_set("versions", "torch", value=torch.zeros(3)), "was written by"),
+    "vector t": (_set("model", "t", value=torch.zeros(3)), "model.t = "),
 }
 
 CONCISE_EDITS: dict[str, tuple[Callable[[dict], None], str]] = {
@@ -119,6 +123,10 @@ CONCISE_EDITS: dict[str, tuple[Callable[[dict], None], str]] = {
         "negative values in model.optimizer.state.1.exp_avg_sq",
     ),
     "weight shape": (_set("model", "net", "weight", value=torch.zeros(1)), "model.net.weight of torch.float32 (1,)"),
+    "vector step": (
+        _set("model", "optimizer", "state", 0, "step", value=torch.zeros(3)),
+        "model.optimizer.state.0.step of the wrong type, dtype or shape",
+    ),
     "no state": (_set("model", "optimizer", "state", value={}), "model.optimizer.state = []"),
 }
 

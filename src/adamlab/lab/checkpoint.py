@@ -136,7 +136,10 @@ def load(path: str | Path, expect: Expected | None = None) -> dict[str, Any]:
         except Exception as e:  # a valid digest over an unloadable payload: written by something else
             raise CheckpointError(f"checkpoint {path} cannot be loaded: {type(e).__name__}") from None
         if expect is not None:
-            problem = validate(payload, expect)
+            try:
+                problem = validate(payload, expect)
+            except Exception as e:  # a shape of wrong the checks above did not foresee: still one line
+                problem = f"has a malformed payload ({type(e).__name__}: {' '.join(str(e).split())[:100]})"
             if problem:
                 raise CheckpointError(f"checkpoint {path} {problem}")
     for warning in caught:
@@ -152,9 +155,9 @@ def validate(payload: Any, expect: Expected) -> str | None:
     if missing or extra:
         what = "; ".join(filter(None, [missing and f"missing {missing}", extra and f"unexpected {extra}"]))
         return f"has the wrong structure ({what}): written by another adamlab version?"
-    if payload["versions"] != writer_versions():
+    if not _equal(payload["versions"], writer_versions()):
         return f"was written by {_versions(payload['versions'])}; this is {_versions(writer_versions())}"
-    if payload["data_sha1"] != expect.data_sha1:
+    if not _equal(payload["data_sha1"], expect.data_sha1):
         return f"was made on other data (sha1 {payload['data_sha1']!r}, this data {expect.data_sha1})"
     problem = _config_difference(payload["config"], expect.config)
     if problem:
@@ -186,7 +189,7 @@ def _config_difference(saved: Any, current: dict[str, Any]) -> str | None:
     for key in sorted(saved.keys() | current.keys(), key=str):
         if key == "data":  # the data is compared by its sha1: another spelling of its path is the same data
             continue
-        if key not in saved or key not in current or saved[key] != current[key]:
+        if key not in saved or key not in current or not _equal(saved[key], current[key]):
             diffs.append(f"{key} {saved.get(key, '(none)')!r} there, {current.get(key, '(none)')!r} here")
     return "; ".join(diffs) or None
 
@@ -255,11 +258,10 @@ def _check_state(value: Any, template: Any, where: str, *, step: int, finite: bo
                 return problem
         return None
     if name in STEP_COUNTERS:
-        counted = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-        if type(value) is not type(template) or counted != step:
+        if isinstance(template, torch.Tensor) and not _same_tensor_kind(value, template):
+            return f"has {where} of the wrong type, dtype or shape"
+        if type(value) is not type(template) or (value.item() if isinstance(value, torch.Tensor) else value) != step:
             return f"has {where} = {_short(value)}, not the step {step}"
-        if isinstance(value, torch.Tensor) and not _same_tensor_kind(value, template):
-            return f"has {where} of the wrong dtype or shape"
         return None
     if isinstance(template, torch.Tensor) and ".param_groups." not in where:
         if not _same_tensor_kind(value, template):
@@ -278,9 +280,16 @@ def _check_state(value: Any, template: Any, where: str, *, step: int, finite: bo
 
 
 def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+    """Equal values of the same types, tensors and containers included (never a tensor's ``==``)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
         return _same_tensor_kind(a, b) and torch.equal(a, b)
-    return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 def _short(value: Any) -> str:
