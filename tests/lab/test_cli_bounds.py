@@ -25,10 +25,23 @@ POSIX = pytest.mark.skipif(os.name != "posix", reason="process groups and fd 1 a
 LIMIT_MEMORY = "import resource; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))"
 
 
-def _cli(args: list[str], *, timeout: float = 120, **popen: object) -> subprocess.CompletedProcess:
-    """``adamlab ARGS`` in a child with 3 GiB of address space and a deadline."""
+def _cli(args: list[str], *, timeout: float = 90) -> subprocess.CompletedProcess:
+    """``adamlab ARGS`` in a child with 3 GiB of address space, a deadline, and its own process
+    group, killed whole afterwards: a regression that forks thousands of workers (``--jobs
+    10000`` did) must not leave them running."""
     code = f"{LIMIT_MEMORY}\nfrom adamlab.lab.cli import main\nmain({args!r})"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, **popen)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _assert_one_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -121,9 +134,11 @@ def _interrupt(args: list[str], ready, *, deadline: float = 120) -> tuple[float,
         _, err = proc.communicate(timeout=deadline)
         return time.monotonic() - sent, proc, err
     finally:
-        if proc.poll() is None:
+        try:  # the whole group: workers too, whatever became of the parent
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 @POSIX
