@@ -405,7 +405,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.option("--batch-size", type=int, default=None, help="Main axis batch size [default: 10].")
 @click.option("--batch-sizes", type=str, default=None, help="Second axis, comma-separated [default: 50,250].")
 @click.option("--full", is_flag=True, help="The long version.")
-@click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
+@click.option("--jobs", type=int, default=None, help="Worker processes, at most the CPUs [default: min(2, CPUs)].")
 @click.option("--data", type=str, default=None, help=DATA_HELP)
 @plot_format_option
 @standard_options
