@@ -27,7 +27,8 @@ from typing import Any, NoReturn
 
 import click
 
-from adamlab.lab.data import LabInputError
+from adamlab.lab import stdio
+from adamlab.lab.data import DATA_HELP, LabInputError
 
 # Subcommands: name -> ("module:attribute" of a click.Command, one-line help). A module is
 # imported only when its command runs (or its own --help is asked for).
@@ -46,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_OUT = "adamlab-results"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+INTERRUPTED_NOTHING_KEPT = "interrupted; nothing had finished, nothing written"
 
 
 class LabGroup(click.Group):
@@ -76,20 +78,32 @@ class LabGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # click's main would print a blank line, then "Aborted!": one line instead
+            raise Interrupted from None
+
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
+        stdio.occupy_closed()  # `adamlab >&-`: output discarded; no result file lands on fd 1
         try:
             code = super().main(args, prog_name or "adamlab", standalone_mode=False, **extra)
         except click.exceptions.Exit as e:
             code = e.exit_code
-        except click.exceptions.Abort:
-            fail("interrupted; nothing had finished, nothing written", EXIT_INTERRUPTED)
+        except (click.exceptions.Abort, Interrupted):
+            fail(INTERRUPTED_NOTHING_KEPT, EXIT_INTERRUPTED)
         except (click.ClickException, LabInputError) as e:
             message = e.format_message() if isinstance(e, click.ClickException) else str(e)
             fail(message)
         except OSError as e:  # e.g. the disk filled up while writing results
             fail(_os_error(e), 1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+class Interrupted(Exception):
+    """Ctrl-C that no command turned into a partial result (reported by :class:`LabGroup`
+    as one line, exit code 130; a command that kept runs exits 130 itself, see :func:`execute`)."""
 
 
 def fail(message: object, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -107,7 +121,7 @@ def input_errors() -> Iterator[None]:
     except (LabInputError, ValueError) as err:
         fail(err)
     except KeyboardInterrupt:
-        fail("interrupted; nothing had finished, nothing written", EXIT_INTERRUPTED)
+        fail(INTERRUPTED_NOTHING_KEPT, EXIT_INTERRUPTED)
     except OSError as err:
         fail(_os_error(err), 1)
 
@@ -246,7 +260,7 @@ def training_options(command: Any) -> Any:
             click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate."),
             click.option("--batch-size", type=int, default=10, show_default=True, help="Minibatch size."),
             click.option("--epochs", type=int, default=None, help="Epochs [book: 2 scratch, 4 concise]."),
-            click.option("--data", type=str, default=None, help="Your own delimited file; last column the target."),
+            click.option("--data", type=str, default=None, help=DATA_HELP),
             click.option("--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (OUT/checkpoints)."),
             click.option("--resume", is_flag=True, help="Resume from the checkpoints in OUT."),
         ]

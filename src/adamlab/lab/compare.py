@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
-from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, LabData, LabInputError, least_squares_floor, load
 from adamlab.lab.family import FAMILY, member
 from adamlab.lab.plots import color, figure, style
 
@@ -145,7 +145,7 @@ def compare(
 @click.option("--optimizer", "optimizers", multiple=True, help=f"Only these (repeatable): {', '.join(FAMILY)}.")
 @click.option("--epochs", type=int, default=2, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @plot_format_option
 @standard_options
 def command(

@@ -33,7 +33,7 @@ from typing import Any
 import click
 import numpy as np
 
-from adamlab.lab import online1d
+from adamlab.lab import limits, online1d
 from adamlab.lab.cli import execute, input_errors, plot_format_option, standard_options
 from adamlab.lab.data import LabInputError
 from adamlab.lab.plots import color, figure, plain_log_ticks, style
@@ -354,6 +354,13 @@ def select_problems(names: tuple[str, ...], *, steps: int | None = None, C: floa
     return chosen
 
 
+def check_seeds(seeds: int, chosen: list[Problem]) -> None:
+    """``--seeds`` at least 1, and the runs' records within memory (checked before range(seeds) is built)."""
+    if seeds < 1:
+        raise LabInputError(f"--seeds must be at least 1, got {seeds}")
+    limits.check_runs(seeds * len(online1d.CONVENTIONS) * len(chosen), CURVE_POINTS, "--seeds x optimizers x problems")
+
+
 def counterexample(
     problems: tuple[str, ...] = ("theorem1", "rare", "stochastic"),
     *,
@@ -370,8 +377,7 @@ def counterexample(
     from ``seed``.
     """
     chosen = select_problems(problems, steps=steps, C=C)
-    if seeds < 1:
-        raise LabInputError(f"--seeds must be at least 1, got {seeds}")
+    check_seeds(seeds, chosen)
     resolved = online1d.resolve_backend(backend)
     start = time.perf_counter()
     results = [run_problem(p, seeds=tuple(range(seed, seed + seeds)), backend=resolved) for p in chosen]
@@ -435,9 +441,7 @@ def command(
 ) -> None:
     with input_errors():
         names = tuple(PROBLEMS) if "all" in problem_names else tuple(dict.fromkeys(problem_names))
-        select_problems(names, steps=steps, C=C)  # validate everything before writing anything
-        if seeds < 1:
-            raise LabInputError(f"--seeds must be at least 1, got {seeds}")
+        check_seeds(seeds, select_problems(names, steps=steps, C=C))  # validate everything before writing anything
         try:
             resolved = online1d.resolve_backend(backend)
         except RuntimeError as err:

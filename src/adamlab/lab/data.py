@@ -9,18 +9,27 @@ The pipeline (*Dive into Deep Learning*, ``d2l.get_data_ch11``)::
     shuffled minibatches of 10                        a fresh permutation every pass
 
 The bundled file is checked against the sha1 the book verifies and refused if it differs.
-A user's own file (``--data``) is delimited text (tab, comma, semicolon or whitespace), the
-last column is the target, a header line is optional, and every row is used. Every bad
-input raises :class:`LabInputError` with a one-line message.
+A user's own file (``--data``) is delimited text (tab, comma, semicolon or whitespace) in
+UTF-8 (a byte-order mark is dropped; UTF-16 with a BOM is read too), the last column is
+the target, a header line is optional, blank lines and ``#`` comment lines are skipped,
+and every row is used. Every value must fit in float32 (the training dtype). At most
+:data:`MAX_DATA_BYTES` are read, from a file or a pipe (``--data <(zcat data.gz)``), so a
+device such as ``/dev/zero`` is refused rather than read until memory runs out, and a
+named pipe with no writer reads as empty rather than blocking. Every bad input raises
+:class:`LabInputError` with a one-line message naming the file (and the line and column).
 
 This module needs NumPy only; :meth:`LabData.tensors` hands the arrays to torch.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import math
+import os
 import re
+import select
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,6 +40,10 @@ import numpy as np
 BUNDLED_SHA1 = "76e5be1548fd8222e5074cf0faae75edff8cf93f"
 BUNDLED_ROWS = 1500  # the chapter keeps the first 1500 of the 1503 rows
 EXAMPLES_PER_EVAL = 200  # the chapter records the loss every 200 examples
+MAX_DATA_BYTES = 64 * 2**20  # --data: ~1M rows of 6 columns; parsing it takes seconds, not minutes
+PIPE_WAIT_SECONDS = 10.0  # --data a pipe: how long to wait for its first byte (or its writer)
+DATA_HELP = f"Your own delimited file or pipe (at most {MAX_DATA_BYTES // 2**20} MiB); last column the target."
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class LabInputError(ValueError):
@@ -87,7 +100,7 @@ def load(path: str | Path | None = None, *, rows: int | None = None) -> LabData:
     if path is None:
         return load_bundled(rows=BUNDLED_ROWS if rows is None else rows)
     raw, sha1 = _read(Path(path))
-    table = parse_table(raw.decode("utf-8", errors="replace"), name=str(path))
+    table = parse_table(_decode(raw), name=str(path))
     return _prepare(table, source=str(path), sha1=sha1, rows=rows)
 
 
@@ -102,15 +115,51 @@ def load_bundled(path: str | Path | None = None, *, rows: int = BUNDLED_ROWS) ->
 
 
 def _read(path: Path) -> tuple[bytes, str]:
+    """The file's bytes (at most :data:`MAX_DATA_BYTES`) and their sha1.
+
+    Opened non-blocking, so that a named pipe without a writer does not block the open;
+    a pipe is then given :data:`PIPE_WAIT_SECONDS` to deliver its first byte (a writer
+    may connect in that time) and is read, blocking, to its end.
+    """
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise LabInputError(f"data file not found: {path}") from None
-    except IsADirectoryError:
-        raise LabInputError(f"data path is a directory, not a file: {path}") from None
     except OSError as e:
         raise LabInputError(f"cannot read data file {path}: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise LabInputError(f"data path is a directory, not a file: {path}")
+        if stat.S_ISREG(mode) and os.fstat(fd).st_size > MAX_DATA_BYTES:
+            raise LabInputError(f"data file {path} is larger than the {MAX_DATA_BYTES // 2**20} MiB --data reads")
+        if stat.S_ISFIFO(mode) and hasattr(select, "poll"):
+            poll = select.poll()
+            poll.register(fd, select.POLLIN)
+            if not poll.poll(PIPE_WAIT_SECONDS * 1000):  # no data, no writer that came and went
+                raise LabInputError(
+                    f"data file {path} is a pipe with nothing to read after {PIPE_WAIT_SECONDS:g} s (no writer?)"
+                )
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while chunk := os.read(fd, min(2**20, MAX_DATA_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_DATA_BYTES:  # a device or a pipe that goes on (/dev/zero, /dev/urandom)
+                raise LabInputError(f"data file {path} gives more than the {MAX_DATA_BYTES // 2**20} MiB --data reads")
+    except OSError as e:
+        raise LabInputError(f"cannot read data file {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
     return raw, hashlib.sha1(raw).hexdigest()
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8 text; a UTF-8 byte-order mark is dropped, a UTF-16 one selects UTF-16."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16", errors="replace")
+    return raw.decode("utf-8-sig", errors="replace")
 
 
 _SPLIT = {"\t": "\t", ",": ",", ";": ";"}
@@ -119,33 +168,30 @@ _SPLIT = {"\t": "\t", ",": ",", ";": ";"}
 def parse_table(text: str, *, name: str = "data") -> np.ndarray:
     """Parse delimited numeric text into a float32 (rows, columns) array.
 
-    The delimiter is the first of tab, comma, semicolon found in the first line, else
-    whitespace. A first line with no numeric cell is a header and is skipped. Blank lines
-    at the end are ignored.
+    Blank lines and lines starting with ``#`` are skipped wherever they are (messages give
+    the line numbers of the file). The delimiter is the first of tab, comma, semicolon
+    found in the first remaining line, else whitespace. That first line is a header, and
+    skipped, if none of its cells is a number. Every value must be finite in float32.
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise LabInputError(f"{name}: the file is empty")
-    delimiter = next((d for d in _SPLIT if d in lines[0]), None)
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise LabInputError(f"{name}: the file is empty (no lines but blank lines and # comments)")
+    delimiter = next((d for d in _SPLIT if d in numbered[0][1]), None)
 
     def cells(line: str) -> list[str]:
         return [c.strip() for c in line.split(delimiter)] if delimiter else line.split()
 
-    first = 0
-    if not any(_is_number(c) for c in cells(lines[0])):
-        first = 1  # a header line
-    body = lines[first:]
-    if not body:
+    if not any(_is_number(c) for c in cells(numbered[0][1])):
+        numbered = numbered[1:]  # a header line
+    if not numbered:
         raise LabInputError(f"{name}: no data rows (only a header)")
-    width = len(cells(body[0]))
+    width = len(cells(numbered[0][1]))
     if width < 2:
         raise LabInputError(f"{name}: need at least 2 columns (features, then the target), found {width}")
-    values = np.empty((len(body), width), dtype=np.float64)
-    for i, line in enumerate(body):
+    values = np.empty((len(numbered), width), dtype=np.float64)
+    for i, (lineno, line) in enumerate(numbered):
         row = cells(line)
-        lineno = i + first + 1
         if len(row) != width:
             raise LabInputError(f"{name}: line {lineno} has {len(row)} columns, expected {width}")
         for j, cell in enumerate(row):
@@ -154,6 +200,9 @@ def parse_table(text: str, *, name: str = "data") -> np.ndarray:
             x = float(cell)
             if not math.isfinite(x):
                 raise LabInputError(f"{name}: line {lineno}, column {j + 1}: {cell} is not finite")
+            if abs(x) > _FLOAT32_MAX:  # would be inf in float32, the dtype the lab trains in
+                where = f"{name}: line {lineno}, column {j + 1}"
+                raise LabInputError(f"{where}: {cell[:20]} is beyond float32's range (±{_FLOAT32_MAX:.4g})")
             values[i, j] = x
     return values.astype(np.float32)
 

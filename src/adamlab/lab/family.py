@@ -42,7 +42,7 @@ MSE_OVER_HALF_MSE = 2.0
 
 
 # Factories ``f(params, lr)``, one per member, importable by name so that a run's config
-# (``"adamlab.lab.family.sgd"``) can rebuild it: see :func:`adamlab.lab.train.resolve_optimizer`.
+# (``"adamlab.lab.family.sgd"``) can rebuild it: see :func:`adamlab.lab.names.resolve_optimizer`.
 _HALF = 1 / MSE_OVER_HALF_MSE
 
 

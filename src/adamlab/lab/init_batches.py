@@ -27,7 +27,7 @@ import click
 import numpy as np
 
 from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
-from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, LabData, LabInputError, least_squares_floor, load
 from adamlab.lab.family import MSE_OVER_HALF_MSE
 from adamlab.lab.plots import figure, style
 
@@ -246,7 +246,7 @@ def init_batches(
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @plot_format_option
 @standard_options
 def command(

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from adamlab.lab.cli import ProgressBar, execute, input_errors, standard_options
-from adamlab.lab.data import load
+from adamlab.lab.data import DATA_HELP, load
 
 SOURCE = "Dive into Deep Learning, section 11.10 (Adam) and its exercises"
 TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
@@ -274,7 +274,7 @@ def report(
 )
 @click.option("--quick", is_flag=True, help="Tiny versions of every experiment.")
 @click.option("--only", multiple=True, type=click.Choice(SECTIONS), help="Only these sections (repeatable).")
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @standard_options
 def command(
     quick: bool, only: tuple[str, ...], data: str | None, seed: int, out: str, as_json: bool, quiet: bool

@@ -5,11 +5,13 @@ step and :meth:`Checkpointing.after_step` after each step; nothing else in the l
 about checkpoints. A checkpoint (:mod:`adamlab.lab.checkpoint`: the file format, verified
 before use) holds the model and optimizer state, every RNG state, the position in the
 data order and the curve so far, so a resumed run on CPU ends bitwise where an
-uninterrupted one does.
+uninterrupted one does. A checkpoint is validated against the run before it is used
+(:class:`adamlab.lab.checkpoint.Expected`, built from a model of the run after one step).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -28,9 +30,13 @@ def checkpoint_path(folder: str | Path, config: RunConfig) -> Path:
 
 class Checkpointing:
     """Save ``config``'s run to ``path`` every ``every`` steps (and at the end); with
-    ``resume``, continue from the checkpoint there if one exists."""
+    ``resume``, continue from the checkpoint there if one exists. ``factory``: the run's
+    optimizer factory when it is not looked up by name (as :func:`adamlab.lab.loop.train`'s)."""
 
-    def __init__(self, path: str | Path, config: RunConfig, data: LabData, *, every: int = 0, resume: bool = False):
+    def __init__(
+        self, path: str | Path, config: RunConfig, data: LabData, *, every: int = 0, resume: bool = False,
+        factory: Any = None,
+    ) -> None:  # fmt: skip
         if every < 0:
             raise LabInputError(f"--checkpoint-every must be >= 0, got {every}")
         if config.framework != "torch":
@@ -38,23 +44,34 @@ class Checkpointing:
                 f"--checkpoint-every and --resume: only --framework torch supports them, not {config.framework}"
             )
         self.path, self.config, self.data = Path(path), config, data
-        self.every, self.resume = every, resume
+        self.every, self.resume, self.factory = every, resume, factory
 
-    def load(self) -> dict[str, Any] | None:
-        """The verified checkpoint of this run, or None if there is none yet (or no resume)."""
+    def load(self, session: Any = None) -> dict[str, Any] | None:
+        """This run's checkpoint, verified and validated against the run (:func:`ckpt.validate`),
+        or None if there is none yet (or no resume). ``session``: the run's
+        :class:`~adamlab.lab.frameworks.torch_chapter.Session` (one is made if not given)."""
         if not self.resume or not self.path.exists():
             return None
-        state = ckpt.load(self.path)
-        if state.get("config") != asdict(self.config):
-            raise ckpt.CheckpointError(
-                f"checkpoint {self.path} belongs to another configuration: {state.get('config')}"
-            )
-        if state.get("data_sha1") != self.data.sha1:
-            raise ckpt.CheckpointError(f"checkpoint {self.path} was made on other data (sha1 {state.get('data_sha1')})")
-        return state
+        return ckpt.load(self.path, self.expected(session))
+
+    def expected(self, session: Any = None) -> ckpt.Expected:
+        """What a checkpoint of this run must hold: its config, data, length and model structure."""
+        if session is None:
+            from adamlab.lab.frameworks.torch_chapter import Session
+
+            session = Session(self.config, self.data, self.factory)
+        return ckpt.Expected(
+            config=asdict(self.config),
+            data_sha1=self.data.sha1,
+            rows=self.data.n,
+            total_steps=self.config.epochs * math.ceil(self.data.n / self.config.batch_size),
+            epochs=float(self.config.epochs),
+            model=session.template.state_dict(),
+            generator=session.generator.get_state(),
+        )
 
     def restore(self, session: Any) -> Progress | None:
-        state = self.load()
+        state = self.load(session)
         if state is None:
             return None
         session.load_state_dict(state)

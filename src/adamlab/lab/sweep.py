@@ -21,21 +21,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import click
 import numpy as np
 
+from adamlab.lab import limits, pool
 from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
-from adamlab.lab.data import LabData, LabInputError, least_squares_floor, load
+from adamlab.lab.data import DATA_HELP, EXAMPLES_PER_EVAL, LabData, LabInputError, least_squares_floor, load
 from adamlab.lab.family import member
 from adamlab.lab.plots import color, figure, plain_log_ticks, style
 
 SOURCE = "Dive into Deep Learning, section 11.10, exercise 1 (learning rate); the summary's larger minibatches"
 DIVERGED_LOSS = 1.0  # ½-MSE; predicting 0 on the standardized target scores 0.5
 NEAR_FLOOR = 0.01  # "useful": median final loss within this of the floor
+RUNS_FROM = "--points x --seeds x optimizers (and batch sizes)"  # what makes the run count, for its bound
 DEFAULT_OPTIMIZERS = ("adam", "yogi", "sgd", "momentum", "rmsprop", "adagrad")
 
 
@@ -74,7 +76,14 @@ class SweepConfig:
                 raise LabInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if any(b < 1 for b in self.batch_sizes):
             raise LabInputError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.seed + self.seeds > 2**63:
+            raise LabInputError(f"--seed {self.seed} + --seeds {self.seeds} passes the largest seed, 2**63 - 1")
         return self
+
+    def run_count(self) -> int:
+        """``len(self.tasks())``, computed without building the list (to bound it first)."""
+        extra = [b for b in self.batch_sizes if b != self.batch_size]
+        return self.seeds * self.points * (len(self.optimizers) + len(extra) * len(self.batch_optimizers))
 
     def tasks(self) -> list[tuple[str, float, int, int]]:
         """(optimizer, lr, batch size, seed) for every run, main axis first."""
@@ -83,6 +92,10 @@ class SweepConfig:
         extra = [b for b in self.batch_sizes if b != self.batch_size]
         out += [(o, lr, b, s) for b in extra for o in self.batch_optimizers for lr in self.lrs() for s in seeds]
         return out
+
+    def points_per_run(self, data_rows: int) -> int:
+        """The most curve points one run records (one per 200 examples, and the last)."""
+        return self.epochs * data_rows // EXAMPLES_PER_EVAL + 2
 
     def steps(self, data_rows: int) -> list[int]:
         """Optimizer steps of each task (same order): what a task costs, for an honest ETA."""
@@ -257,10 +270,15 @@ class SweepResult:
         for i, opt in enumerate(cfg.optimizers[:2]):
             for lr in picks:
                 run = next(
-                    r
-                    for r in self.runs
-                    if r["optimizer"] == opt and r["lr"] == lr and r["batch_size"] == cfg.batch_size
+                    (
+                        r
+                        for r in self.runs
+                        if r["optimizer"] == opt and r["lr"] == lr and r["batch_size"] == cfg.batch_size
+                    ),
+                    None,
                 )
+                if run is None:  # a partial sweep (Ctrl-C) may not have reached this lr
+                    continue
                 y = [np.nan if v is None else min(v, ceiling) for v in run["losses"]]
                 ax.plot(run["epochs"], y, styles[lr], color=color(opt, i), label=f"{opt} lr {lr:.2g}")
         ax.axhline(self.floor, color="k", ls="--", lw=0.8)
@@ -309,11 +327,10 @@ def sweep(
     config = (config or SweepConfig()).validate()
     data = load(config.data)
     floor = least_squares_floor(data)
+    jobs = limits.check_jobs(default_jobs() if jobs is None else jobs)
+    limits.check_runs(config.run_count(), config.points_per_run(data.n), RUNS_FROM)  # before tasks() is built
     tasks = config.tasks()
     steps = config.steps(data.n)
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1:
-        raise LabInputError(f"--jobs must be >= 1, got {jobs}")
     _DATA[config.data] = data
     runs: list[dict[str, Any]] = []
 
@@ -338,22 +355,17 @@ def _run_tasks(
     jobs: int,
     on_result: Callable[[int, dict[str, Any]], None],
 ) -> None:
-    """Train every task, in this process or a pool of ``jobs``; ``on_result(i, run)`` as each ends (in order)."""
+    """Train every task, in this process or ``jobs`` worker processes (:func:`adamlab.lab.pool.ordered_map`:
+    on Ctrl-C the workers are stopped at once); ``on_result(i, run)`` as each ends (in order)."""
     if jobs == 1 or len(tasks) < 8:
         for index, task in enumerate(tasks):
             on_result(index, _train(task, config.epochs, config.data))
         return
-    import multiprocessing
-
-    # fork where the platform has it: workers start in milliseconds with torch already
-    # imported (as torch's own DataLoader workers do); spawn elsewhere.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker) as pool:
-        chunk = max(1, len(tasks) // (jobs * 8))
-        results = pool.map(_train, tasks, [config.epochs] * len(tasks), [config.data] * len(tasks), chunksize=chunk)
-        for index, result in enumerate(results):
-            on_result(index, result)
+    chunk = max(1, len(tasks) // (jobs * 8))
+    train = partial(_train, epochs=config.epochs, data=config.data)
+    results = pool.ordered_map(train, tasks, jobs=jobs, initializer=_init_worker, chunksize=chunk)
+    for index, result in enumerate(results):
+        on_result(index, result)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -393,8 +405,8 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.option("--batch-size", type=int, default=None, help="Main axis batch size [default: 10].")
 @click.option("--batch-sizes", type=str, default=None, help="Second axis, comma-separated [default: 50,250].")
 @click.option("--full", is_flag=True, help="The long version.")
-@click.option("--jobs", type=int, default=None, help="Worker processes [default: min(2, CPUs)].")
-@click.option("--data", type=str, default=None, help="Your own delimited file; last column the target.")
+@click.option("--jobs", type=int, default=None, help="Worker processes, at most the CPUs [default: min(2, CPUs)].")
+@click.option("--data", type=str, default=None, help=DATA_HELP)
 @plot_format_option
 @standard_options
 def command(
@@ -429,9 +441,9 @@ def command(
         if batch_sizes is not None:
             overrides["batch_sizes"] = parse_batch_sizes(batch_sizes)
         config = (SweepConfig.full(**overrides) if full else SweepConfig(**overrides)).validate()
-        if jobs is not None and jobs < 1:
-            raise LabInputError(f"--jobs must be >= 1, got {jobs}")
+        limits.check_jobs(default_jobs() if jobs is None else jobs)
         lab_data = load(config.data)
+        limits.check_runs(config.run_count(), config.points_per_run(lab_data.n), RUNS_FROM)
         total = sum(config.steps(lab_data.n))
 
         def work(_: Any) -> SweepResult:

@@ -77,7 +77,7 @@ def module(framework: str) -> Any:
 def check_optimizer(framework: str, name: str) -> None:
     """Raise :class:`LabInputError` unless ``name`` is a concise optimizer of ``framework``.
 
-    torch takes any torch.optim class by name (:func:`~.torch_chapter.resolve_optimizer`);
+    torch takes the names of :func:`adamlab.lab.names.resolve_optimizer` (an allow-list);
     TensorFlow and MXNet take their chapter's runs.
     """
     check_framework(framework)

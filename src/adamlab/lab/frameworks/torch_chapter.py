@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import import_module
 from typing import Any
 
 import torch
@@ -27,14 +26,8 @@ from torch import Tensor
 
 from adamlab.lab.data import LabData, LabInputError
 from adamlab.lab.loop import RunConfig
+from adamlab.lab.names import resolve_optimizer  # the allow-list of optimizer names (re-exported)
 
-SCRATCH_RULES = ("adam", "yogi")
-# Short names the command line accepts for the concise trainer; any "module.Class" works too.
-CONCISE_OPTIMIZERS = {
-    "torch.optim.Adam": "torch.optim:Adam",
-    "adamlab.Adam": "adamlab.optim:Adam",
-    "adamlab.Yogi": "adamlab.optim:Yogi",
-}
 CHAPTER_RUNS = (
     ("scratch", "adam"),
     ("concise", "torch.optim.Adam"),
@@ -46,35 +39,6 @@ CHAPTER_RUNS = (
 
 def versions() -> dict[str, str]:
     return {"torch": torch.__version__}
-
-
-def resolve_optimizer(name: str) -> Callable[..., torch.optim.Optimizer]:
-    """``"torch.optim.Adam"``, ``"adamlab.Yogi"`` or any ``"package.module.Class"`` -> the class.
-
-    Only :class:`torch.optim.Optimizer` subclasses are accepted by name, and the lab's own
-    factories of :mod:`adamlab.lab.family` (``"adamlab.lab.family.sgd"``,
-    what ``compare`` and ``sweep`` record); any other callable is refused, so a name on the
-    command line never runs arbitrary code. The Python API takes any factory directly.
-    """
-    from adamlab.lab.family import FAMILY
-
-    target = CONCISE_OPTIMIZERS.get(name)
-    if target is None:
-        module, _, attr = name.rpartition(".")
-        target = f"{module}:{attr}"
-    module, _, attr = target.partition(":")
-    try:
-        found = getattr(import_module(module), attr) if module and attr else None
-    except (ImportError, AttributeError, ValueError):
-        found = None
-    if found is None:
-        known = ", ".join([*SCRATCH_RULES, *CONCISE_OPTIMIZERS])
-        raise LabInputError(f"unknown optimizer {name!r} (known: {known}, or any torch.optim class)")
-    is_optimizer = isinstance(found, type) and issubclass(found, torch.optim.Optimizer)
-    is_family = any(name == m.target for m in FAMILY.values())
-    if not (is_optimizer or is_family):
-        raise LabInputError(f"{name!r} is not a torch.optim.Optimizer class (e.g. torch.optim.Adam, adamlab.Yogi)")
-    return found
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +182,9 @@ class Session:
     The model's init and every permutation come from one ``torch.Generator`` seeded with
     the run's seed. One untimed step of a throwaway model first, so that lazy set-up
     (torch.optim's first step imports torch._dynamo, seconds on a cold start) is not
-    counted as training time.
+    counted as training time; that stepped model is kept as ``template``: its
+    ``state_dict()`` is the structure (keys, dtypes, shapes, hyperparameters) a checkpoint
+    of this run must have (:class:`adamlab.lab.checkpoint.Expected`).
     """
 
     def __init__(self, config: RunConfig, data: LabData, factory: Any = None) -> None:
@@ -228,7 +194,8 @@ class Session:
             self.model = self._make(config, data.features, factory, self.generator)
             self.X = self.model.prepare(X)
             bs = config.batch_size  # e.g. LBFGS, whose step() needs a closure, fails here
-            self._make(config, data.features, factory, torch.Generator().manual_seed(0)).step(self.X[:bs], self.y[:bs])
+            self.template = self._make(config, data.features, factory, torch.Generator().manual_seed(0))
+            self.template.step(self.X[:bs], self.y[:bs])
 
     @staticmethod
     def _make(config: RunConfig, features: int, factory: Any, generator: torch.Generator) -> Any:
