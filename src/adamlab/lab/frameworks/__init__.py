@@ -22,6 +22,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+import numpy as np
+
 from adamlab.lab.data import LabInputError
 
 FRAMEWORKS = ("torch", "tensorflow", "mxnet")
@@ -87,3 +89,28 @@ def check_optimizer(framework: str, name: str) -> None:
     known = [opt for trainer, opt in CHAPTER_RUNS[framework] if trainer == "concise"]
     if name not in known:
         raise LabInputError(f"unknown optimizer {name!r} for --framework {framework} (known: {', '.join(known)})")
+
+
+class NumpySession:
+    """A TensorFlow or MXNet run as the loop drives it: the data as NumPy arrays, the model
+    (``scratch_model`` or ``concise_model``, initialised from ``numpy.random.default_rng(seed)``)
+    and the data order from its own ``default_rng(seed)``. Each framework module subclasses it
+    naming its two model classes; the loop needs nothing else (torch has its own session,
+    with checkpoints)."""
+
+    scratch_model: Any
+    concise_model: Any
+
+    def __init__(self, config: Any, data: Any, factory: object = None) -> None:
+        if factory is not None:
+            raise LabInputError("an optimizer factory is a torch-only option")
+        self.X, self.y = data.X, data.y
+        self._rng = np.random.default_rng(config.seed)
+        make = self.scratch_model if config.trainer == "scratch" else self.concise_model
+        self.model = make(data.features, config.optimizer, config.lr, config.seed)
+
+    def permutation(self, n: int) -> Any:
+        return self._rng.permutation(n)
+
+    def parameters(self) -> dict[str, list[float]]:
+        return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in self.model.parameters().items()}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from adamlab.lab.data import LabData, LabInputError
-from adamlab.lab.loop import RunConfig, half_mse
+from adamlab.lab.data import LabInputError
+from adamlab.lab.frameworks import NumpySession
+from adamlab.lab.loop import half_mse
 
 SCRATCH_EPS = {"adam": 1e-6, "yogi": 1e-3}
 CONCISE = {"gluon 'adam'": "adam", "adamlab.gluon.Adam": "adamlab_adam", "adamlab.gluon.Yogi": "yogi"}
@@ -119,22 +120,8 @@ class ConciseModel:
         return {"weight": self.net.weight.data().asnumpy(), "bias": self.net.bias.data().asnumpy()}
 
 
-class Session:
-    """One run: the model (init from ``numpy.random.default_rng(seed)``), the data as NumPy
-    arrays, and the data order from its own ``default_rng(seed)`` (what the loop drives)."""
+class Session(NumpySession):
+    """One run (see :class:`adamlab.lab.frameworks.NumpySession`)."""
 
-    def __init__(self, config: RunConfig, data: LabData, factory: object = None) -> None:
-        if factory is not None:
-            raise LabInputError("an optimizer factory is a torch-only option")
-        self.X, self.y = data.X, data.y
-        self._rng = np.random.default_rng(config.seed)
-        if config.trainer == "scratch":
-            self.model = ScratchModel(data.features, config.optimizer, config.lr, config.seed)
-        else:
-            self.model = ConciseModel(data.features, config.optimizer, config.lr, config.seed)
-
-    def permutation(self, n: int) -> np.ndarray:
-        return self._rng.permutation(n)
-
-    def parameters(self) -> dict[str, list[float]]:
-        return {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in self.model.parameters().items()}
+    scratch_model = ScratchModel
+    concise_model = ConciseModel
