@@ -23,6 +23,7 @@ the training seed.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sysconfig
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ class Corpus:
 
 def stdlib_files(root: Path) -> list[Path]:
     """The source files the rule picks, in order."""
-    files = [p for p in root.rglob("*.py") if not _SKIP.intersection(p.relative_to(root).parts[:-1])]
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIP]  # pruned: site-packages alone can be huge
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
