@@ -88,18 +88,42 @@ def test_table_marks_noisy_rows_and_every_set_name_is_accepted_by_set(tmp_path) 
 
     result = {
         "machine": {"cpu": "x", "cpu_count": 2, "torch_threads": 2, "versions": {"torch": "t"}, "date": "d" * 19},
-        "stream_bandwidth": {"gb_s": 10.0}, "bytes_per_param": 28, "torch_default": "foreach",
-        "host_accelerator": "n/a", "skipped": [], "first_fused_step": [],
-        "sets": [{"set": "linear-2", "label": "the chapter's model", "rows": [
-            {**_row(candidates.BASELINE, 1.0, [0.9, 1.0, 1.1]), "gb_s": 1.0, "bandwidth_share": 0.1,
-             "ratio_to_torch_fused": 1.0, "peak_extra_bytes": 0, "within_noise": False},
-            {**_row("adamlab.Adam foreach=True", 1.05, [1.0, 1.05, 1.2]), "gb_s": 1.0, "bandwidth_share": 0.1,
-             "ratio_to_torch_fused": 1.05, "peak_extra_bytes": 0, "within_noise": True},
-        ]}],
+        "stream_bandwidth": {"gb_s": 10.0},
+        "bytes_per_param": 28,
+        "torch_default": "foreach",
+        "host_accelerator": "n/a",
+        "skipped": [],
+        "first_fused_step": [],
+        "sets": [
+            {
+                "set": "linear-2",
+                "label": "the chapter's model",
+                "rows": [
+                    {
+                        **_row(candidates.BASELINE, 1.0, [0.9, 1.0, 1.1]),
+                        "gb_s": 1.0,
+                        "bandwidth_share": 0.1,
+                        "ratio_to_torch_fused": 1.0,
+                        "peak_extra_bytes": 0,
+                        "within_noise": False,
+                    },
+                    {
+                        **_row("adamlab.Adam foreach=True", 1.05, [1.0, 1.05, 1.2]),
+                        "gb_s": 1.0,
+                        "bandwidth_share": 0.1,
+                        "ratio_to_torch_fused": 1.05,
+                        "peak_extra_bytes": 0,
+                        "within_noise": True,
+                    },
+                ],
+            }
+        ],
     }
     lines = table(result).splitlines()
-    assert any(line.startswith("| linear-2 | adamlab.Adam foreach=True | 1.05 | 1.00–1.20 |") and "1.05 ≈" in line
-               for line in lines)
+    assert any(
+        line.startswith("| linear-2 | adamlab.Adam foreach=True | 1.05 | 1.00–1.20 |") and "1.05 ≈" in line
+        for line in lines
+    )
     assert not any("1.00 ≈" in line for line in lines)
     for name in {s.name for s in param_sets("cpu")}:  # what the table prints is what --set accepts
         assert [s.name for s in param_sets("cpu", names=(name,))] == [name]

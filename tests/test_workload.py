@@ -30,10 +30,19 @@ def test_quick_run_trains_every_optimizer_and_writes_json_and_figure(tmp_path, c
     assert (tmp_path / "workload-gpt.png").stat().st_size > 10_000
     assert not doc["partial"] and doc["config"]["quick"]
     names = {r["optimizer"] for r in doc["runs"]["single"]}
-    assert {"torch.optim.Adam foreach=True", "torch.optim.Adam fused=True", "adamlab.Adam foreach=False",
-            "adamlab.Adam foreach=True", "adamlab.Yogi foreach=False", "adamlab.Yogi foreach=True"} <= names
-    assert names | {s["optimizer"] for s in doc["skipped"]} >= {"torch_optimizer.Yogi", "pytorch_optimizer.Yogi",
-                                                                 "adamlab.Yogi fused=True"}
+    assert {
+        "torch.optim.Adam foreach=True",
+        "torch.optim.Adam fused=True",
+        "adamlab.Adam foreach=False",
+        "adamlab.Adam foreach=True",
+        "adamlab.Yogi foreach=False",
+        "adamlab.Yogi foreach=True",
+    } <= names
+    assert names | {s["optimizer"] for s in doc["skipped"]} >= {
+        "torch_optimizer.Yogi",
+        "pytorch_optimizer.Yogi",
+        "adamlab.Yogi fused=True",
+    }
     for r in doc["runs"]["single"]:
         assert r["steps"] == doc["config"]["steps"] == len(r["opt_s"]) == len(r["train_loss"])
         assert r["val"][-1]["loss"] < r["val"][0]["loss"] - 0.3  # it trained
@@ -56,12 +65,18 @@ def test_quick_run_trains_every_optimizer_and_writes_json_and_figure(tmp_path, c
 
 
 def test_distributed_runs_match_the_single_process_run() -> None:
-    cfg = replace(preset("quick"), modes=("single", "ddp", "fsdp2"), steps=8, eval_every=4,
-                  optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused"))
+    cfg = replace(
+        preset("quick"),
+        modes=("single", "ddp", "fsdp2"),
+        steps=8,
+        eval_every=4,
+        optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused"),
+    )
     result = run(cfg)
     matches = [c for c in result["checks"] if c["check"] == "matches single process"]
     assert {(c["mode"], c["optimizer"]) for c in matches} == {
-        (m, o) for m in ("ddp", "fsdp2") for o in ("adamlab.Yogi foreach=True", "torch.optim.Adam fused=True")}
+        (m, o) for m in ("ddp", "fsdp2") for o in ("adamlab.Yogi foreach=True", "torch.optim.Adam fused=True")
+    }
     assert all(c["ok"] for c in matches), matches
     assert max(c["max_abs_diff"] for c in matches) < 1e-3  # float rounding, not a different computation
     n = result["model_params"]
@@ -92,8 +107,10 @@ def test_ctrl_c_keeps_what_was_measured_marked_partial(tmp_path, capsys, monkeyp
         return real(c, step, *args)
 
     monkeypatch.setattr(corpus, "train_batch", interrupted)
-    code, out, err = _invoke(["--workload", "gpt", "--quick", "--impl", "adamlab.Adam foreach=True",
-                              "--out", str(tmp_path), "--quiet"], capsys)
+    code, _out, err = _invoke(
+        ["--workload", "gpt", "--quick", "--impl", "adamlab.Adam foreach=True", "--out", str(tmp_path), "--quiet"],
+        capsys,
+    )
     assert code == 130 and "partial" in err and err.count("\n") == 1
     doc = json.loads((tmp_path / "workload-gpt.json").read_text())
     assert doc["partial"] and [r["steps"] for r in doc["runs"]["single"]] == [5]
@@ -112,7 +129,7 @@ def test_ctrl_c_keeps_what_was_measured_marked_partial(tmp_path, capsys, monkeyp
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message) -> None:
     out_dir = tmp_path / "out"
-    code, out, err = _invoke(["--workload", "gpt", *args, "--out", str(out_dir)], capsys)
+    code, _out, err = _invoke(["--workload", "gpt", *args, "--out", str(out_dir)], capsys)
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("adamlab: error:")
     assert not out_dir.exists()
 
@@ -137,9 +154,12 @@ def test_model_parameter_count_and_shapes() -> None:
     for cfg in (GPTConfig(), GPTConfig(block=16, n_layer=1, n_head=2, d_model=8)):
         model = GPT(cfg)
         assert sum(p.numel() for p in model.parameters()) == cfg.n_params()
-        x = torch.randint(0, 256, (2, cfg.block))
-        loss = model(x, x)
-        assert loss.shape == () and abs(loss.item() - torch.log(torch.tensor(256.0)).item()) < 0.5
+        gen = torch.Generator().manual_seed(0)
+        x, y = (torch.randint(0, 256, (2, cfg.block), generator=gen) for _ in range(2))
+        loss = model(x, y)
+        assert loss.shape == () and torch.isfinite(loss)
+    # GPT-2 init: near-uniform predictions at first, a loss of about ln(256) nats per byte
+    assert abs(GPT(GPTConfig())(x[:, :16], y[:, :16]).item() - torch.log(torch.tensor(256.0)).item()) < 0.1
     assert 1.5e6 < GPTConfig().n_params() < 5e6  # "a few million" by default
     with pytest.raises(ValueError, match="multiple of n_head"):
         GPT(GPTConfig(d_model=10, n_head=3))

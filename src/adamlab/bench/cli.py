@@ -34,23 +34,36 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 
 @click.command("bench")
-@click.option("--device", type=click.Choice(sorted(PARAM_SETS)), default="cpu", show_default=True,
-              help="Device type to run on.")
+@click.option(
+    "--device", type=click.Choice(sorted(PARAM_SETS)), default="cpu", show_default=True, help="Device type to run on."
+)
 @click.option("--set", "sets", multiple=True, help="Parameter set(s) by name [default: all]; repeatable.")
-@click.option("--impl", "impls", multiple=True,
-              help="Optimizers whose name contains this (as the table prints them); repeatable.")
+@click.option(
+    "--impl", "impls", multiple=True, help="Optimizers whose name contains this (as the table prints them); repeatable."
+)
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Rounds dropped first.")
 @click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Rounds measured.")
 @click.option("--smoke", is_flag=True, help="Tiny sets and few rounds: seconds, for CI.")
 @click.option("--cold-start", is_flag=True, help="Also time the first fused step with empty kernel caches.")
 @click.option("--no-first-step", is_flag=True, help="Skip timing the first fused step in a new process.")
-@click.option("--workload", type=click.Choice(["gpt"]), default=None,
-              help="Train a model instead of timing bare steps: gpt, a small byte-level transformer.")
+@click.option(
+    "--workload",
+    type=click.Choice(["gpt"]),
+    default=None,
+    help="Train a model instead of timing bare steps: gpt, a small byte-level transformer.",
+)
 @click.option("--quick", is_flag=True, help="Workload: tiny model, one process, one seed (CI, < 30 s).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Workload: training steps [default 60].")
-@click.option("--seeds", "n_seeds", type=click.IntRange(1), default=None, help="Workload: seeds 0..N-1 [3].")
-@click.option("--modes", callback=_modes, default=None,
-              help="Workload: comma list of single, ddp, fsdp2 [all; --quick: single].")
+@click.option(
+    "--seeds",
+    "n_seeds",
+    type=click.IntRange(1),
+    default=None,
+    help="Workload: seeds SEED..SEED+N-1 on one process [3]; DDP/FSDP2 run SEED.",
+)
+@click.option(
+    "--modes", callback=_modes, default=None, help="Workload: comma list of single, ddp, fsdp2 [all; --quick: single]."
+)
 @click.option("--world-size", type=click.IntRange(1), default=None, help="Workload: processes of DDP/FSDP2 [2].")
 @click.option("--d-model", type=click.IntRange(1), default=None, help="Workload: model width [192].")
 @click.option("--n-layer", type=click.IntRange(1), default=None, help="Workload: transformer blocks [4].")
@@ -77,7 +90,7 @@ def command(
     from adamlab.lab.results import check_output_dir
 
     if workload:
-        _workload(device, impls, out, as_json, quiet, **workload_options)
+        _workload(device, impls, seed, out, as_json, quiet, **workload_options)
         return
     given = [f"--{k.replace('_', '-')}" for k, v in workload_options.items() if v not in (None, False)]
     if given:
@@ -116,20 +129,44 @@ def command(
         click.echo(f"\nwrote {json_path} and {png_path}")
 
 
-def _workload(device: str, impls: tuple[str, ...], out: str, as_json: bool, quiet: bool, *, quick: bool,
-              steps: int | None, n_seeds: int | None, modes: tuple[str, ...] | None, world_size: int | None,
-              d_model: int | None, n_layer: int | None, batch_size: int | None) -> None:
+def _workload(
+    device: str,
+    impls: tuple[str, ...],
+    seed: int,
+    out: str,
+    as_json: bool,
+    quiet: bool,
+    *,
+    quick: bool,
+    steps: int | None,
+    n_seeds: int | None,
+    modes: tuple[str, ...] | None,
+    world_size: int | None,
+    d_model: int | None,
+    n_layer: int | None,
+    batch_size: int | None,
+) -> None:
     """``--workload gpt``: check everything, then train, then write and report."""
     from adamlab.bench.workload import config as wl_config
     from adamlab.bench.workload.report import figure, table
     from adamlab.bench.workload.run import resolve, run
     from adamlab.lab.results import check_output_dir, write_json
 
+    name = "quick" if quick else "default"
+    n_seeds = n_seeds or len(wl_config.PRESETS[name].seeds)
     try:
         cfg = wl_config.preset(
-            "quick" if quick else "default", device=device, steps=steps, modes=modes, world_size=world_size,
-            d_model=d_model, n_layer=n_layer, batch_size=batch_size, optimizers=impls or None,
-            seeds=tuple(range(n_seeds)) if n_seeds else None,
+            name,
+            device=device,
+            steps=steps,
+            modes=modes,
+            world_size=world_size,
+            d_model=d_model,
+            n_layer=n_layer,
+            batch_size=batch_size,
+            optimizers=impls or None,
+            seeds=tuple(range(seed, seed + n_seeds)),
+            dist_seeds=(seed,),
         )
         names, skipped = resolve(cfg.optimizers, device)
         wl_config.check(cfg, names)
@@ -156,8 +193,11 @@ def _workload(device: str, impls: tuple[str, ...], out: str, as_json: bool, quie
         fail(f"interrupted: wrote the partial results (marked partial) to {json_path}", EXIT_INTERRUPTED)
     if failed:
         c = failed[0]
-        fail(f"{len(failed)} check(s) failed, first: {c['check']} ({c['mode']}, {c['optimizer']}, seed {c['seed']}): "
-             f"{c['detail']}", EXIT_CHECK_FAILED)
+        fail(
+            f"{len(failed)} check(s) failed, first: {c['check']} ({c['mode']}, {c['optimizer']}, seed {c['seed']}): "
+            f"{c['detail']}",
+            EXIT_CHECK_FAILED,
+        )
 
 
 class _progress:
@@ -173,8 +213,13 @@ class _progress:
         if sys.stderr.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                TimeRemainingColumn(), transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self.bar.__enter__()
             self.task = self.bar.add_task("starting", total=None)
             return self.update

@@ -26,7 +26,7 @@ LEARNING_RATES = {"Adam": 3e-3, "Yogi": 3e-2}  # from the sweep on the default m
 
 
 def rule_of(optimizer: str) -> str:
-    """"Adam" or "Yogi": the update rule an optimizer name implements."""
+    """ "Adam" or "Yogi": the update rule an optimizer name implements."""
     return "Yogi" if "yogi" in optimizer.lower() else "Adam"
 
 
@@ -116,8 +116,11 @@ def memory_estimate(cfg: WorkloadConfig, n_optimizers: int) -> dict[str, int]:
     m = cfg.model
     n = m.n_params()
     tokens = cfg.batch_size * m.block
-    activations = 4 * (tokens * m.d_model * 20 * m.n_layer + cfg.batch_size * m.n_head * m.block**2 * m.n_layer * 2
-                       + tokens * m.vocab * 3)
+    activations = 4 * (
+        tokens * m.d_model * 20 * m.n_layer
+        + cfg.batch_size * m.n_head * m.block**2 * m.n_layer * 2
+        + tokens * m.vocab * 3
+    )
     per_process = 16 * n * n_optimizers + activations + 4 * n + cfg.corpus_bytes * 2
     ranks = 1 + (cfg.world_size if set(cfg.modes) & {"ddp", "fsdp2"} else 0)
     return {"params": n, "per_process": per_process, "total": per_process * ranks}
@@ -145,7 +148,9 @@ def check(cfg: WorkloadConfig, optimizer_names: list[str]) -> dict[str, int]:
         if cfg.batch_size % cfg.world_size:
             raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {cfg.world_size} processes")
     if distributed and cfg.device != "cpu":
-        raise ValueError(f"distributed runs are CPU + gloo only; got --device {cfg.device} with modes {sorted(distributed)}")
+        raise ValueError(
+            f"distributed runs are CPU + gloo only; got --device {cfg.device} with modes {sorted(distributed)}"
+        )
     missing = sorted({rule_of(o) for o in optimizer_names} - set(cfg.lrs))
     if missing:
         raise ValueError(f"no learning rate for rule(s) {missing} (have {sorted(cfg.lrs)})")

@@ -72,8 +72,14 @@ def run_distributed(
         logs = [open(Path(tmp) / f"rank{r}.log", "w+") for r in range(1, world)]
         cmd = [sys.executable, "-m", "adamlab.bench.workload.launch", str(spec_path)]
         procs = [
-            subprocess.Popen([*cmd, str(r)], env=env, start_new_session=True, text=True,
-                             stdout=subprocess.PIPE if r == 0 else logs[r - 1], stderr=subprocess.STDOUT)
+            subprocess.Popen(
+                [*cmd, str(r)],
+                env=env,
+                start_new_session=True,
+                text=True,
+                stdout=subprocess.PIPE if r == 0 else logs[r - 1],
+                stderr=subprocess.STDOUT,
+            )
             for r in range(world)
         ]
         tail: list[str] = []
@@ -83,7 +89,7 @@ def run_distributed(
                     if on_line:
                         on_line(json.loads(line))
                 else:
-                    tail = (tail + [line.rstrip()])[-40:]
+                    tail = ([*tail, line.rstrip()])[-40:]
             codes = [p.wait() for p in procs]
         except BaseException:
             for p in procs:
@@ -96,7 +102,9 @@ def run_distributed(
                 f.flush()
         result_path = Path(tmp) / "result.json"
         if any(codes) or not result_path.exists():
-            others = "\n".join(f"--- rank {r}\n{(Path(tmp) / f'rank{r}.log').read_text()[-2000:]}" for r in range(1, world))
+            others = "\n".join(
+                f"--- rank {r}\n{(Path(tmp) / f'rank{r}.log').read_text()[-2000:]}" for r in range(1, world)
+            )
             raise RuntimeError(f"{mode} ranks exited with {codes}:\n--- rank 0\n" + "\n".join(tail) + "\n" + others)
         return json.loads(result_path.read_text())
 
@@ -114,22 +122,35 @@ def worker(spec_path: str, rank: int) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     world = spec["world"]
-    dist.init_process_group("gloo", init_method=f"file://{spec['dir']}/store", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{spec['dir']}/store", rank=rank, world_size=world, timeout=timedelta(seconds=300)
+    )
     cfg = spec["config"]
     corpus = corpus_mod.load(cfg["corpus_bytes"], split_seed=cfg["split_seed"])
     model_cfg = GPTConfig(**cfg["model"])
     runs = []
     for seed in spec["seeds"]:
+
         def on_eval(step: int, current: list[Any], seed: int = seed) -> None:
             if rank == 0:
-                print(json.dumps({"seed": seed, "step": step, "val": {r.optimizer: r.val[-1]["loss"] for r in current}}),
-                      flush=True)
+                print(
+                    json.dumps({"seed": seed, "step": step, "val": {r.optimizer: r.val[-1]["loss"] for r in current}}),
+                    flush=True,
+                )
 
         done, _ = train(
-            model_cfg=model_cfg, corpus=corpus, optimizers=optimizer_factories(spec["optimizers"], cfg["lrs"]),
-            seed=seed, steps=cfg["steps"], batch_size=cfg["batch_size"], eval_every=cfg["eval_every"],
-            eval_batches=cfg["eval_batches"], rank=rank, world=world, wrap=_wrap(spec["mode"]), on_eval=on_eval,
+            model_cfg=model_cfg,
+            corpus=corpus,
+            optimizers=optimizer_factories(spec["optimizers"], cfg["lrs"]),
+            seed=seed,
+            steps=cfg["steps"],
+            batch_size=cfg["batch_size"],
+            eval_every=cfg["eval_every"],
+            eval_batches=cfg["eval_batches"],
+            rank=rank,
+            world=world,
+            wrap=_wrap(spec["mode"]),
+            on_eval=on_eval,
         )
         runs.extend(r.record() for r in done)
     state = [r["state_bytes"] for r in runs]
@@ -140,7 +161,10 @@ def worker(spec_path: str, rank: int) -> None:
         for i, run in enumerate(runs):
             run["state_bytes_per_rank"] = [r["state_bytes"][i] for r in per_rank]
             run["state_bytes"] = sum(run["state_bytes_per_rank"])
-        out = {"runs": runs, "ranks": [{"peak_rss_bytes": r["peak_rss_bytes"], "threads": r["threads"]} for r in per_rank]}
+        out = {
+            "runs": runs,
+            "ranks": [{"peak_rss_bytes": r["peak_rss_bytes"], "threads": r["threads"]} for r in per_rank],
+        }
         (Path(spec["dir"]) / "result.json").write_text(json.dumps(out))
     dist.barrier()
     dist.destroy_process_group()

@@ -36,7 +36,7 @@ def _probe(conn: Any, cfg: dict[str, Any], name: str) -> None:
         model_cfg = GPTConfig(**cfg["model"])
         torch.manual_seed(0)
         model = GPT(model_cfg)
-        [(_, lr, make)] = optimizer_factories([name], cfg["lrs"])
+        [(_, _lr, make)] = optimizer_factories([name], cfg["lrs"])
         opt = make(model.parameters())
         for step in range(cfg["rss_probe_steps"]):
             opt.zero_grad(set_to_none=True)

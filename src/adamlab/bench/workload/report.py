@@ -18,13 +18,21 @@ def per_run(run: dict[str, Any], tokens_per_step: int) -> dict[str, Any]:
     """One run's figures (timings over the steps after warm-up, or all steps if too few)."""
     skip = WARMUP if len(run["opt_s"]) > 2 * WARMUP else 0
     fb, opt = run["fwd_bwd_s"][skip:], run["opt_s"][skip:]
-    out: dict[str, Any] = {"optimizer": run["optimizer"], "seed": run["seed"], "steps": run["steps"],
-                           "final_val_loss": run["val"][-1]["loss"] if run["val"] else None,
-                           "state_bytes": run["state_bytes"]}
+    out: dict[str, Any] = {
+        "optimizer": run["optimizer"],
+        "seed": run["seed"],
+        "steps": run["steps"],
+        "final_val_loss": run["val"][-1]["loss"] if run["val"] else None,
+        "state_bytes": run["state_bytes"],
+    }
     if fb:
         fb_s, opt_s = median(fb), median(opt)
-        out.update(fwd_bwd_ms=1e3 * fb_s, opt_ms=1e3 * opt_s, opt_share=opt_s / (fb_s + opt_s),
-                   tokens_s=tokens_per_step / (fb_s + opt_s))
+        out.update(
+            fwd_bwd_ms=1e3 * fb_s,
+            opt_ms=1e3 * opt_s,
+            opt_share=opt_s / (fb_s + opt_s),
+            tokens_s=tokens_per_step / (fb_s + opt_s),
+        )
     return out
 
 
@@ -42,8 +50,11 @@ def summarize(result: dict[str, Any], cfg: Any) -> dict[str, Any]:
             mine = [per_run(r, tokens) for r in runs if r["optimizer"] == name and r["steps"]]
             if not mine:
                 continue
-            row: dict[str, Any] = {"optimizer": name, "seeds": [r["seed"] for r in mine],
-                                   "state_bytes": mine[0]["state_bytes"]}
+            row: dict[str, Any] = {
+                "optimizer": name,
+                "seeds": [r["seed"] for r in mine],
+                "state_bytes": mine[0]["state_bytes"],
+            }
             for key in ("tokens_s", "fwd_bwd_ms", "opt_ms", "opt_share", "final_val_loss"):
                 values = [r[key] for r in mine if r.get(key) is not None]
                 if values:
@@ -65,9 +76,16 @@ def checks(result: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
             if len(r["val"]) < 2:
                 continue
             first, last = r["val"][0]["loss"], r["val"][-1]["loss"]
-            out.append({"check": "loss falls", "mode": mode, "optimizer": r["optimizer"], "seed": r["seed"],
-                        "ok": last < first - cfg.min_loss_drop,
-                        "detail": f"val loss {first:.3f} -> {last:.3f} (must fall by {cfg.min_loss_drop})"})
+            out.append(
+                {
+                    "check": "loss falls",
+                    "mode": mode,
+                    "optimizer": r["optimizer"],
+                    "seed": r["seed"],
+                    "ok": last < first - cfg.min_loss_drop,
+                    "detail": f"val loss {first:.3f} -> {last:.3f} (must fall by {cfg.min_loss_drop})",
+                }
+            )
     single = {(r["optimizer"], r["seed"]): r for r in result["runs"].get("single", [])}
     for mode in ("ddp", "fsdp2"):
         for r in result["runs"].get(mode, []):
@@ -79,10 +97,18 @@ def checks(result: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
             if not diffs:
                 continue
             worst = max(diffs)
-            out.append({"check": "matches single process", "mode": mode, "optimizer": r["optimizer"],
-                        "seed": r["seed"], "ok": worst <= cfg.loss_tolerance, "max_abs_diff": worst,
-                        "detail": f"max |val loss - single| {worst:.2g} over {len(diffs)} evaluations "
-                                  f"(tolerance {cfg.loss_tolerance})"})
+            out.append(
+                {
+                    "check": "matches single process",
+                    "mode": mode,
+                    "optimizer": r["optimizer"],
+                    "seed": r["seed"],
+                    "ok": worst <= cfg.loss_tolerance,
+                    "max_abs_diff": worst,
+                    "detail": f"max |val loss - single| {worst:.2g} over {len(diffs)} evaluations "
+                    f"(tolerance {cfg.loss_tolerance})",
+                }
+            )
     return out
 
 
@@ -109,7 +135,8 @@ def table(result: dict[str, Any]) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; date {result['date'][:19]}Z",
         f"model: {result['model_params'] / 1e6:.2f}M params ({cfg['model']}), {result['tokens_per_step']} tokens/step, "
         f"{cfg['steps']} steps",
-        f"corpus: {c['name']} (Python {c['python']}), {c['files']} files, {c['bytes']} bytes, sha256 {c['sha256'][:16]}…",
+        f"corpus: {c['name']} (Python {c['python']}), {c['files']} files, {c['bytes']} bytes, "
+        f"sha256 {c['sha256'][:16]}…",
         f"learning rates: {cfg['lrs']}",
     ]
     if result["partial"]:
@@ -119,16 +146,21 @@ def table(result: dict[str, Any]) -> str:
             continue
         seeds = sorted({s for r in rows for s in r["seeds"]})
         where = "1 process" if mode == "single" else f"{cfg['world_size']} processes, gloo"
-        lines += ["", f"**{mode}** ({where}; mean (min–max) over seeds {seeds})", "",
-                  "| optimizer | tokens/s | fwd+bwd ms | optimizer ms | optimizer share | final val loss "
-                  "| state MiB | peak RSS MiB (+ training) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{mode}** ({where}; mean (min–max) over seeds {seeds})",
+            "",
+            "| optimizer | tokens/s | fwd+bwd ms | optimizer ms | optimizer share | final val loss "
+            "| state MiB | peak RSS MiB (+ training) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
-            rss = (f"{_mib(r['peak_rss_bytes'])} (+{_mib(r['rss_added_bytes'])})" if "peak_rss_bytes" in r
-                   else "n/a")
+            rss = f"{_mib(r['peak_rss_bytes'])} (+{_mib(r['rss_added_bytes'])})" if "peak_rss_bytes" in r else "n/a"
             if mode != "single":
                 ranks = result["distributed"].get(mode, {}).get("ranks", [])
-                rss = "per rank, all optimizers: " + ", ".join(_mib(x["peak_rss_bytes"]) for x in ranks) if ranks else rss
+                rss = (
+                    "per rank, all optimizers: " + ", ".join(_mib(x["peak_rss_bytes"]) for x in ranks) if ranks else rss
+                )
             lines.append(
                 f"| {r['optimizer']} | {_fmt(r.get('tokens_s'), '.0f')} | {_fmt(r.get('fwd_bwd_ms'), '.1f')} | "
                 f"{_fmt(r.get('opt_ms'), '.2f')} | {_fmt(r.get('opt_share'), '.1f', 100)}% | "
@@ -159,20 +191,29 @@ def figure(result: dict[str, Any], path: Any) -> None:
         runs = result["runs"][mode]
         seed = min(r["seed"] for r in runs)
         for r in (r for r in runs if r["seed"] == seed and r["val"]):
-            style = {"color": colours(order.get(r["optimizer"], 0) % 10), "lw": 1.2, "marker": ".",
-                     "ls": "--" if "yogi" in r["optimizer"].lower() else "-", "label": r["optimizer"]}
+            style = {
+                "color": colours(order.get(r["optimizer"], 0) % 10),
+                "lw": 1.2,
+                "marker": ".",
+                "ls": "--" if "yogi" in r["optimizer"].lower() else "-",
+                "label": r["optimizer"],
+            }
             row[0].plot([v["step"] for v in r["val"]], [v["loss"] for v in r["val"]], **style)
             row[1].plot([v["wall_s"] for v in r["val"]], [v["loss"] for v in r["val"]], **style)
         where = "1 process" if mode == "single" else f"{result['config']['world_size']} processes"
-        row[0].set(title=f"{mode} ({where}), seed {seed}: loss vs step", xlabel="step",
-                   ylabel="validation loss (nats/byte)")
+        row[0].set(
+            title=f"{mode} ({where}), seed {seed}: loss vs step", xlabel="step", ylabel="validation loss (nats/byte)"
+        )
         row[1].set(title=f"{mode}: loss vs the run's own training time", xlabel="seconds (sum of its steps)")
         for ax in row:
             ax.grid(alpha=0.3)
             ax.title.set_fontsize(9)
     axes[0, 1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"small GPT ({result['model_params'] / 1e6:.2f}M params) on {result['corpus']['name']}"
-                 + (" (PARTIAL)" if result["partial"] else ""), fontsize=10)
+    fig.suptitle(
+        f"small GPT ({result['model_params'] / 1e6:.2f}M params) on {result['corpus']['name']}"
+        + (" (PARTIAL)" if result["partial"] else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -116,14 +116,24 @@ def run(cfg: WorkloadConfig, progress: Progress | None = None, names: list[str] 
             for seed in cfg.seeds:
 
                 def on_eval(step: int, runs: list[Any], seed: int = seed) -> None:
-                    best = min(runs, key=lambda r: r.val[-1]["loss"])
-                    say(f"single seed {seed}: step {step}/{cfg.steps}, best val loss {best.val[-1]['loss']:.3f} "
-                        f"({best.optimizer})", step)
+                    best = min(runs, key=lambda run_: run_.val[-1]["loss"])
+                    say(
+                        f"single seed {seed}: step {step}/{cfg.steps}, best val loss {best.val[-1]['loss']:.3f} "
+                        f"({best.optimizer})",
+                        step,
+                    )
 
                 runs, complete = train(
-                    model_cfg=cfg.model, corpus=corpus, optimizers=factories, seed=seed, steps=cfg.steps,
-                    batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
-                    device=cfg.device, on_eval=on_eval,
+                    model_cfg=cfg.model,
+                    corpus=corpus,
+                    optimizers=factories,
+                    seed=seed,
+                    steps=cfg.steps,
+                    batch_size=cfg.batch_size,
+                    eval_every=cfg.eval_every,
+                    eval_batches=cfg.eval_batches,
+                    device=cfg.device,
+                    on_eval=on_eval,
                 )
                 result["runs"]["single"].extend(r.record() for r in runs)
                 if not complete:
@@ -140,14 +150,19 @@ def run(cfg: WorkloadConfig, progress: Progress | None = None, names: list[str] 
             def on_line(event: dict[str, Any], mode: str = mode) -> None:
                 best = min(event["val"].values())
                 index = list(cfg.dist_seeds).index(event["seed"])
-                say(f"{mode} seed {event['seed']}: step {event['step']}/{cfg.steps}, best val loss {best:.3f}",
-                    index * cfg.steps + event["step"])
+                say(
+                    f"{mode} seed {event['seed']}: step {event['step']}/{cfg.steps}, best val loss {best:.3f}",
+                    index * cfg.steps + event["step"],
+                )
 
             threads = max(1, cores() // cfg.world_size)
             out = run_distributed(mode, spec, cfg.world_size, threads, on_line)
             result["runs"][mode] = out["runs"]
-            result["distributed"][mode] = {"world_size": cfg.world_size, "threads_per_rank": threads,
-                                           "ranks": out["ranks"]}
+            result["distributed"][mode] = {
+                "world_size": cfg.world_size,
+                "threads_per_rank": threads,
+                "ranks": out["ranks"],
+            }
             finished += cfg.steps * len(cfg.dist_seeds)
     except KeyboardInterrupt:
         result["partial"] = True

@@ -32,11 +32,21 @@ def sweep(cfg: Any = None, grid: dict[str, tuple[float, ...]] = GRID, seed: int 
     for rule, rates in grid.items():
         [(name, _, make)] = optimizer_factories([REPRESENTATIVE[rule]], cfg.lrs)
         entries += [(f"{name} lr={lr:g}", lr, make) for lr in rates]
-    runs, _ = train(model_cfg=cfg.model, corpus=corpus, optimizers=entries, seed=seed, steps=cfg.steps,
-                    batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches)
+    runs, _ = train(
+        model_cfg=cfg.model,
+        corpus=corpus,
+        optimizers=entries,
+        seed=seed,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        eval_every=cfg.eval_every,
+        eval_batches=cfg.eval_batches,
+    )
     table = {r.optimizer: r.val[-1]["loss"] for r in runs}
-    best = {rule: min(((lr, table[f"{REPRESENTATIVE[rule]} lr={lr:g}"]) for lr in rates), key=lambda t: t[1])[0]
-            for rule, rates in grid.items()}
+    best = {
+        rule: min(((lr, table[f"{REPRESENTATIVE[rule]} lr={lr:g}"]) for lr in rates), key=lambda t: t[1])[0]
+        for rule, rates in grid.items()
+    }
     return {"model": cfg.model.__dict__, "steps": cfg.steps, "seed": seed, "final_val_loss": table, "best": best}
 
 

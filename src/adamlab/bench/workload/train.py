@@ -144,8 +144,10 @@ def train(
     try:
         eval_all(0)
         for step in range(steps):
-            x, y = (_shard(t, rank, world).to(device) for t in corpus_mod.train_batch(
-                corpus, step, seed, batch_size, model_cfg.block))
+            x, y = (
+                _shard(t, rank, world).to(device)
+                for t in corpus_mod.train_batch(corpus, step, seed, batch_size, model_cfg.block)
+            )
             for i in [(step + k) % n for k in range(n)]:  # rotate who goes first
                 model, opt, run = models[i], opts[i], runs[i]
                 _sync(device)
