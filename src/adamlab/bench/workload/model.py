@@ -23,10 +23,10 @@ from torch import nn
 @dataclass(frozen=True)
 class GPTConfig:
     vocab: int = 256  # bytes
-    block: int = 64  # context length
-    n_layer: int = 4
-    n_head: int = 6
-    d_model: int = 192  # 1.84M parameters with the other defaults
+    block: int = 32  # context length
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 128  # 0.43M parameters with the other defaults (see the workload's config)
 
     def n_params(self) -> int:
         """Parameter count (the tied output layer counted once), without building the model."""

@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-GRID = {"Adam": (1e-3, 3e-3, 1e-2), "Yogi": (3e-2, 1e-1, 3e-1)}
+GRID = {"Adam": (3e-4, 1e-3, 3e-3, 1e-2), "Yogi": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)}
 REPRESENTATIVE = {"Adam": "torch.optim.Adam foreach=True", "Yogi": "adamlab.Yogi foreach=True"}
 
 
