@@ -185,24 +185,34 @@ def figure(result: dict[str, Any], path: Any) -> None:
 
     modes = [m for m, runs in result["runs"].items() if runs]
     fig, axes = plt.subplots(max(1, len(modes)), 2, figsize=(11, 3.4 * max(1, len(modes))), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab20")
     order = {name: i for i, name in enumerate(result["optimizers"])}
     for row, mode in zip(axes, modes):
         runs = result["runs"][mode]
         seed = min(r["seed"] for r in runs)
         for r in (r for r in runs if r["seed"] == seed and r["val"]):
-            style = {
-                "color": colours(order.get(r["optimizer"], 0) % 10),
-                "lw": 1.2,
-                "marker": ".",
-                "ls": "--" if "yogi" in r["optimizer"].lower() else "-",
-                "label": r["optimizer"],
-            }
-            row[0].plot([v["step"] for v in r["val"]], [v["loss"] for v in r["val"]], **style)
-            row[1].plot([v["wall_s"] for v in r["val"]], [v["loss"] for v in r["val"]], **style)
+            colour = colours(order.get(r["optimizer"], 0) % 20)
+            ls = "--" if "yogi" in r["optimizer"].lower() else "-"
+            train = r["train_loss"]
+            smooth = [sum(train[max(0, i - 4) : i + 1]) / len(train[max(0, i - 4) : i + 1]) for i in range(len(train))]
+            row[0].plot(range(1, len(train) + 1), smooth, color=colour, ls=ls, lw=1.0, alpha=0.8)
+            val_steps, val_loss = [v["step"] for v in r["val"]], [v["loss"] for v in r["val"]]
+            row[0].plot(val_steps, val_loss, color=colour, ls="none", marker="o", ms=3)
+            row[1].plot(
+                [v["wall_s"] for v in r["val"]],
+                val_loss,
+                color=colour,
+                ls=ls,
+                marker="o",
+                ms=3,
+                lw=1.2,
+                label=r["optimizer"],
+            )
         where = "1 process" if mode == "single" else f"{result['config']['world_size']} processes"
         row[0].set(
-            title=f"{mode} ({where}), seed {seed}: loss vs step", xlabel="step", ylabel="validation loss (nats/byte)"
+            title=f"{mode} ({where}), seed {seed}: training loss (mean of 5 steps), validation (dots)",
+            xlabel="step",
+            ylabel="loss (nats/byte)",
         )
         row[1].set(title=f"{mode}: loss vs the run's own training time", xlabel="seconds (sum of its steps)")
         for ax in row:
