@@ -123,7 +123,7 @@ def test_ctrl_c_keeps_what_was_measured_marked_partial(tmp_path, capsys, monkeyp
         (["--impl", "no-such-optimizer"], "no-such-optimizer"),
         (["--modes", "single,zero3"], "zero3"),
         (["--world-size", "4096"], "larger than this machine's"),
-        (["--n-layer", "3000", "--d-model", "4098"], "too large for this machine"),
+        (["--n-layer", "3000", "--d-model", "4096"], "too large for this machine"),
         (["--batch-size", "3", "--modes", "ddp"], "does not split evenly"),
     ],
 )
@@ -167,10 +167,10 @@ def test_model_parameter_count_and_shapes() -> None:
 
 
 def test_corpus_rule_split_and_batches_are_fixed() -> None:
-    a, b = corpus.load(1 << 18), corpus.load(1 << 18)
-    assert a.info == b.info and torch.equal(a.val, b.val) and a.info["bytes"] == 1 << 18
+    a, b = corpus.load(1 << 21), corpus.load(1 << 21)
+    assert a.info == b.info and torch.equal(a.val, b.val) and a.info["bytes"] == 1 << 21
     assert a.info["train_bytes"] + a.info["val_bytes"] == a.info["bytes"]
-    assert corpus.load(1 << 18, split_seed=1).info["val_bytes"] != a.info["val_bytes"]
+    assert corpus.load(1 << 21, split_seed=1).info["val_bytes"] != a.info["val_bytes"]
     files = corpus.stdlib_files(__import__("pathlib").Path(a.info["root"]))
     assert files and not any({"test", "tests", "site-packages"} & set(p.parts) for p in files)
     x1, y1 = corpus.train_batch(a, 3, 0, 4, 16)

@@ -65,9 +65,9 @@ PRESETS: dict[str, WorkloadConfig] = {
     # must show the loss falling (the distributed modes have their own tests)
     "quick": WorkloadConfig(
         model=GPTConfig(block=32, n_layer=2, n_head=2, d_model=64),
-        steps=40,
+        steps=30,
         batch_size=8,
-        eval_every=20,
+        eval_every=15,
         eval_batches=2,
         seeds=(0,),
         corpus_bytes=1 << 20,

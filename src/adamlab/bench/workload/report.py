@@ -151,7 +151,7 @@ def table(result: dict[str, Any]) -> str:
             f"**{mode}** ({where}; mean (min–max) over seeds {seeds})",
             "",
             "| optimizer | tokens/s | fwd+bwd ms | optimizer ms | optimizer share | final val loss "
-            "| state MiB | peak RSS MiB (+ training) |",
+            "| state MiB (all ranks) | peak RSS MiB (+ training) |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
