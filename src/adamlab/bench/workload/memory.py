@@ -4,8 +4,12 @@ In the lock-step loop every optimizer's model lives in one process, so that proc
 peak resident set says nothing about any one of them. Each optimizer therefore also runs
 a few steps (state allocated, activations at their peak) in a fresh child forked from a
 ``forkserver`` that has imported torch and nothing else, and reports its peak RSS
-(``VmHWM``) and its RSS before building anything (the interpreter, torch and the corpus),
-so the difference is what training with that optimizer adds.
+(``VmHWM``) and the RSS it started from. The start is taken after the model is built and
+one forward+backward has run without an optimizer, with the high-water mark then reset
+(``echo 5 > /proc/self/clear_refs``). A throwaway ``torch.optim.SGD`` step runs first too:
+the first step of any torch optimizer imports ``torch._dynamo`` (some 150 MB of RSS here).
+Torch's one-time costs are thus in the start, and the difference is what this optimizer
+adds: its own import, its state and its step's temporaries.
 """
 
 from __future__ import annotations
@@ -32,10 +36,15 @@ def _probe(conn: Any, cfg: dict[str, Any], name: str) -> None:
 
         torch.set_num_threads(1)
         corpus = corpus_mod.load(cfg["corpus_bytes"], split_seed=cfg["split_seed"])
-        baseline = _status_bytes("VmRSS")
         model_cfg = GPTConfig(**cfg["model"])
         torch.manual_seed(0)
         model = GPT(model_cfg)
+        model(*corpus_mod.train_batch(corpus, 0, 0, cfg["batch_size"], model_cfg.block)).backward()
+        model.zero_grad(set_to_none=True)
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)]).step()  # torch.optim's first-use imports
+        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS (Linux >= 4.0)
+            f.write("5")
+        baseline = _status_bytes("VmRSS")
         [(_, _lr, make)] = optimizer_factories([name], cfg["lrs"])
         opt = make(model.parameters())
         for step in range(cfg["rss_probe_steps"]):
