@@ -65,7 +65,12 @@ def _modes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     "--modes", callback=_modes, default=None, help="Workload: comma list of single, ddp, fsdp2 [all; --quick: single]."
 )
 @click.option("--world-size", type=click.IntRange(1), default=None, help="Workload: processes of DDP/FSDP2 [2].")
-@click.option("--d-model", type=click.IntRange(1), default=None, help="Workload: model width [128; 256 with --n-layer 4: 3.2M params].")
+@click.option(
+    "--d-model",
+    type=click.IntRange(1),
+    default=None,
+    help="Workload: width [128; with --n-layer 4, 256 is 3.2M params].",
+)
 @click.option("--n-layer", type=click.IntRange(1), default=None, help="Workload: transformer blocks [2].")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Workload: sequences per step [4].")
 @standard_options
