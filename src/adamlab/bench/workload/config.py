@@ -50,6 +50,7 @@ class WorkloadConfig:
     corpus_bytes: int = 4 << 20
     split_seed: int = 0
     device: str = "cpu"  # single-process runs; distributed runs are CPU + gloo
+    threads: int | None = None  # torch threads of the single-process runs; None: torch's default (all cores)
     rss_probe_steps: int = 3  # steps of the per-optimizer peak-RSS probe (0: no probe)
     loss_tolerance: float = 1e-3  # max |val loss distributed - single| (nats), same seed, every eval; measured < 1e-6
     min_loss_drop: float = 0.5  # the final val loss must sit this far (nats) below the initial one
@@ -72,6 +73,7 @@ PRESETS: dict[str, WorkloadConfig] = {
         seeds=(0,),
         corpus_bytes=1 << 20,
         modes=("single",),
+        threads=1,  # two threads of a tiny model spin-wait for each other on a busy machine
         rss_probe_steps=0,
         min_loss_drop=0.3,
         quick=True,

@@ -111,6 +111,9 @@ def run(cfg: WorkloadConfig, progress: Progress | None = None, names: list[str] 
     corpus = corpus_mod.load(cfg.corpus_bytes, split_seed=cfg.split_seed)
     result["corpus"] = corpus.info
     factories = optimizer_factories(names, cfg.lrs)
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         if "single" in cfg.modes:
             for seed in cfg.seeds:
@@ -167,6 +170,8 @@ def run(cfg: WorkloadConfig, progress: Progress | None = None, names: list[str] 
     except KeyboardInterrupt:
         result["partial"] = True
         say("interrupted: keeping what was measured")
+    finally:
+        torch.set_num_threads(threads_before)
     result["machine"]["load_average_end"] = list(os.getloadavg())
     result["seconds"] = time.perf_counter() - started
     result.update(summarize(result, cfg))
