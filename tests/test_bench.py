@@ -38,7 +38,11 @@ def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
             assert row["gb_s"] == pytest.approx(28 * s["n_params"] / row["ms"] / 1e6)
             assert row["bandwidth_share"] == pytest.approx(row["gb_s"] / doc["stream_bandwidth"]["gb_s"])
             if row["candidate"] == candidates.BASELINE:
-                assert row["ratio_to_torch_fused"] == 1.0
+                assert row["ratio_to_torch_fused"] == 1.0 and row["within_noise"] is False
+            else:
+                base = next(r for r in s["rows"] if r["candidate"] == candidates.BASELINE)
+                spread = max(max(x["samples_ms"]) - min(x["samples_ms"]) for x in (row, base))
+                assert row["within_noise"] == (spread > abs(row["ms"] - base["ms"]))
 
 
 def test_table_names_every_row(tmp_path) -> None:
@@ -57,8 +61,72 @@ def test_table_names_every_row(tmp_path) -> None:
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    assert "| the chapter's 2-tensor linear model | adamlab.Adam foreach=False |" in result.output
+    assert "| linear-2 | adamlab.Adam foreach=False |" in result.output  # the name --set takes
+    assert "linear-2: the chapter's 2-tensor linear model" in result.output
     assert "streaming bandwidth" in result.output and "machine:" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("| linear-2 | adamlab.Adam"))
+    lo, hi = (float(x) for x in row.split("|")[4].strip().split("–"))  # the spread column: min–max
+    assert 0 < lo <= float(row.split("|")[3]) <= hi
+
+
+def _row(name: str, ms: float, samples: list[float]) -> dict:
+    return {"candidate": name, "ms": ms, "samples_ms": samples}
+
+
+def test_a_row_within_its_spread_is_flagged() -> None:
+    from adamlab.bench.core import spread_ms, within_noise
+
+    base = _row(candidates.BASELINE, 1.0, [0.95, 1.0, 1.05])
+    assert spread_ms(base) == pytest.approx(0.1)
+    assert within_noise(_row("a", 1.05, [1.0, 1.05, 1.1]), base)  # 0.05 apart, spread 0.1
+    assert not within_noise(_row("b", 2.0, [1.9, 2.0, 2.1]), base)  # 1.0 apart
+    assert within_noise(_row("c", 1.2, [1.2, 1.2, 1.2]), _row(candidates.BASELINE, 1.0, [0.5, 1.0, 1.5]))
+
+
+def test_table_marks_noisy_rows_and_every_set_name_is_accepted_by_set(tmp_path) -> None:
+    from adamlab.bench.core import table
+
+    result = {
+        "machine": {"cpu": "x", "cpu_count": 2, "torch_threads": 2, "versions": {"torch": "t"}, "date": "d" * 19},
+        "stream_bandwidth": {"gb_s": 10.0},
+        "bytes_per_param": 28,
+        "torch_default": "foreach",
+        "host_accelerator": "n/a",
+        "skipped": [],
+        "first_fused_step": [],
+        "sets": [
+            {
+                "set": "linear-2",
+                "label": "the chapter's model",
+                "rows": [
+                    {
+                        **_row(candidates.BASELINE, 1.0, [0.9, 1.0, 1.1]),
+                        "gb_s": 1.0,
+                        "bandwidth_share": 0.1,
+                        "ratio_to_torch_fused": 1.0,
+                        "peak_extra_bytes": 0,
+                        "within_noise": False,
+                    },
+                    {
+                        **_row("adamlab.Adam foreach=True", 1.05, [1.0, 1.05, 1.2]),
+                        "gb_s": 1.0,
+                        "bandwidth_share": 0.1,
+                        "ratio_to_torch_fused": 1.05,
+                        "peak_extra_bytes": 0,
+                        "within_noise": True,
+                    },
+                ],
+            }
+        ],
+    }
+    lines = table(result).splitlines()
+    assert any(
+        line.startswith("| linear-2 | adamlab.Adam foreach=True | 1.05 | 1.00–1.20 |") and "1.05 ≈" in line
+        for line in lines
+    )
+    assert not any("1.00 ≈" in line for line in lines)
+    for name in {s.name for s in param_sets("cpu")}:  # what the table prints is what --set accepts
+        assert [s.name for s in param_sets("cpu", names=(name,))] == [name]
 
 
 def test_bad_names_exit_2_with_one_line(tmp_path, capsys) -> None:
@@ -66,6 +134,14 @@ def test_bad_names_exit_2_with_one_line(tmp_path, capsys) -> None:
         main(["--smoke", "--set", "nope", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "unknown parameter set" in capsys.readouterr().err
+
+
+def test_unknown_device_is_one_line_exit_2(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--device", "foo", "--smoke", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "'foo' is not one of 'cpu', 'cuda'" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_parameter_sets_are_the_issues() -> None:

@@ -1,12 +1,16 @@
-"""``adamlab bench``: the optimizer-step benchmark as a lab command.
+"""``adamlab bench``: the optimizer-step benchmark and the training workload, as a lab command.
 
     adamlab bench                      every set and candidate on the CPU (a few minutes)
     adamlab bench --smoke              tiny sets, few rounds: seconds (CI runs this)
     adamlab bench --set gpt-like --impl fused --json
     adamlab bench --device cuda        the GPU sets (issue 6)
+    adamlab bench --workload gpt       train a small GPT with every optimizer: 1 process,
+                                       DDP and FSDP2 on 2 (several minutes on 2 cores)
+    adamlab bench --workload gpt --quick   the same, tiny, one process: CI (< 30 s)
 
-Writes OUT/bench-DEVICE.json and OUT/bench-DEVICE.png; prints a Markdown table (or the
-JSON with ``--json``). The lab CLI registers :data:`command` lazily as ``bench``.
+The step benchmark writes OUT/bench-DEVICE.json and .png; the workload OUT/workload-gpt.json
+and .png. Both print a Markdown table (or the JSON with ``--json``). The lab CLI registers
+:data:`command` lazily as ``bench``.
 """
 
 from __future__ import annotations
@@ -18,19 +22,57 @@ from typing import Any
 
 import click
 
-from adamlab.lab.cli import standard_options
+from adamlab.bench.sets import PARAM_SETS
+from adamlab.lab.cli import fail, standard_options
 from adamlab.lab.data import LabInputError
+
+EXIT_INTERRUPTED, EXIT_CHECK_FAILED = 130, 1
+
+
+def _modes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(m.strip() for m in value.split(",") if m.strip())
 
 
 @click.command("bench")
-@click.option("--device", default="cpu", show_default=True, help="Device type to run on: cpu or cuda.")
+@click.option(
+    "--device", type=click.Choice(sorted(PARAM_SETS)), default="cpu", show_default=True, help="Device type to run on."
+)
 @click.option("--set", "sets", multiple=True, help="Parameter set(s) by name [default: all]; repeatable.")
-@click.option("--impl", "impls", multiple=True, help="Candidates whose name contains this; repeatable.")
+@click.option(
+    "--impl", "impls", multiple=True, help="Optimizers whose name contains this (as the table prints them); repeatable."
+)
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Rounds dropped first.")
 @click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="Rounds measured.")
 @click.option("--smoke", is_flag=True, help="Tiny sets and few rounds: seconds, for CI.")
 @click.option("--cold-start", is_flag=True, help="Also time the first fused step with empty kernel caches.")
 @click.option("--no-first-step", is_flag=True, help="Skip timing the first fused step in a new process.")
+@click.option(
+    "--workload",
+    type=click.Choice(["gpt"]),
+    default=None,
+    help="Train a model instead of timing bare steps: gpt, a small byte-level transformer.",
+)
+@click.option("--quick", is_flag=True, help="Workload: tiny model, one process, one seed (CI, < 30 s).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Workload: training steps [default 60].")
+@click.option(
+    "--seeds",
+    "n_seeds",
+    type=click.IntRange(1),
+    default=None,
+    help="Workload: seeds SEED..SEED+N-1 on one process [3]; DDP/FSDP2 run SEED.",
+)
+@click.option(
+    "--modes", callback=_modes, default=None, help="Workload: comma list of single, ddp, fsdp2 [all; --quick: single]."
+)
+@click.option("--world-size", type=click.IntRange(1), default=None, help="Workload: processes of DDP/FSDP2 [2].")
+@click.option(
+    "--d-model",
+    type=click.IntRange(1),
+    default=None,
+    help="Workload: width [128; with --n-layer 4, 256 is 3.2M params].",
+)
+@click.option("--n-layer", type=click.IntRange(1), default=None, help="Workload: transformer blocks [2].")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Workload: sequences per step [4].")
 @standard_options
 def command(
     device: str,
@@ -41,14 +83,25 @@ def command(
     smoke: bool,
     cold_start: bool,
     no_first_step: bool,
+    workload: str | None,
     seed: int,
     out: str,
     as_json: bool,
     quiet: bool,
+    **workload_options: Any,
 ) -> None:
-    """Time optimizer.step() for adamlab's Adam and Yogi against torch and other Yogis."""
+    """Time optimizer.step() for adamlab's Adam and Yogi against torch and other Yogis,
+    or (--workload gpt) train a small transformer with each of them."""
+    from adamlab.lab.results import check_output_dir
+
+    if workload:
+        _workload(device, impls, seed, out, as_json, quiet, **workload_options)
+        return
+    given = [f"--{k.replace('_', '-')}" for k, v in workload_options.items() if v not in (None, False)]
+    if given:
+        raise LabInputError(f"{', '.join(given)}: only with --workload gpt")
     from adamlab.bench.core import BenchConfig, chart, run, table
-    from adamlab.lab.results import check_output_dir, write_json
+    from adamlab.lab.results import write_json
 
     out_dir = check_output_dir(out)
     import torch
@@ -79,6 +132,110 @@ def command(
     elif not quiet:
         click.echo(table(result))
         click.echo(f"\nwrote {json_path} and {png_path}")
+
+
+def _workload(
+    device: str,
+    impls: tuple[str, ...],
+    seed: int,
+    out: str,
+    as_json: bool,
+    quiet: bool,
+    *,
+    quick: bool,
+    steps: int | None,
+    n_seeds: int | None,
+    modes: tuple[str, ...] | None,
+    world_size: int | None,
+    d_model: int | None,
+    n_layer: int | None,
+    batch_size: int | None,
+) -> None:
+    """``--workload gpt``: check everything, then train, then write and report."""
+    from adamlab.bench.workload import config as wl_config
+    from adamlab.bench.workload.report import figure, table
+    from adamlab.bench.workload.run import resolve, run
+    from adamlab.lab.results import check_output_dir, write_json
+
+    name = "quick" if quick else "default"
+    n_seeds = n_seeds or len(wl_config.PRESETS[name].seeds)
+    try:
+        cfg = wl_config.preset(
+            name,
+            device=device,
+            steps=steps,
+            modes=modes,
+            world_size=world_size,
+            d_model=d_model,
+            n_layer=n_layer,
+            batch_size=batch_size,
+            optimizers=impls or None,
+            seeds=tuple(range(seed, seed + n_seeds)),
+            dist_seeds=(seed,),
+        )
+        names, skipped = resolve(cfg.optimizers, device)
+        wl_config.check(cfg, names)
+    except (ValueError, TypeError) as e:
+        raise LabInputError(str(e)) from e
+    if not names:
+        raise LabInputError(f"no optimizer can run here: {skipped}")
+    out_dir = check_output_dir(out)
+    talk = not (quiet or as_json)
+    with _progress(talk) as progress:
+        result = run(cfg, progress=progress, names=names)
+    result["skipped"] = skipped
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(out_dir / "workload-gpt.json", result)
+    png_path = out_dir / "workload-gpt.png"
+    figure(result, png_path)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    elif not quiet:
+        click.echo(table(result))
+        click.echo(f"\nwrote {json_path} and {png_path}")
+    failed = [c for c in result["checks"] if not c["ok"]]
+    if result["partial"]:
+        fail(f"interrupted: wrote the partial results (marked partial) to {json_path}", EXIT_INTERRUPTED)
+    if failed:
+        c = failed[0]
+        fail(
+            f"{len(failed)} check(s) failed, first: {c['check']} ({c['mode']}, {c['optimizer']}, seed {c['seed']}): "
+            f"{c['detail']}",
+            EXIT_CHECK_FAILED,
+        )
+
+
+class _progress:
+    """A rich progress bar on a terminal; otherwise one line per evaluation on stderr; or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("starting", total=None)
+            return self.update
+        return lambda message, done, total: click.echo(f"... [{done}/{total} steps] {message}", err=True)
+
+    def update(self, message: str, done: int, total: int) -> None:
+        self.bar.update(self.task, description=message, completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def main(argv: Any = None) -> None:

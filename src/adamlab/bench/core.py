@@ -11,7 +11,9 @@ Reported per set and candidate: ms/step; effective GB/s at ``7 x element size`` 
 per parameter (read θ, g, v, s; write θ, v, s: 28 B for float32); that as a share of
 this machine's streaming bandwidth, measured in the same run with an in-place
 read-modify-write kernel; the ratio to ``torch.optim.Adam(fused=True)``; and the peak
-memory a step allocates beyond what it started with.
+memory a step allocates beyond what it started with. Each row carries its spread (min to
+max of its rounds); a row whose spread, or the baseline's, is larger than its difference
+from the baseline is flagged ``within_noise``: the run did not measure a difference.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
     bandwidth = [stream_bandwidth(cfg.device, bytes_, 5 if cfg.smoke else 10)]
     results = []
     for pset in sets:
-        say(f"{pset.label}: {len(ready)} candidates x {cfg.warmup + cfg.repeats} rounds")
+        say(f"{pset.name} ({pset.label}): {len(ready)} candidates x {cfg.warmup + cfg.repeats} rounds")
         rows = _time_set(pset, ready, cfg, dtype)
         results.append(
             {
@@ -156,10 +158,11 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
     bandwidth.append(stream_bandwidth(cfg.device, bytes_, 5 if cfg.smoke else 10))  # again: the machine drifts
     stream_gb_s = median(b["gb_s"] for b in bandwidth)
     for res in results:
-        base = next(r["ms"] for r in res["rows"] if r["candidate"] == BASELINE)
+        base = next(r for r in res["rows"] if r["candidate"] == BASELINE)
         for row in res["rows"]:
             row["bandwidth_share"] = row["gb_s"] / stream_gb_s
-            row["ratio_to_torch_fused"] = row["ms"] / base
+            row["ratio_to_torch_fused"] = row["ms"] / base["ms"]
+            row["within_noise"] = row is not base and within_noise(row, base)
     first_step = []
     if cfg.first_step and any("fused" in c.name and c.family == "adamlab" for c in ready):
         say("first fused step in a new process")
@@ -179,6 +182,20 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
         "skipped": skipped,
         "first_fused_step": first_step,
     }
+
+
+def spread_ms(row: dict[str, Any]) -> float:
+    """The spread of a row's rounds: max minus min of its samples (ms)."""
+    return max(row["samples_ms"]) - min(row["samples_ms"])
+
+
+def within_noise(row: dict[str, Any], base: dict[str, Any]) -> bool:
+    """True when the row's or the baseline's spread exceeds the difference between them."""
+    return max(spread_ms(row), spread_ms(base)) > abs(row["ms"] - base["ms"])
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -201,18 +218,24 @@ def table(result: dict[str, Any]) -> str:
         f"{result['bytes_per_param']} B/param per step; torch.optim.Adam() default here: {result['torch_default']}",
         f"adamlab's host accelerator: {result.get('host_accelerator', 'not recorded')}",
         "",
-        "| parameter set | implementation | ms/step | GB/s | share of stream | x torch fused | peak extra mem |",
-        "|---|---|---|---|---|---|---|",
+        "Sets by their --set name. ms/step: median of the rounds; spread: min–max of the rounds. "
+        "'≈' marks a ratio within noise: the row's or the baseline's spread exceeds the difference.",
+        "",
+        "| --set | implementation | ms/step | spread (min–max) | GB/s | share of stream | x torch fused "
+        "| peak extra mem |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for res in result["sets"]:
         for row in res["rows"]:
-            ms = row["ms"]
-            ms_text = f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+            samples = row["samples_ms"]
+            noise = " ≈" if row.get("within_noise") else ""
             lines.append(
-                f"| {res['label']} | {row['candidate']} | {ms_text} | {row['gb_s']:.1f} | "
-                f"{100 * row['bandwidth_share']:.0f}% | {row['ratio_to_torch_fused']:.2f} | "
+                f"| {res['set']} | {row['candidate']} | {_fmt_ms(row['ms'])} | "
+                f"{_fmt_ms(min(samples))}–{_fmt_ms(max(samples))} | {row['gb_s']:.1f} | "
+                f"{100 * row['bandwidth_share']:.0f}% | {row['ratio_to_torch_fused']:.2f}{noise} | "
                 f"{_fmt_bytes(row['peak_extra_bytes'])} |"
             )
+    lines.append("\n" + "; ".join(f"{res['set']}: {res['label']}" for res in result["sets"]))
     for s in result["skipped"]:
         lines.append(f"\nskipped {s['candidate']}: {s['reason']}")
     for f in result["first_fused_step"]:
@@ -254,7 +277,7 @@ def chart(result: dict[str, Any], path: Any) -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for i, r in enumerate(rows):
             ax.text(ratios[i], i, f" {r['ms']:.3g} ms", va="center", fontsize=7)
-        ax.set_title(res["label"], fontsize=9)
+        ax.set_title(f"--set {res['set']}: {res['label']}", fontsize=9)
     axes[-1, 0].set_xlabel("step time relative to torch.optim.Adam(fused=True) (log scale; lower is faster)")
     fig.suptitle(f"optimizer.step() on {result['machine']['cpu']} ({result['config']['device']})", fontsize=10)
     fig.tight_layout()

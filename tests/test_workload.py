@@ -1,0 +1,179 @@
+"""``adamlab bench --workload gpt``: the quick run end to end, distributed runs against the
+single-process one, Ctrl-C, bad input, and the pieces (corpus, model, memory)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from adamlab.bench.cli import main
+from adamlab.bench.workload import config, corpus, memory, preset, run
+from adamlab.bench.workload.model import GPT, GPTConfig
+
+
+def _invoke(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_quick_run_trains_every_optimizer_and_writes_json_and_figure(tmp_path, capsys) -> None:
+    code, out, err = _invoke(["--workload", "gpt", "--quick", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert json.loads((tmp_path / "workload-gpt.json").read_text()) == doc
+    assert (tmp_path / "workload-gpt.png").stat().st_size > 10_000
+    assert not doc["partial"] and doc["config"]["quick"]
+    names = {r["optimizer"] for r in doc["runs"]["single"]}
+    assert {
+        "torch.optim.Adam foreach=True",
+        "torch.optim.Adam fused=True",
+        "adamlab.Adam foreach=False",
+        "adamlab.Adam foreach=True",
+        "adamlab.Yogi foreach=False",
+        "adamlab.Yogi foreach=True",
+    } <= names
+    assert names | {s["optimizer"] for s in doc["skipped"]} >= {
+        "torch_optimizer.Yogi",
+        "pytorch_optimizer.Yogi",
+        "adamlab.Yogi fused=True",
+    }
+    for r in doc["runs"]["single"]:
+        assert r["steps"] == doc["config"]["steps"] == len(r["opt_s"]) == len(r["train_loss"])
+        assert r["val"][-1]["loss"] < r["val"][0]["loss"] - 0.3  # it trained
+        assert r["val"][-1]["wall_s"] == pytest.approx(sum(r["fwd_bwd_s"]) + sum(r["opt_s"]))
+        # exp_avg and exp_avg_sq in float32, plus a step count per tensor in some implementations
+        assert 8 * doc["model_params"] <= r["state_bytes"] < 8 * doc["model_params"] + 1024
+    falls = [c for c in doc["checks"] if c["check"] == "loss falls"]
+    assert len(falls) == len(names) and all(c["ok"] for c in falls)
+    for row in doc["summary"]["single"]:
+        assert 0 < row["opt_share"]["mean"] < 1 and row["tokens_s"]["mean"] > 0
+    # every implementation of one rule computes the same update: the curves agree
+    finals = {r["optimizer"]: r["val"][-1]["loss"] for r in doc["runs"]["single"]}
+    adams = [v for k, v in finals.items() if "Adam" in k]
+    yogis = [v for k, v in finals.items() if "Yogi" in k]
+    assert max(adams) - min(adams) < 1e-3 and max(yogis) - min(yogis) < 1e-3
+    info = doc["corpus"]
+    files = corpus.stdlib_files(__import__("pathlib").Path(info["root"]))[: info["files"]]
+    data = b"".join(p.read_bytes() + b"\n" for p in files)[: info["bytes"]]
+    assert hashlib.sha256(data).hexdigest() == info["sha256"]
+
+
+def test_distributed_runs_match_the_single_process_run() -> None:
+    cfg = replace(
+        preset("quick"),
+        modes=("single", "ddp", "fsdp2"),
+        steps=8,
+        eval_every=4,
+        optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused"),
+    )
+    result = run(cfg)
+    matches = [c for c in result["checks"] if c["check"] == "matches single process"]
+    assert {(c["mode"], c["optimizer"]) for c in matches} == {
+        (m, o) for m in ("ddp", "fsdp2") for o in ("adamlab.Yogi foreach=True", "torch.optim.Adam fused=True")
+    }
+    assert all(c["ok"] for c in matches), matches
+    assert max(c["max_abs_diff"] for c in matches) < 1e-3  # float rounding, not a different computation
+    n = result["model_params"]
+    for r in result["runs"]["fsdp2"]:  # sharded: each rank holds about half of the state
+        assert sum(r["state_bytes_per_rank"]) == r["state_bytes"] >= 2 * 4 * n
+        assert max(r["state_bytes_per_rank"]) < 0.75 * r["state_bytes"]
+    for r in result["runs"]["ddp"]:  # replicated
+        assert r["state_bytes_per_rank"][0] == r["state_bytes_per_rank"][1]
+    for mode in ("ddp", "fsdp2"):
+        assert [rk["peak_rss_bytes"] > 50e6 for rk in result["distributed"][mode]["ranks"]] == [True, True]
+        assert result["distributed"][mode]["threads_per_rank"] >= 1
+        assert {row["optimizer"] for row in result["summary"][mode]} == set(result["optimizers"])
+
+
+def test_peak_rss_probe_runs_each_optimizer_in_its_own_process() -> None:
+    cfg = replace(preset("quick"), rss_probe_steps=1).to_dict()
+    out = memory.peak_rss(cfg, ["torch.optim.Adam foreach=True"])["torch.optim.Adam foreach=True"]
+    assert "error" not in out, out
+    assert out["peak_rss_bytes"] > out["baseline_rss_bytes"] > 50e6
+
+
+def test_ctrl_c_keeps_what_was_measured_marked_partial(tmp_path, capsys, monkeypatch) -> None:
+    real = corpus.train_batch
+
+    def interrupted(c, step, *args):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(c, step, *args)
+
+    monkeypatch.setattr(corpus, "train_batch", interrupted)
+    code, _out, err = _invoke(
+        ["--workload", "gpt", "--quick", "--impl", "adamlab.Adam foreach=True", "--out", str(tmp_path), "--quiet"],
+        capsys,
+    )
+    assert code == 130 and "partial" in err and err.count("\n") == 1
+    doc = json.loads((tmp_path / "workload-gpt.json").read_text())
+    assert doc["partial"] and [r["steps"] for r in doc["runs"]["single"]] == [5]
+    assert (tmp_path / "workload-gpt.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--impl", "no-such-optimizer"], "no-such-optimizer"),
+        (["--modes", "single,zero3"], "zero3"),
+        (["--world-size", "4096"], "larger than this machine's"),
+        (["--n-layer", "3000", "--d-model", "4096"], "too large for this machine"),
+        (["--batch-size", "3", "--modes", "ddp"], "does not split evenly"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message) -> None:
+    out_dir = tmp_path / "out"
+    code, _out, err = _invoke(["--workload", "gpt", *args, "--out", str(out_dir)], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("adamlab: error:")
+    assert not out_dir.exists()
+
+
+def test_unknown_workload_and_workload_options_without_workload(tmp_path, capsys) -> None:
+    code, _, err = _invoke(["--workload", "bert", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "bert" in err
+    code, _, err = _invoke(["--quick", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--quick: only with --workload gpt" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_large_model_is_refused_with_the_estimate(monkeypatch) -> None:
+    monkeypatch.setattr(config, "available_memory", lambda: 2**30)
+    cfg = preset("default", d_model=1536, n_layer=12, n_head=12)
+    with pytest.raises(ValueError, match=r"too large.*need about [\d.]+ GiB.*1\.0 GiB is available"):
+        config.check(cfg, ["adamlab.Adam foreach=True"])
+    assert config.memory_estimate(cfg, 2)["total"] > config.memory_estimate(cfg, 1)["total"]
+
+
+def test_model_parameter_count_and_shapes() -> None:
+    for cfg in (GPTConfig(), GPTConfig(block=16, n_layer=1, n_head=2, d_model=8)):
+        model = GPT(cfg)
+        assert sum(p.numel() for p in model.parameters()) == cfg.n_params()
+        gen = torch.Generator().manual_seed(0)
+        x, y = (torch.randint(0, 256, (2, cfg.block), generator=gen) for _ in range(2))
+        loss = model(x, y)
+        assert loss.shape == () and torch.isfinite(loss)
+    # GPT-2 init: near-uniform predictions at first, a loss of about ln(256) nats per byte
+    assert abs(GPT(GPTConfig())(x[:, :16], y[:, :16]).item() - torch.log(torch.tensor(256.0)).item()) < 0.1
+    assert 3e5 < GPTConfig().n_params() < 1e6  # the default: sized for 11 optimizers x 5 runs on 2 cores
+    assert 3e6 < GPTConfig(d_model=256, n_layer=4).n_params() < 4e6  # --d-model 256 --n-layer 4
+    with pytest.raises(ValueError, match="multiple of n_head"):
+        GPT(GPTConfig(d_model=10, n_head=3))
+
+
+def test_corpus_rule_split_and_batches_are_fixed() -> None:
+    a, b = corpus.load(1 << 21), corpus.load(1 << 21)
+    assert a.info == b.info and torch.equal(a.val, b.val) and a.info["bytes"] == 1 << 21
+    assert a.info["train_bytes"] + a.info["val_bytes"] == a.info["bytes"]
+    assert corpus.load(1 << 21, split_seed=1).info["val_bytes"] != a.info["val_bytes"]
+    files = corpus.stdlib_files(__import__("pathlib").Path(a.info["root"]))
+    assert files and not any({"test", "tests", "site-packages"} & set(p.parts) for p in files)
+    x1, y1 = corpus.train_batch(a, 3, 0, 4, 16)
+    x2, _ = corpus.train_batch(a, 3, 0, 4, 16)
+    assert torch.equal(x1, x2) and torch.equal(x1[:, 1:], y1[:, :-1])
+    assert not torch.equal(x1, corpus.train_batch(a, 3, 1, 4, 16)[0])  # another seed, other data
