@@ -24,6 +24,7 @@ from torch.nn import Parameter
 # name -> "module:function", imported on first use
 IMPLEMENTATIONS: dict[str, str] = {
     "single_tensor": "adamlab.optim.single_tensor:single_tensor_update",
+    "differentiable": "adamlab.optim.single_tensor:differentiable_update",
     "foreach": "adamlab.optim.multi_tensor:multi_tensor_update",
     "fused_cpu": "adamlab.optim.fused_cpu:fused_cpu_update",
     "fused_cuda": "adamlab.optim.triton_fused:fused_cuda_update",

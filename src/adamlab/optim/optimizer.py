@@ -22,7 +22,13 @@ from torch.optim.optimizer import Optimizer
 
 from adamlab.optim import _host
 from adamlab.optim.functional import IMPLEMENTATIONS, adam_family_update
-from adamlab.validation import check_known_keys, validate_betas, validate_hyperparameters, validate_state_dtype
+from adamlab.validation import (
+    check_known_keys,
+    validate_group,
+    validate_group_params,
+    validate_params,
+    validate_state_dict,
+)
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
@@ -168,45 +174,32 @@ class _AdamFamily(Optimizer):
         state_dtype: torch.dtype | None = None,
         skip_nonfinite: bool = False,
     ) -> None:
-        validate_state_dtype(state_dtype)
         if initial_accumulator_value is None:
             initial_accumulator_value = self._default_initial_accumulator_value
-        validate_hyperparameters(
+        defaults = dict(
             lr=lr,
             betas=betas,
             eps=eps,
             weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            bias_correction=bias_correction,
-        )
-        if differentiable:
-            raise ValueError(
-                f"{type(self).__name__} does not support differentiable=True "
-                "(no implementation keeps the autograd graph through the update)"
-            )
-        if fused and foreach:
-            raise ValueError("fused=True and foreach=True cannot be set together")
-        defaults = dict(
-            lr=lr,
-            betas=validate_betas(betas),
-            eps=float(eps),
-            weight_decay=float(weight_decay),
-            amsgrad=bool(amsgrad),
-            maximize=bool(maximize),
+            amsgrad=amsgrad,
+            maximize=maximize,
             foreach=foreach,
-            capturable=bool(capturable),
-            differentiable=False,
+            capturable=capturable,
+            differentiable=differentiable,
             fused=fused,
-            decoupled_weight_decay=bool(decoupled_weight_decay),
+            decoupled_weight_decay=decoupled_weight_decay,
             bias_correction=bias_correction,
-            initial_accumulator_value=float(initial_accumulator_value),
+            initial_accumulator_value=initial_accumulator_value,
             state_dtype=state_dtype,
-            skip_nonfinite=bool(skip_nonfinite),
+            skip_nonfinite=skip_nonfinite,
         )
-        params = list(params) if not isinstance(params, Tensor) else [params]
-        if len(params) == 0:
-            raise ValueError(f"{type(self).__name__} got an empty parameter list")
-        super().__init__(params, defaults)
+        validate_group(defaults)  # all of it, before anything is converted or created
+        for key in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay", "skip_nonfinite"):
+            defaults[key] = bool(defaults[key])
+        for key in ("eps", "weight_decay", "initial_accumulator_value"):
+            defaults[key] = float(defaults[key])
+        defaults["betas"] = _kept_betas(betas)
+        super().__init__(validate_params(params, type(self).__name__), defaults)
         if fused:
             # torch.amp.GradScaler then hands us grad_scale/found_inf (as attributes) instead
             # of unscaling p.grad itself and syncing on found_inf; fused kernels use them.
@@ -240,29 +233,32 @@ class _AdamFamily(Optimizer):
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_step_dtype(group))
                 if p_state and (group["capturable"] or group["fused"]):
                     p_state["step"] = p_state["step"].to(p.device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group; its own hyperparameters are validated like the constructor's."""
-        if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        keys = ("lr", "betas", "eps", "weight_decay", "initial_accumulator_value", "bias_correction")
-        validate_hyperparameters(**{k: param_group[k] for k in keys if k in param_group})
-        validate_state_dtype(param_group.get("state_dtype"))
+        where = f"param_groups[{len(self.param_groups)}]"
+        differentiable = bool(self.defaults.get("differentiable"))
+        params = validate_group_params(param_group, where, self.param_groups, differentiable)
+        validate_group({**self.defaults, **param_group}, where)
+        param_group["params"] = params  # checked, and a generator is read only once
         if "betas" in param_group:
-            param_group["betas"] = validate_betas(param_group["betas"])
+            param_group["betas"] = _kept_betas(param_group["betas"])
         super().add_param_group(param_group)
 
     # ---- state ---------------------------------------------------------------------------
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The one function that creates a parameter's state (lazily, at its first step).
 
-        Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim float32
-        tensor (on the CPU, or on the parameter's device when capturable or fused);
+        Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim tensor,
+        float32 with fused, else of torch's default scalar dtype (float64 under
+        ``torch.set_default_dtype(torch.float64)``), on the CPU, or on the parameter's
+        device when capturable or fused;
         ``exp_avg`` (v) is zeros like p; ``exp_avg_sq`` (s) is filled with
-        ``initial_accumulator_value`` (s0); ``max_exp_avg_sq`` (AMSGrad) starts equal to s.
+        ``initial_accumulator_value`` (s0), both parts of a complex s (the update treats a
+        complex parameter as its real view); ``max_exp_avg_sq`` (AMSGrad) starts equal to s.
         The moments have p's dtype unless the group's ``state_dtype`` names another.
         """
         state = self.state[p]
@@ -270,11 +266,11 @@ class _AdamFamily(Optimizer):
         dtype = group["state_dtype"] or p.dtype
         if p.is_complex() and not dtype.is_complex:
             dtype = p.dtype
-        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+        state["step"] = torch.zeros((), dtype=_step_dtype(group), device=p.device if on_device else "cpu")
         state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.full_like(
-            p, group["initial_accumulator_value"], dtype=dtype, memory_format=torch.preserve_format
-        )
+        state["exp_avg_sq"] = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+        s = state["exp_avg_sq"]
+        (torch.view_as_real(s) if s.is_complex() else s).fill_(group["initial_accumulator_value"])
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
         return state
@@ -363,6 +359,8 @@ class _AdamFamily(Optimizer):
     # ---- dispatch ------------------------------------------------------------------------
     def _implementation(self, group: dict[str, Any], params: list[Tensor]) -> str:
         """The one place that picks an implementation for a group."""
+        if group["differentiable"]:  # validation refused it with fused or foreach=True
+            return "differentiable"
         if group["fused"]:
             device = "cuda" if params[0].is_cuda else params[0].device.type
             name = f"fused_{device}"
@@ -389,11 +387,20 @@ class _AdamFamily(Optimizer):
                     self._step_group(group, self._gather(group))
             return loss
         grad_enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)
+        # as torch: autograd records the update only with differentiable=True
+        torch._C._set_grad_enabled(self.defaults["differentiable"])
         try:
             states_in_order = self._state_unchanged()
             for group in self.param_groups:
-                self._step_group(group, self._gather(group, states_in_order))
+                try:
+                    self._step_group(group, self._gather(group, states_in_order))
+                except BaseException:
+                    # a group that cannot step (fused=True on meta tensors, ...) keeps no state
+                    # created for it: its parameters are as if this step never reached them
+                    for p in self.__dict__.get("_new_states", ()):
+                        del self.state[p]
+                    self._forget_gathered()
+                    raise
             if self.__dict__.get("_state_watch") is None or len(self._gathered) > len(self.param_groups):
                 self._watch_state()
         finally:
@@ -407,8 +414,12 @@ class _AdamFamily(Optimizer):
             return
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        if isinstance(lr, Tensor) and not group["capturable"]:
+        if isinstance(lr, Tensor) and not group["capturable"] and not group["differentiable"]:
             lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
+        if isinstance(beta1, Tensor) and not group["differentiable"]:
+            # tensor betas are kept as given and read at every step, so writing into them
+            # (a schedule) takes effect; differentiable=True keeps them in the graph
+            beta1, beta2 = beta1.item(), beta2.item()
         implementation = self._implementation(group, tensors[0])
         # set by GradScaler on fused optimizers (instance attributes; getattr's miss is slow)
         grad_scale = self.__dict__.get("grad_scale")
@@ -472,7 +483,7 @@ class _AdamFamily(Optimizer):
         ``torch.optim.Optimizer``, the loaded state never aliases the tensors of the
         ``state_dict`` passed in (stepping does not write into the caller's dict).
         """
-        _check_state_dict(self, state_dict)
+        validate_state_dict(self, state_dict, keep=_RUN_KEYS, required=_STATE_KEYS)
         ours = [{k: group[k] for k in _RUN_KEYS} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
@@ -481,8 +492,11 @@ class _AdamFamily(Optimizer):
                 state, saved = self.state.get(p), state_dict["state"].get(key)
                 if not state or saved is None:
                     continue
-                on_device = group["capturable"] or group["fused"]
-                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+                step = state["step"]
+                if group["capturable"] or group["fused"]:  # as torch: float32 on the parameter's device
+                    state["step"] = step.to(device=p.device, dtype=torch.float32)
+                else:  # as torch, a loaded step keeps its dtype (a count in an integer dtype becomes a float)
+                    state["step"] = step.to(device="cpu", dtype=step.dtype if step.is_floating_point() else _step_dtype(group))
                 if group["state_dtype"] is not None:
                     # torch cast the moments to p's dtype: recast from the saved values, not the cast ones
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
@@ -495,48 +509,31 @@ class _AdamFamily(Optimizer):
                         state[k] = value.clone()
 
 
+def _step_dtype(group: dict[str, Any]) -> torch.dtype:
+    """The dtype of a new step count, as torch's: float32 with fused, else the default scalar dtype."""
+    return torch.float32 if group["fused"] or torch.get_default_dtype() != torch.float64 else torch.float64
+
+
+def _kept_betas(betas: Any) -> tuple[Any, Any]:
+    """Betas as stored in a group (validated already): numbers as floats, tensors as given
+    (a 1-element tensor of any shape as a 0-dim view, torch's ``_to_scalar``), so that
+    writing into a tensor beta later changes the update, as in torch."""
+    return tuple((b.squeeze() if b.dim() else b) if isinstance(b, Tensor) else float(b) for b in betas)
+
+
 def _nonfinite(grads: list[Tensor]) -> Tensor:
     """A 0-dim float32 tensor: 1.0 if any gradient holds inf or NaN, else 0.0 (no host sync)."""
     flags = [torch.logical_not(torch.isfinite(g).all()) for g in grads]
     return torch.stack([f.to(flags[0].device) for f in flags]).any().float()
 
 
-def _check_state_dict(opt: Optimizer, state_dict: Any) -> None:
-    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-        raise ValueError("optimizer state_dict must be a dict with keys 'state' and 'param_groups'")
-    saved_groups = state_dict["param_groups"]
-    if len(saved_groups) != len(opt.param_groups):
-        raise ValueError(
-            f"state_dict has {len(saved_groups)} parameter group(s), the optimizer has {len(opt.param_groups)}"
-        )
-    for gi, (group, saved) in enumerate(zip(opt.param_groups, saved_groups)):
-        if len(saved["params"]) != len(group["params"]):
-            raise ValueError(
-                f"parameter group {gi}: state_dict has {len(saved['params'])} parameter(s), "
-                f"the optimizer has {len(group['params'])}"
-            )
-        amsgrad = saved.get("amsgrad", False)
-        for pi, (p, key) in enumerate(zip(group["params"], saved["params"])):
-            p_state = state_dict["state"].get(key)
-            if not p_state:
-                continue  # a parameter that has not stepped yet (None, or the {} a lookup leaves)
-            name = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
-            needed = _STATE_KEYS + (("max_exp_avg_sq",) if amsgrad else ())
-            missing = [k for k in needed if k not in p_state]
-            if missing:
-                raise ValueError(f"state_dict entry for {name} is missing {missing}")
-            for k in needed[1:]:
-                value = p_state[k]
-                if not torch.is_tensor(value) or value.shape != p.shape:
-                    got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-                    raise ValueError(f"state_dict entry {k!r} for {name} has shape {got}")
-
-
 _DOC_COMMON = """
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate η, a float or a 0-dim tensor (default: {lr}).
-        betas: (β1, β2), decay rates of v and s (default: (0.9, 0.999)).
+        betas: (β1, β2), decay rates of v and s (default: (0.9, 0.999)): two numbers,
+            or two 1-element tensors, kept as given and read at every step (writing into
+            them changes the update; with ``foreach=True`` they need ``capturable=True``).
         eps: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: {eps}).
         weight_decay: λ (default: 0). Added to the gradient (L2) unless
             ``decoupled_weight_decay=True``, which shrinks θ by ηλθ first (AdamW).
@@ -546,7 +543,11 @@ _DOC_COMMON = """
         maximize: ascend the objective instead of descending it.
         capturable: keep the step count on the parameter's device and compute every
             per-step scalar there (no host synchronization; needed for CUDA graphs).
-        differentiable: not supported; ``True`` raises ``ValueError``.
+        differentiable: run the update through autograd-tracked operations (the
+            single-tensor implementation, with ``torch.optim.Adam``'s rules: not with
+            ``fused`` or ``foreach=True``), so that gradients flow through a step to the
+            initial parameters, the state and a tensor ``lr``/betas (meta-learning,
+            hypergradients). Off by default: the step then runs under ``no_grad``.
         fused: use a fused kernel where this build has one for the parameters' device;
             where none exists ``fused=True`` raises ``RuntimeError`` at the first step.
         decoupled_weight_decay: see ``weight_decay``.
@@ -560,7 +561,8 @@ _DOC_COMMON = """
             count unchanged) when any gradient holds inf or NaN. Off by default: like
             torch, non-finite gradients then propagate into the parameters.
 
-    State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim float32 tensor),
+    State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim tensor, float32, or
+    float64 under a float64 default dtype unless fused; a loaded step keeps its dtype),
     ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad).
 """
 
