@@ -398,8 +398,10 @@ def validate_state_dict(
     ids: dict[Any, str] = {}
     for gi, (group, saved) in enumerate(zip(groups, saved_groups)):
         where = f"state_dict param_groups[{gi}]"
-        if not isinstance(saved, Mapping) or "params" not in saved:
+        if not isinstance(saved, Mapping):
             raise ValueError(f"{where} must be a dict with a 'params' list, got {_show(saved)[:80]}")
+        if "params" not in saved:
+            raise ValueError(f"{where} has no 'params' (its keys: {sorted(map(str, saved))})")
         keys = saved["params"]
         if not isinstance(keys, (list, tuple)):
             raise ValueError(f"{where}['params'] must be a list of parameter ids, got {_show(keys)[:80]}")
