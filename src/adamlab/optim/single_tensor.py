@@ -100,8 +100,9 @@ def single_tensor_update(
             if max_exp_avg_sq is not None:
                 max_exp_avg_sq = torch.view_as_real(max_exp_avg_sq)
 
-        # capturable: keep t on the device (no host sync); else read it as a float, as torch does
-        step = step_t if capturable or differentiable else step_t.item()
+        # capturable: keep t on the device (no host sync); else read it as a float, as torch does.
+        # differentiable: a copy, since β**t saves t for the backward pass and t changes next step
+        step = step_t.clone() if differentiable else step_t if capturable else step_t.item()
         c = coefficients(step, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
 
         if differentiable:
@@ -148,7 +149,9 @@ def _differentiable_tail(
     second_moment_(rule, exp_avg_sq, grad, beta2, c, recursive)
     m = exp_avg_sq
     if max_exp_avg_sq is not None:
-        max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq))
+        # copies of both: s is written again by the next step (torch copies only the max,
+        # so its amsgrad cannot backpropagate through two steps; this can)
+        max_exp_avg_sq.copy_(torch.maximum(max_exp_avg_sq.clone(), exp_avg_sq.clone()))
         m = max_exp_avg_sq
     denom = (m.sqrt() / c.bc2_sqrt).add_(eps)
     param.addcdiv_(exp_avg.clone(), denom / -c.step_size)
