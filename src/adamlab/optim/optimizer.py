@@ -416,10 +416,13 @@ class _AdamFamily(Optimizer):
         lr = group["lr"]
         if isinstance(lr, Tensor) and not group["capturable"] and not group["differentiable"]:
             lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
-        if isinstance(beta1, Tensor) and not group["differentiable"]:
+        if not group["differentiable"]:
             # tensor betas are kept as given and read at every step, so writing into them
             # (a schedule) takes effect; differentiable=True keeps them in the graph
-            beta1, beta2 = beta1.item(), beta2.item()
+            if isinstance(beta1, Tensor):
+                beta1 = beta1.item()
+            if isinstance(beta2, Tensor):  # apart: a scheduler may have replaced only β1
+                beta2 = beta2.item()
         implementation = self._implementation(group, tensors[0])
         # set by GradScaler on fused optimizers (instance attributes; getattr's miss is slow)
         grad_scale = self.__dict__.get("grad_scale")
