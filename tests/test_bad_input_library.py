@@ -47,19 +47,55 @@ def _loss(params: list[torch.Tensor]) -> torch.Tensor:
 
 CASES = {
     # name: (second batch, given the params; exception; message fragment)
-    "NaN gradient": (lambda ps: _with(ps, 1, _nan_at(ps[1], math.nan)), ValueError, "batch 1: gradient 1 (shape (2, 2)) holds inf or NaN (nan first)"),
-    "inf gradient": (lambda ps: _with(ps, 0, _nan_at(ps[0], -math.inf)), ValueError, "batch 1: gradient 0 (shape (3,)) holds inf or NaN (-inf first)"),
-    "NaN through a closure": (lambda ps: (lambda: _loss(ps) * math.nan), ValueError, "batch 1: gradient 0 (shape (3,)) holds inf or NaN"),
+    "NaN gradient": (
+        lambda ps: _with(ps, 1, _nan_at(ps[1], math.nan)),
+        ValueError,
+        "batch 1: gradient 1 (shape (2, 2)) holds inf or NaN (nan first)",
+    ),
+    "inf gradient": (
+        lambda ps: _with(ps, 0, _nan_at(ps[0], -math.inf)),
+        ValueError,
+        "batch 1: gradient 0 (shape (3,)) holds inf or NaN (-inf first)",
+    ),
+    "NaN through a closure": (
+        lambda ps: lambda: _loss(ps) * math.nan,
+        ValueError,
+        "batch 1: gradient 0 (shape (3,)) holds inf or NaN",
+    ),
     "list of floats": (lambda ps: [1.0, 2.0], TypeError, "batch 1: gradient 0 is float 1.0, expected a tensor or None"),
     "None": (lambda ps: None, TypeError, "batch 1 is NoneType: expected a list of gradients"),
     "a number": (lambda ps: 3.0, TypeError, "batch 1 is float"),
     "a bare tensor": (lambda ps: torch.ones(3), TypeError, "batch 1 is Tensor"),
-    "closure returning None": (lambda ps: (lambda: None), TypeError, "batch 1: the closure returned None, not a loss tensor"),
-    "closure returning a vector": (lambda ps: (lambda: ps[0] * 2), ValueError, "batch 1: the closure returned a loss of shape (3,)"),
-    "closure with a detached loss": (lambda ps: (lambda: torch.tensor(1.0)), ValueError, "batch 1: the closure's loss does not depend"),
-    "wrong count": (lambda ps: [torch.ones(3)], ValueError, "batch 1 has 1 gradient(s), the optimizer has 2 parameter(s)"),
-    "wrong shape": (lambda ps: _with(ps, 1, torch.ones(4)), ValueError, "batch 1: gradient 1 has shape (4,), its parameter (2, 2)"),
-    "integer gradient": (lambda ps: _with(ps, 0, torch.ones(3, dtype=torch.int64)), TypeError, "batch 1: gradient 0 has dtype torch.int64"),
+    "closure returning None": (
+        lambda ps: lambda: None,
+        TypeError,
+        "batch 1: the closure returned None, not a loss tensor",
+    ),
+    "closure returning a vector": (
+        lambda ps: lambda: ps[0] * 2,
+        ValueError,
+        "batch 1: the closure returned a loss of shape (3,)",
+    ),
+    "closure with a detached loss": (
+        lambda ps: lambda: torch.tensor(1.0),
+        ValueError,
+        "batch 1: the closure's loss does not depend",
+    ),
+    "wrong count": (
+        lambda ps: [torch.ones(3)],
+        ValueError,
+        "batch 1 has 1 gradient(s), the optimizer has 2 parameter(s)",
+    ),
+    "wrong shape": (
+        lambda ps: _with(ps, 1, torch.ones(4)),
+        ValueError,
+        "batch 1: gradient 1 has shape (4,), its parameter (2, 2)",
+    ),
+    "integer gradient": (
+        lambda ps: _with(ps, 0, torch.ones(3, dtype=torch.int64)),
+        TypeError,
+        "batch 1: gradient 0 has dtype torch.int64",
+    ),
 }
 
 

@@ -189,7 +189,9 @@ def float64_default():
     torch.set_default_dtype(old)
 
 
-@pytest.mark.parametrize("flags", [dict(foreach=False), dict(foreach=True), dict(capturable=True), dict(fused=True)], ids=str)
+@pytest.mark.parametrize(
+    "flags", [dict(foreach=False), dict(foreach=True), dict(capturable=True), dict(fused=True)], ids=str
+)
 def test_step_dtype_follows_the_default_dtype_as_torch(float64_default, flags: dict) -> None:
     if flags.get("fused"):
         _fused_cpu()
@@ -286,7 +288,9 @@ def test_fused_complex_on_cpu_is_accepted_and_equals_the_real_view() -> None:
 FLAGS = [
     dict(amsgrad=a, maximize=m, **wd)
     for a, m, wd in itertools.product(
-        [False, True], [False, True], [{}, dict(weight_decay=0.05), dict(weight_decay=0.05, decoupled_weight_decay=True)]
+        [False, True],
+        [False, True],
+        [{}, dict(weight_decay=0.05), dict(weight_decay=0.05, decoupled_weight_decay=True)],
     )
 ]
 

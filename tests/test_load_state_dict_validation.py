@@ -76,19 +76,28 @@ CASES: dict[str, tuple[Callable[[dict], None], str]] = {
     "lr None": (_set_group("lr", None), G0 + "Invalid learning rate: None"),
     "lr two-element tensor": (_set_group("lr", torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element"),
     "eps -1": (_set_group("eps", -1.0), G0 + "Invalid epsilon value: -1.0"),
-    "weight_decay NaN": (_set_group("weight_decay", math.nan, 1), r"param_groups\[1\]: Invalid weight_decay value: nan"),
+    "weight_decay NaN": (
+        _set_group("weight_decay", math.nan, 1),
+        r"param_groups\[1\]: Invalid weight_decay value: nan",
+    ),
     "bias_correction 'maybe'": (_set_group("bias_correction", "maybe"), G0 + "Invalid bias_correction: 'maybe'"),
     "state_dtype int32": (_set_group("state_dtype", torch.int32), G0 + "Invalid state_dtype: torch.int32"),
     "s0 -1": (_set_group("initial_accumulator_value", -1.0), G0 + r"Invalid initial_accumulator_value \(s0\): -1.0"),
     "betas (1.5, 2.0)": (_set_group("betas", (1.5, 2.0)), G0 + "Invalid beta parameter at index 0: 1.5"),
     "betas 0.9": (_set_group("betas", 0.9), G0 + r"Invalid betas: 0.9 \(expected a pair"),
-    "betas mixed": (_set_group("betas", (0.9, torch.tensor(0.99))), G0 + "betas must be either both floats or both Tensors"),
+    "betas mixed": (
+        _set_group("betas", (0.9, torch.tensor(0.99))),
+        G0 + "betas must be either both floats or both Tensors",
+    ),
     "amsgrad 'maybe'": (_set_group("amsgrad", "maybe"), G0 + "Invalid amsgrad: 'maybe'"),
     "step -5": (_set_state("step", lambda t: torch.tensor(-5.0)), rf"'step' for {B} is -5.0"),
     "step NaN": (_set_state("step", lambda t: torch.tensor(math.nan)), rf"'step' for {B} is nan"),
     "step 2.5": (_set_state("step", lambda t: torch.tensor(2.5)), rf"'step' for {B} is 2.5"),
     "step shape (2,)": (_set_state("step", lambda t: torch.ones(2)), rf"'step' for {B} is a tensor of shape \(2,\)"),
-    "exp_avg_sq negative": (_set_state("exp_avg_sq", _negative), rf"'exp_avg_sq' for {B} holds a negative value \(-1.0\)"),
+    "exp_avg_sq negative": (
+        _set_state("exp_avg_sq", _negative),
+        rf"'exp_avg_sq' for {B} holds a negative value \(-1.0\)",
+    ),
     "max_exp_avg_sq negative": (
         _set_state("max_exp_avg_sq", _negative, 1, 0),
         r"'max_exp_avg_sq' for param_groups\[1\]\['params'\]\[0\] \(shape \(2,\)\) holds a negative",
@@ -102,10 +111,22 @@ CASES: dict[str, tuple[Callable[[dict], None], str]] = {
         rf"state_dict entry for {B} must be a dict",
     ),
     "state a list": (lambda s: s.__setitem__("state", [1, 2]), r"state_dict\['state'\] must be a dict"),
-    "param_groups a dict": (lambda s: s.__setitem__("param_groups", {}), r"state_dict\['param_groups'\] must be a list"),
-    "group without params": (lambda s: s["param_groups"][0].pop("params"), r"state_dict param_groups\[0\] has no 'params' \(its keys: \['amsgrad',"),
-    "params=5": (_set_group("params", 5), r"state_dict param_groups\[0\]\['params'\] must be a list of parameter ids, got 5"),
-    "group a string": (lambda s: s["param_groups"].__setitem__(0, "x"), r"state_dict param_groups\[0\] must be a dict with a 'params' list, got 'x'"),
+    "param_groups a dict": (
+        lambda s: s.__setitem__("param_groups", {}),
+        r"state_dict\['param_groups'\] must be a list",
+    ),
+    "group without params": (
+        lambda s: s["param_groups"][0].pop("params"),
+        r"state_dict param_groups\[0\] has no 'params' \(its keys: \['amsgrad',",
+    ),
+    "params=5": (
+        _set_group("params", 5),
+        r"state_dict param_groups\[0\]\['params'\] must be a list of parameter ids, got 5",
+    ),
+    "group a string": (
+        lambda s: s["param_groups"].__setitem__(0, "x"),
+        r"state_dict param_groups\[0\] must be a dict with a 'params' list, got 'x'",
+    ),
     "an id twice": (
         lambda s: s["param_groups"][1]["params"].__setitem__(0, s["param_groups"][0]["params"][0]),
         r"state_dict param_groups\[1\]\['params'\]\[0\] repeats parameter id 0 of param_groups\[0\]\['params'\]\[0\]",
@@ -164,7 +185,7 @@ def test_the_loaded_groups_are_checked_with_this_optimizers_run_keys(flags: dict
 
 
 def test_a_good_state_dict_still_loads_and_old_integer_steps_too() -> None:
-    params, opt, saved = _setup()
+    _, _, saved = _setup()
     for entry in saved["state"].values():
         entry["step"] = int(entry["step"].item())  # the form torch < 1.12 saved
     _, fresh, _ = _setup()

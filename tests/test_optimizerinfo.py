@@ -75,7 +75,9 @@ def _params(dtype: torch.dtype, differentiable: bool) -> list[torch.Tensor]:
 
 def _grads(params: list[torch.Tensor], k: int) -> list[torch.Tensor | None]:
     gen = torch.Generator().manual_seed(100 + k)
-    grads: list[torch.Tensor | None] = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in params]
+    grads: list[torch.Tensor | None] = [
+        torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in params
+    ]
     grads[-1] = None  # frozen
     if k == 2:
         grads[1] = None  # skips one step
@@ -141,7 +143,7 @@ def test_every_torch_config_matches_torch(infos: dict, peer: str, impl: str, dty
                         f"{what}: {name} of param {i} off by {worst}"
                     )
                 else:  # differentiable: torch computes 1-β^t from its float32 step there, adamlab in float64
-                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=lambda m: f"{what}: {name} of param {i}: {m}")
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"{what}: {name} of param {i}")
         checked += 1
     assert checked, f"no {peer} config ran for {impl}"
 

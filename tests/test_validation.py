@@ -103,9 +103,19 @@ def _bad_params() -> list[tuple[str, object, type, str]]:
         ("group params a set", [{"params": {p}}], TypeError, "ordered collections"),
         ("a non-leaf", [p * 2], ValueError, "can't optimize a non-leaf Tensor (param_groups[0]['params'][0])"),
         # issue 18, item 3: duplicates refused on every path, naming both places
-        ("twice in a group", [q, p, p], ValueError, r"param_groups[0]['params'][2] is the same tensor as param_groups[0]['params'][1]"),
+        (
+            "twice in a group",
+            [q, p, p],
+            ValueError,
+            r"param_groups[0]['params'][2] is the same tensor as param_groups[0]['params'][1]",
+        ),
         ("twice, named", [("a", p), ("b", p)], ValueError, "a parameter group with duplicate parameters"),
-        ("in two groups", [{"params": [q]}, {"params": [p, q]}], ValueError, "param_groups[1]['params'][1] is param_groups[0]['params'][0]"),
+        (
+            "in two groups",
+            [{"params": [q]}, {"params": [p, q]}],
+            ValueError,
+            "param_groups[1]['params'][1] is param_groups[0]['params'][0]",
+        ),
     ]
 
 

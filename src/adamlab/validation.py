@@ -29,46 +29,6 @@ def _is_tensor(x: Any) -> bool:
     return hasattr(x, "dim") and hasattr(x, "numel") and hasattr(x, "item")
 
 
-def _real(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"Invalid {name}: {value!r} (expected a real number)")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"Invalid {name}: {value}")
-    return value
-
-
-def validate_lr(lr: Any) -> None:
-    """lr >= 0, a Python/NumPy real or a 0-dim (one-element) tensor."""
-    if _is_tensor(lr):
-        if lr.numel() != 1:
-            raise ValueError(f"Invalid learning rate: a tensor lr must have one element, got shape {tuple(lr.shape)}")
-        value = float(lr.detach().cpu().item()) if hasattr(lr, "detach") else float(lr.item())
-    else:
-        value = _real("learning rate", lr)
-    if not value >= 0.0 or math.isinf(value):
-        raise ValueError(f"Invalid learning rate: {value}")
-
-
-def validate_betas(betas: Any) -> tuple[float, float]:
-    """0 <= β1 < 1 and 0 <= β2 < 1; returns them as floats."""
-    try:
-        items = tuple(betas)
-    except TypeError:
-        raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))") from None
-    if len(items) != 2:
-        raise ValueError(f"Invalid betas: {betas!r} (expected a pair (beta1, beta2))")
-    out = []
-    for i, b in enumerate(items):
-        if _is_tensor(b):
-            b = b.item()
-        value = _real(f"beta parameter at index {i}", b)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
-        out.append(value)
-    return out[0], out[1]
-
-
 def validate_hyperparameters(
     *,
     lr: Any = None,
@@ -78,29 +38,18 @@ def validate_hyperparameters(
     initial_accumulator_value: Any = None,
     bias_correction: Any = True,
 ) -> None:
-    """Check every hyperparameter that was given (``None`` means "not given")."""
-    if lr is not None:
-        validate_lr(lr)
-    if betas is not None:
-        validate_betas(betas)
-    for label, value in (
-        ("epsilon value", eps),
-        ("weight_decay value", weight_decay),
-        ("initial_accumulator_value (s0)", initial_accumulator_value),
-    ):
-        if value is None:
-            continue
-        number = _real(label, value)
-        if not 0.0 <= number < math.inf:
-            raise ValueError(f"Invalid {label}: {value}")
-    if not any(bias_correction is c or (isinstance(c, str) and bias_correction == c) for c in BIAS_CORRECTIONS):
-        raise ValueError(f"Invalid bias_correction: {bias_correction!r} (expected True, False or 'recursive')")
+    """Check every hyperparameter that was given (``None`` means "not given").
 
-
-def validate_state_dtype(state_dtype: Any) -> None:
-    """None (the parameter's dtype) or a floating dtype (duck-typed: torch.dtype.is_floating_point)."""
-    if state_dtype is not None and getattr(state_dtype, "is_floating_point", None) is not True:
-        raise ValueError(f"Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
+    For the Keras and Gluon adapters, whose ``None`` means "no weight decay" or "a
+    schedule, not a number": the values given go through :func:`validate_group`, the
+    torch optimizers' check, so every front end applies the same rules and messages.
+    """
+    given = dict(
+        lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, initial_accumulator_value=initial_accumulator_value
+    )
+    group: dict[str, Any] = dict(lr=0.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0, initial_accumulator_value=0.0)
+    group.update({k: v for k, v in given.items() if v is not None}, bias_correction=bias_correction)
+    validate_group(group)
 
 
 def check_known_keys(where: str, given: Mapping[str, Any], known: set[str]) -> None:
@@ -324,8 +273,7 @@ def validate_group_params(group: Any, where: str, existing: list[Mapping[str, An
             )
         if id(tensor) in seen:
             raise ValueError(
-                f"some parameters appear in more than one parameter group: {where}['params'][{i}] "
-                f"is {seen[id(tensor)]}"
+                f"some parameters appear in more than one parameter group: {where}['params'][{i}] is {seen[id(tensor)]}"
             )
         mine[id(tensor)] = i
     return listed
@@ -341,7 +289,9 @@ def _state_tensor(name: str, key: str, value: Any, p: Any) -> None:
     if value.shape != p.shape:
         raise ValueError(f"{what} has shape {tuple(value.shape)}")
     if value.is_complex() != p.is_complex() or not (value.is_floating_point() or value.is_complex()):
-        raise ValueError(f"{what} has dtype {value.dtype}: expected a {'complex' if p.is_complex() else 'floating'} dtype")
+        raise ValueError(
+            f"{what} has dtype {value.dtype}: expected a {'complex' if p.is_complex() else 'floating'} dtype"
+        )
     if value.device.type == "meta":
         return
     real = torch.view_as_real(value) if value.is_complex() else value
@@ -356,7 +306,12 @@ def _step_value(name: str, value: Any) -> None:
 
     ok = False
     if isinstance(value, torch.Tensor):
-        if value.dim() == 0 and not value.is_complex() and value.dtype is not torch.bool and value.device.type != "meta":
+        if (
+            value.dim() == 0
+            and not value.is_complex()
+            and value.dtype is not torch.bool
+            and value.device.type != "meta"
+        ):
             number = value.item()
             ok = True
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -364,7 +319,11 @@ def _step_value(name: str, value: Any) -> None:
     if ok:
         ok = math.isfinite(number) and number >= 0 and float(number).is_integer()
     if not ok:
-        shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) and value.dim() else _show(value)
+        shown = (
+            f"a tensor of shape {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor) and value.dim()
+            else _show(value)
+        )
         raise ValueError(
             f"state_dict entry 'step' for {name} is {shown}: expected a step count (an integer >= 0, "
             "as a number or a 0-dim tensor)"
@@ -419,10 +378,16 @@ def validate_state_dict(
                 raise ValueError(f"{where}['params'][{pi}] repeats parameter id {key!r} of {ids[key]}")
             ids[key] = f"param_groups[{gi}]['params'][{pi}]"
         ignored = ("params", "param_names")
-        loaded = {**{k: v for k, v in group.items() if k not in ignored}, **{k: v for k, v in saved.items() if k not in ignored}}
+        loaded = {
+            **{k: v for k, v in group.items() if k not in ignored},
+            **{k: v for k, v in saved.items() if k not in ignored},
+        }
         validate_group(loaded, where)
         if keep:
-            validate_group({**loaded, **{k: group[k] for k in keep if k in group}}, where + " (with this optimizer's " + ", ".join(keep) + ")")
+            validate_group(
+                {**loaded, **{k: group[k] for k in keep if k in group}},
+                where + " (with this optimizer's " + ", ".join(keep) + ")",
+            )
         needed = tuple(required) + (("max_exp_avg_sq",) if loaded.get("amsgrad") else ())
         for pi, (p, key) in enumerate(zip(group["params"], keys)):
             entry = state.get(key)

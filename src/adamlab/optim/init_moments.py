@@ -71,7 +71,9 @@ def _batch_grads(batch: Batch, params: list[Tensor], j: int) -> list[Tensor | No
                 if not isinstance(loss, Tensor):
                     raise TypeError(f"batch {j}: the closure returned {loss!r}, not a loss tensor")
                 if loss.numel() != 1:
-                    raise ValueError(f"batch {j}: the closure returned a loss of shape {tuple(loss.shape)}, not a scalar")
+                    raise ValueError(
+                        f"batch {j}: the closure returned a loss of shape {tuple(loss.shape)}, not a scalar"
+                    )
                 if not loss.requires_grad:
                     raise ValueError(f"batch {j}: the closure's loss does not depend on any parameter (no grad_fn)")
                 loss.backward()
@@ -145,7 +147,9 @@ def initialize_moments(optimizer: Optimizer, batches: Iterable[Batch], *, first_
     counts = [0] * len(params)
     k = 0
     if batches is None or isinstance(batches, (Tensor, str, bytes)) or not isinstance(batches, Iterable):
-        raise TypeError(f"batches must be an iterable of batches (gradient lists or closures), got {type(batches).__name__}")
+        raise TypeError(
+            f"batches must be an iterable of batches (gradient lists or closures), got {type(batches).__name__}"
+        )
     for j, batch in enumerate(batches):
         k += 1
         for i, g in enumerate(_batch_grads(batch, params, j)):

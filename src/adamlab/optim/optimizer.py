@@ -499,7 +499,9 @@ class _AdamFamily(Optimizer):
                 if group["capturable"] or group["fused"]:  # as torch: float32 on the parameter's device
                     state["step"] = step.to(device=p.device, dtype=torch.float32)
                 else:  # as torch, a loaded step keeps its dtype (a count in an integer dtype becomes a float)
-                    state["step"] = step.to(device="cpu", dtype=step.dtype if step.is_floating_point() else _step_dtype(group))
+                    state["step"] = step.to(
+                        device="cpu", dtype=step.dtype if step.is_floating_point() else _step_dtype(group)
+                    )
                 if group["state_dtype"] is not None:
                     # torch cast the moments to p's dtype: recast from the saved values, not the cast ones
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
