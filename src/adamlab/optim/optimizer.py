@@ -548,13 +548,18 @@ _DOC_COMMON = """
         maximize: ascend the objective instead of descending it.
         capturable: keep the step count on the parameter's device and compute every
             per-step scalar there (no host synchronization; needed for CUDA graphs).
+            Accepted on the CPU too, where torch refuses it: the same arithmetic then
+            runs, and is tested, on every machine.
         differentiable: run the update through autograd-tracked operations (the
             single-tensor implementation, with ``torch.optim.Adam``'s rules: not with
             ``fused`` or ``foreach=True``), so that gradients flow through a step to the
             initial parameters, the state and a tensor ``lr``/betas (meta-learning,
             hypergradients). Off by default: the step then runs under ``no_grad``.
         fused: use a fused kernel where this build has one for the parameters' device;
-            where none exists ``fused=True`` raises ``RuntimeError`` at the first step.
+            where none exists ``fused=True`` raises ``RuntimeError`` at the first step
+            (and creates no state). Complex parameters are updated as their real view,
+            as on every other path (torch's fused refuses them). On the CPU the result
+            is not bitwise torch's (the kernel orders the arithmetic its own way).
         decoupled_weight_decay: see ``weight_decay``.
         bias_correction: ``True`` (divide v and s by 1-β^t, t from 1), ``False``, or
             ``"recursive"`` (state holds the debiased v̂ and ŝ; see
