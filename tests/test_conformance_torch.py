@@ -242,6 +242,19 @@ def test_a_step_that_raises_leaves_no_state() -> None:
     assert [opt.state[p]["step"].item() for p in metas] == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("impl", [dict(foreach=False), dict(foreach=True)], ids=str)
+def test_a_sparse_gradient_refused_mid_group_leaves_no_state(impl: dict) -> None:
+    a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    opt = adamlab.Adam([a, b], **impl)
+    a.grad, b.grad = torch.ones(3), torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    assert not opt.state
+    b.grad = torch.ones(3)
+    opt.step()
+    assert opt.state[a]["step"].item() == opt.state[b]["step"].item() == 1
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 def test_capturable_on_cpu_is_accepted_and_equals_the_host_path(foreach: bool) -> None:
     """torch refuses capturable=True on CPU (AssertionError at the first step: no CUDA graphs
