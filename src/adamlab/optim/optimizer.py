@@ -174,10 +174,10 @@ class _AdamFamily(Optimizer):
         Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
         params = group["params"]
         grads = list(map(_grad, params))
-        has_grad = list(map(_is_not, grads, repeat(None)))
-        if all(has_grad):
+        if all(map(_is_not, grads, repeat(None))):
             params = list(params)
         else:
+            has_grad = list(map(_is_not, grads, repeat(None)))
             params, grads = list(compress(params, has_grad)), list(compress(grads, has_grad))
         if any(map(_is_sparse, grads)):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
