@@ -23,6 +23,7 @@ from operator import add, floordiv
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -130,7 +131,6 @@ _get_device = Tensor.get_device
 _is_contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
-_misaligned = (15).__and__  # an address that is not a multiple of 16 bytes
 _F32 = {torch.float32}
 _ONE = {1}
 
@@ -178,7 +178,8 @@ def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[a
     for lst in tensors:  # rows 0..5: addresses
         table.extend(map(_data_ptr, lst))
         table.append(0)
-    aligned = not any(map(_misaligned, table[: 5 * (n + 1)]))
+    # one OR over the addresses (numpy: a single pass in C, not a call per address)
+    aligned = not int(np.bitwise_or.reduce(np.frombuffer(table, dtype=np.int64, count=5 * (n + 1)))) & 15
     numels = list(map(_numel, tensors[0]))
     table.extend(numels)  # row 6
     table.append(0)
