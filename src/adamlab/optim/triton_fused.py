@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from array import array
 from itertools import accumulate, repeat
@@ -23,7 +24,6 @@ from operator import add, floordiv
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -131,6 +131,8 @@ _get_device = Tensor.get_device
 _is_contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7  # where an int64's lowest byte is
+_LOW_FOUR_BITS = bytes(b & 15 for b in range(256))
 _F32 = {torch.float32}
 _ONE = {1}
 
@@ -178,8 +180,10 @@ def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[a
     for lst in tensors:  # rows 0..5: addresses
         table.extend(map(_data_ptr, lst))
         table.append(0)
-    # one OR over the addresses (numpy: a single pass in C, not a call per address)
-    aligned = not int(np.bitwise_or.reduce(np.frombuffer(table, dtype=np.int64, count=5 * (n + 1)))) & 15
+    # every address a multiple of 16: the lowest byte of each (a slice of the table's bytes)
+    # mapped through `& 15` must be all zeros -- bytes operations, no call per address
+    low_bytes = table.tobytes()[_LOW_BYTE : 8 * 5 * (n + 1) : 8]
+    aligned = low_bytes.translate(_LOW_FOUR_BITS).count(0) == len(low_bytes)
     numels = list(map(_numel, tensors[0]))
     table.extend(numels)  # row 6
     table.append(0)
