@@ -124,13 +124,14 @@ def _fused_cpu_update(
     # also the kernel's table, row after row. Anything else goes tensor by tensor below.
     state = exp_avgs + exp_avg_sqs + max_exp_avg_sqs if amsgrad else exp_avgs + exp_avg_sqs
     flat = params + grads + state
-    numels = list(map(_numel, params))
+    sizes = list(map(_numel, flat))
+    numels = sizes[: len(params)]
     p_dtypes, s_dtypes = set(map(_dtype, params + grads)), set(map(_dtype, state))
     common = (
         len(p_dtypes) == len(s_dtypes) == 1
+        and sizes == numels * len(lists)
         and all(map(_is_cpu, flat))
         and all(map(_is_contiguous, flat))
-        and list(map(_numel, flat)) == numels * len(lists)
     )
     if not common:
         _check_sizes(lists)
