@@ -8,8 +8,10 @@ not one dispatch each.
 
 A step is two calls into the library: ``adamlab_advance_steps`` adds 1 to every step count
 and hands the new counts back; :func:`adamlab._moments.coefficients` turns each distinct
-count into a :class:`_Coefficients` record (the C struct ``adamlab_coefficients``, same
-field names); ``adamlab_fused_step`` runs the update.
+count into a :class:`~adamlab._moments.Coefficients` record, passed as its fields in order
+as C doubles (the C struct ``adamlab_coefficients``, same field names);
+``adamlab_fused_step`` runs the update over one table (sizes, then the addresses of θ, g,
+v, s and max s), read from the tensors at that step and kept by no one.
 
 The kernel is compiled when adamlab is installed (``setup.py``: a plain C ABI, no torch or
 Python headers, so one build serves every torch version; OpenMP; portable flags with per-CPU
