@@ -109,6 +109,10 @@ def test_compiled_step_matches_eager_and_lr_changes_do_not_recompile(impl: str) 
     """Every implementation under ``torch.compile(opt.step)`` (aot_eager backend), lr a tensor
     that a schedule changes every step."""
     kwargs = impl_kwargs(impl)
+    if impl == "foreach":  # torch's rule (issue 16, item 3): refused; foreach_capturable runs it
+        with pytest.raises(ValueError, match="lr as a Tensor is not supported for capturable=False and foreach=True"):
+            adamlab.Yogi(make_model().parameters(), lr=torch.tensor(0.01), **kwargs)
+        return
     eager, model = make_model(), make_model()
     opt_e = adamlab.Yogi(eager.parameters(), lr=torch.tensor(0.01), **kwargs)
     opt_c = adamlab.Yogi(model.parameters(), lr=torch.tensor(0.01), **kwargs)

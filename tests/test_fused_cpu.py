@@ -367,6 +367,25 @@ def test_a_smaller_state_or_gradient_is_refused_not_overrun(which: str) -> None:
     assert torch.equal(p, before) and not buffer.any()
 
 
+@pytest.mark.parametrize("which", ["exp_avg_sq", "max_exp_avg_sq"])
+def test_a_state_tensor_narrower_than_exp_avg_is_refused_not_overrun(which: str) -> None:
+    """The kernel reads every state tensor in exp_avg's dtype: a float16 s beside a float32 v
+    would be read and written as float32, past its end. It raises, naming it; nothing moves."""
+    p = torch.randn(5, requires_grad=True)
+    p.grad = torch.randn(5)
+    opt = adamlab.Adam([p], amsgrad=True, fused=True)
+    opt.step()
+    state = opt.state[p]
+    state[which] = state[which].half()
+    before = {k: v.clone() for k, v in state.items()}, p.detach().clone()
+    with pytest.raises(
+        RuntimeError, match=f"parameter 0 mixes dtypes torch.float32 \\(exp_avg\\) and torch.float16 \\({which}\\)"
+    ):
+        opt.step()
+    assert torch.equal(p.detach(), before[1])
+    assert all(torch.equal(state[k].float(), v.float()) for k, v in before[0].items())
+
+
 def test_fails_soft_where_the_library_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A library that cannot be loaded: fused=True warns once, naming why, and runs the
     foreach path (same numbers); every other path is untouched."""

@@ -93,7 +93,11 @@ OPTIMIZERS = {
 def test_scheduler_drives_adamlab_like_the_oracle(name: str, scheduler: str, foreach: bool, tensor_lr: bool) -> None:
     cls, rule, conv = OPTIMIZERS[name]
     lr = torch.tensor(LR, dtype=torch.float64) if tensor_lr else LR
-    w, lrs, beta1s, opt = _run(lambda p: cls(p, lr=lr, foreach=foreach), scheduler, torch.float64)
+    # torch's rule (issue 16, item 3): a tensor lr with foreach=True needs capturable=True
+    capturable = tensor_lr and foreach
+    w, lrs, beta1s, opt = _run(
+        lambda p: cls(p, lr=lr, foreach=foreach, capturable=capturable), scheduler, torch.float64
+    )
     assert len(set(lrs)) > 1, "the lr never changed: the test would be vacuous"
     if tensor_lr:
         assert torch.is_tensor(opt.param_groups[0]["lr"]), "the scheduler replaced the tensor lr by a float"

@@ -516,3 +516,20 @@ def test_recursive_bias_correction_is_refused(backend):
     run.hyper["bias_correction"] = "recursive"
     with pytest.raises(ValueError, match="recursive.*foreach"):
         run.step(run.grads())
+
+
+def test_the_table_rows_and_the_alignment_flag():
+    """The step's table (host code, no Triton needed): addresses, sizes, first chunks, a zero
+    counter row; ALIGNED only when every address of θ, g, v, s, max s is a multiple of 16."""
+    from adamlab.optim import triton_fused
+
+    buffer = torch.zeros(4096 + 3)
+    sizes = [5, 0, 2 * triton_fused.BLOCK + 1]
+    lists = [[torch.zeros(k) for k in sizes] for _ in range(5)] + [[torch.zeros(()) for _ in sizes]]
+    table, chunks, aligned = triton_fused._table(tuple(lists), range(3))
+    rows = np.frombuffer(table, dtype=np.int64).reshape(9, 4)
+    assert aligned and chunks == 1 + 1 + 3
+    assert rows[6].tolist() == [*sizes, 0] and rows[7].tolist() == [0, 1, 2, 5] and not rows[8].any()
+    assert rows[1, 2] == lists[1][2].data_ptr() and rows[5, 0] == lists[5][0].data_ptr()
+    lists[2][2] = buffer[1 : 1 + sizes[2]]  # 4 bytes past a 16-byte boundary
+    assert not triton_fused._table(tuple(lists), range(3))[2]

@@ -18,7 +18,7 @@ BAD = [
     (dict(lr=math.nan), ValueError, "Invalid learning rate: nan"),
     (dict(lr=math.inf), ValueError, "Invalid learning rate: inf"),
     (dict(lr="0.1"), ValueError, "Invalid learning rate: '0.1'"),
-    (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "tensor lr must have one element"),
+    (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "Tensor lr must be 1-element, got shape (2,)"),
     (dict(lr=torch.tensor(-0.5)), ValueError, "Invalid learning rate: -0.5"),
     (dict(betas=(1.2, 0.999)), ValueError, "Invalid beta parameter at index 0: 1.2"),
     (dict(betas=(0.9, 1.0)), ValueError, "Invalid beta parameter at index 1: 1.0"),
@@ -31,8 +31,30 @@ BAD = [
     (dict(bias_correction="yes"), ValueError, "Invalid bias_correction: 'yes'"),
     (dict(bias_correction=1), ValueError, "Invalid bias_correction: 1"),
     (dict(state_dtype=torch.int32), ValueError, "Invalid state_dtype: torch.int32"),
-    (dict(differentiable=True), ValueError, "differentiable=True"),
-    (dict(fused=True, foreach=True), ValueError, "fused=True and foreach=True"),
+    (dict(fused=True, foreach=True), ValueError, "`fused` and `foreach` cannot be `True` together"),
+    (dict(fused=True, foreach=True), RuntimeError, "`fused` and `foreach` cannot be `True` together"),
+    (dict(fused=True, differentiable=True), RuntimeError, "`fused` does not support `differentiable`"),
+    (dict(foreach=True, differentiable=True), ValueError, "foreach=True cannot be set with it"),
+    # issue 18, item 5: None and tensor shapes name the parameter
+    (dict(lr=None), ValueError, "Invalid learning rate: None"),
+    (dict(eps=None), ValueError, "Invalid epsilon value: None"),
+    (dict(weight_decay=None), ValueError, "Invalid weight_decay value: None"),
+    (dict(initial_accumulator_value=math.nan), ValueError, "Invalid initial_accumulator_value (s0): nan"),
+    (dict(betas=(torch.tensor([0.9, 0.8]), torch.tensor(0.999))), ValueError, "Tensor betas[0] must be 1-element"),
+    (dict(betas=(0.9, None)), ValueError, "Invalid beta parameter at index 1: None"),
+    (dict(betas=(math.nan, 0.999)), ValueError, "Invalid beta parameter at index 0: nan"),
+    (dict(betas=(torch.tensor(1.5), torch.tensor(0.999))), ValueError, "Invalid beta parameter at index 0: 1.5"),
+    (dict(amsgrad="yes"), ValueError, "Invalid amsgrad: 'yes'"),
+    (dict(foreach="no"), ValueError, "Invalid foreach: 'no'"),
+    # issue 16, item 3: the tensor-hyperparameter rules of torch.optim.Adam, same types
+    (dict(lr=torch.tensor(1e-3), foreach=True), ValueError, "lr as a Tensor is not supported for capturable=False"),
+    (dict(betas=(0.9, torch.tensor(0.999))), ValueError, "betas must be either both floats or both Tensors"),
+    (dict(betas=(torch.tensor(0.9), 0.999)), ValueError, "betas must be either both floats or both Tensors"),
+    (
+        dict(betas=(torch.tensor(0.9), torch.tensor(0.999)), foreach=True),
+        ValueError,
+        "betas[0] as a Tensor is not supported for capturable=False and foreach=True",
+    ),
     (dict(nesterov=True), TypeError, "nesterov"),
     (dict(momentum=0.9), TypeError, "momentum"),
 ]
@@ -50,6 +72,89 @@ def test_bad_constructor_arguments(cls, kwargs, exc, fragment) -> None:
 def test_empty_parameter_list(cls) -> None:
     with pytest.raises(ValueError, match="empty parameter list"):
         cls([])
+
+
+TORCH_ACCEPTS = [
+    dict(lr=torch.tensor(1e-3), foreach=True, capturable=True),
+    dict(betas=(torch.tensor(0.9), torch.tensor(0.999)), foreach=True, capturable=True),
+    dict(betas=(torch.tensor([[0.9]]), torch.tensor([0.999])), foreach=False),
+    dict(lr=torch.tensor([1e-3]), foreach=False),
+    dict(betas=(0, 0.5)),  # ints (torch itself wants floats here; adamlab takes any real)
+    dict(amsgrad=1, maximize=0, foreach=None, fused=False),
+]
+
+
+@pytest.mark.parametrize("cls", [adamlab.Adam, adamlab.Yogi], ids=["adam", "yogi"])
+@pytest.mark.parametrize("kwargs", TORCH_ACCEPTS, ids=lambda k: str(k))
+def test_tensor_hyperparameters_torch_accepts_are_accepted(cls, kwargs) -> None:
+    cls([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def _bad_params() -> list[tuple[str, object, type, str]]:
+    p, q = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    return [
+        # (case, params, exception, message fragment)
+        ("bare tensor", p, TypeError, "should be an iterable of Tensors or dicts, but got torch.FloatTensor"),
+        ("a set", {p, q}, TypeError, "ordered collections"),
+        ("a number", 5, TypeError, "should be an iterable of Tensors or dicts, but got int"),
+        ("a float in the list", [p, 1.0], TypeError, "but one of the params is float (param_groups[0]['params'][1])"),
+        ("group without params", [{"lr": 0.1}], ValueError, "param_groups[0] has no 'params'"),
+        ("group params=5", [{"params": 5}], TypeError, "param_groups[0]['params'] must be a tensor or a list"),
+        ("group params a set", [{"params": {p}}], TypeError, "ordered collections"),
+        ("a non-leaf", [p * 2], ValueError, "can't optimize a non-leaf Tensor (param_groups[0]['params'][0])"),
+        # issue 18, item 3: duplicates refused on every path, naming both places
+        (
+            "twice in a group",
+            [q, p, p],
+            ValueError,
+            r"param_groups[0]['params'][2] is the same tensor as param_groups[0]['params'][1]",
+        ),
+        ("twice, named", [("a", p), ("b", p)], ValueError, "a parameter group with duplicate parameters"),
+        (
+            "in two groups",
+            [{"params": [q]}, {"params": [p, q]}],
+            ValueError,
+            "param_groups[1]['params'][1] is param_groups[0]['params'][0]",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("cls", [adamlab.Adam, adamlab.Yogi], ids=["adam", "yogi"])
+@pytest.mark.parametrize("case", [c[0] for c in _bad_params()])
+def test_bad_params(cls, case) -> None:
+    _, params, exc, fragment = next(c for c in _bad_params() if c[0] == case)
+    with pytest.raises(exc) as info:
+        cls(params)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("flags", [dict(fused=True), dict(foreach=True), dict(foreach=False)], ids=str)
+def test_duplicates_refused_by_add_param_group_and_nothing_added(flags) -> None:
+    p, q = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))
+    opt = adamlab.Adam([p], **flags)
+    group = {"params": [q, q], "lr": 0.5}
+    with pytest.raises(ValueError, match="duplicate"):
+        opt.add_param_group(group)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] is param_groups\[0\]\['params'\]\[0\]"):
+        opt.add_param_group({"params": [p]})
+    assert len(opt.param_groups) == 1 and group == {"params": [q, q], "lr": 0.5}
+
+
+def test_add_param_group_validates_with_the_same_rules() -> None:
+    opt = adamlab.Adam([torch.zeros(2, requires_grad=True)], foreach=True)
+    new = lambda **kw: {"params": [torch.zeros(1, requires_grad=True)], **kw}  # noqa: E731
+    for group, exc, fragment in [
+        (new(lr=None), ValueError, "param_groups[1]: Invalid learning rate: None"),
+        (new(lr=torch.tensor(0.1)), ValueError, "param_groups[1]: lr as a Tensor is not supported"),
+        (new(betas=(0.9, torch.tensor(0.9))), ValueError, "param_groups[1]: betas must be either both"),
+        (new(eps=math.nan), ValueError, "param_groups[1]: Invalid epsilon value: nan"),
+        (new(fused=True), RuntimeError, "param_groups[1]: `fused` and `foreach` cannot be `True` together"),
+        ([torch.zeros(1)], TypeError, "param_group must be a dict"),
+    ]:
+        with pytest.raises(exc) as info:
+            opt.add_param_group(group)
+        assert fragment in str(info.value)
+    assert len(opt.param_groups) == 1
 
 
 @pytest.mark.parametrize("cls", [adamlab.Adam, adamlab.Yogi], ids=["adam", "yogi"])

@@ -25,7 +25,6 @@ from adamlab.optim import triton_kernel
 
 SIGNATURE = {
     "table_ptr": "*i64",
-    "counters_ptr": "*i32",
     "n": "i32",
     "lr": "fp32",
     "lr_ptr": "*fp32",

@@ -9,8 +9,10 @@ small tensors, tiny models). Not a GPU measurement: the launch itself (Triton's
 
     python benchmarks/gpu/host_time_cpu.py        # median of 9 windows, microseconds per step
 
-Baseline, interleaved in the same process: ``torch.optim.Adam(foreach=True)`` on the same CPU
-tensors (its whole step, computation included: an upper bound on its host work).
+Baselines, interleaved in the same process: ``torch.optim.Adam(foreach=True)`` on the same CPU
+tensors (its whole step, computation included: an upper bound on its host work), and the
+floor of any ``torch.optim.Optimizer`` (torch's step wrapper around a step that does nothing),
+which adamlab's step pays too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def pretend_cuda() -> None:
     real = triton_fused.kernel_module(interpret=False)
     triton_fused._modules[False] = types.SimpleNamespace(adam_family_kernel=_NoLaunch(), tl=real.tl)
     torch.Tensor.is_cuda = property(lambda self: True)
-    optimizer.choose = lambda fused, foreach, device: "fused_cuda" if fused else "foreach"
+    optimizer.choose = lambda fused, foreach, device, differentiable=False: "fused_cuda" if fused else "foreach"
 
 
 def host_us(make, shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:
@@ -56,11 +58,26 @@ def host_us(make, shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> fl
     return statistics.median(times) * 1e6
 
 
+class _NothingOptimizer(torch.optim.Optimizer):
+    """The floor every ``torch.optim.Optimizer`` pays: torch's step wrapper (profiler record,
+    step hooks) around a step that does nothing."""
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure=None):
+        return None
+
+
 def main() -> None:
+    import os
+
+    print(f"torch {torch.__version__}, load average {os.getloadavg()}")
     pretend_cuda()
     makers = {
         "adamlab.Yogi(fused=True), launch stubbed": lambda ps: adamlab.Yogi(ps, lr=1e-3, fused=True),
         "torch.optim.Adam(foreach=True), whole CPU step": lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+        "floor: torch.optim.Optimizer whose step does nothing": _NothingOptimizer,
     }
     for name, shapes, n in [("2 tiny tensors", [(5, 1), (1,)], 5000), ("4000 tensors", [(4, 4)] * 4000, 20)]:
         results: dict[str, list[float]] = {label: [] for label in makers}
@@ -70,6 +87,7 @@ def main() -> None:
         for label, values in results.items():
             print(f"{name}, {label}: {statistics.median(values):.1f} us per step "
                   f"(rounds {', '.join(f'{v:.1f}' for v in values)})")  # fmt: skip
+    print(f"load average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

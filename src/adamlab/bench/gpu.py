@@ -146,12 +146,12 @@ def graphed(opt: Any) -> Callable[[], None]:
 def update_only(opt: Any) -> Callable[[], None]:
     """The registered fused update called directly on pre-gathered lists: the step without
     ``optimizer.step()``'s own host work (gathering tensors and state, hooks)."""
-    from adamlab.optim.functional import get_implementation
+    from adamlab.optim.functional import choose, get_implementation
 
     opt.step()  # create the state
     group = opt.param_groups[0]
-    tensors = opt._gather(group)
-    update = get_implementation(opt._implementation(group, tensors[0]))
+    tensors, _ = opt._gather(group)
+    update = get_implementation(choose(group["fused"], group["foreach"], tensors[0][0].device))
     hyper = dict(
         lr=group["lr"],
         beta1=group["betas"][0],

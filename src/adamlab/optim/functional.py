@@ -23,7 +23,7 @@ from torch import Tensor
 
 from adamlab.optim._dtensor import is_dtensor, local_shards
 
-IMPLEMENTATIONS = ("single_tensor", "foreach", "fused_cpu", "fused_cuda")
+IMPLEMENTATIONS = ("single_tensor", "differentiable", "foreach", "fused_cpu", "fused_cuda")
 
 
 def get_implementation(name: str) -> Callable[..., None]:
@@ -33,6 +33,10 @@ def get_implementation(name: str) -> Callable[..., None]:
         from adamlab.optim.single_tensor import single_tensor_update
 
         return single_tensor_update
+    if name == "differentiable":
+        from adamlab.optim.single_tensor import differentiable_update
+
+        return differentiable_update
     if name == "foreach":
         from adamlab.optim.multi_tensor import multi_tensor_update
 
@@ -53,8 +57,13 @@ def get_implementation(name: str) -> Callable[..., None]:
 _unavailable: dict[str, str | None] = {}  # fused implementation -> why it cannot run here (None: it can)
 
 
-def choose(fused: bool | None, foreach: bool | None, device: torch.device) -> str:
-    """The one place that picks an implementation for a group's tensors on ``device``."""
+def choose(fused: bool | None, foreach: bool | None, device: torch.device, differentiable: bool = False) -> str:
+    """The one place that picks an implementation for a group's tensors on ``device``.
+
+    ``differentiable=True`` runs the autograd-safe single-tensor update (validation has
+    refused it with ``fused`` or ``foreach=True``, as torch does)."""
+    if differentiable:
+        return "differentiable"
     if fused:
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(

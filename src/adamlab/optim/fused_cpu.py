@@ -8,8 +8,10 @@ not one dispatch each.
 
 A step is two calls into the library: ``adamlab_advance_steps`` adds 1 to every step count
 and hands the new counts back; :func:`adamlab._moments.coefficients` turns each distinct
-count into a :class:`_Coefficients` record (the C struct ``adamlab_coefficients``, same
-field names); ``adamlab_fused_step`` runs the update.
+count into a :class:`~adamlab._moments.Coefficients` record, passed as its fields in order
+as C doubles (the C struct ``adamlab_coefficients``, same field names);
+``adamlab_fused_step`` runs the update over one table (sizes, then the addresses of θ, g,
+v, s and max s), read from the tensors at that step and kept by no one.
 
 The kernel is compiled when adamlab is installed (``setup.py``: a plain C ABI, no torch or
 Python headers, so one build serves every torch version; OpenMP; portable flags with per-CPU
@@ -25,8 +27,8 @@ nonzero ``found_inf`` skips the whole step, step counts included, as torch's fus
 from __future__ import annotations
 
 import ctypes
+import struct
 from array import array
-from operator import attrgetter
 from typing import Any
 
 import torch
@@ -36,24 +38,14 @@ from adamlab import _library
 from adamlab._moments import Coefficients, coefficients
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
-class _Coefficients(ctypes.Structure):
-    """``adamlab_coefficients``: :class:`adamlab._moments.Coefficients` as C doubles."""
-
-    _fields_ = [(name, ctypes.c_double) for name in Coefficients._fields]
-
-
-class _Options(ctypes.Structure):
-    """``adamlab_options``: what is the same for every tensor of one call."""
-
-    _fields_ = [
-        *[(name, ctypes.c_double) for name in ("lr", "beta1", "beta2", "eps", "weight_decay", "inv_grad_scale")],
-        *[
-            (name, ctypes.c_int32)
-            for name in ("param_dtype", "state_dtype", "yogi", "amsgrad", "maximize", "decoupled")
-        ],
-    ]
+# The C records, packed from plain Python values in one call each (no ctypes Structure to
+# build per step): ``adamlab_coefficients`` is the fields of :class:`Coefficients` as C
+# doubles, in that order; ``adamlab_options`` is what is the same for every tensor of a call.
+_COEFFICIENT_FIELDS = len(Coefficients._fields)  # 7 doubles
+_OPTIONS = struct.Struct("=6d6i")  # lr beta1 beta2 eps weight_decay inv_grad_scale | param_dtype
+# state_dtype yogi amsgrad maximize decoupled (the C struct has no padding: 6*8 + 6*4 bytes)
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -63,10 +55,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.adamlab_fused_abi_version.restype = ctypes.c_int
     lib.adamlab_advance_steps.argtypes = [ctypes.c_int64, p, p]  # n, float* steps[n], double t[n]
     lib.adamlab_advance_steps.restype = ctypes.c_int
-    lib.adamlab_fused_step.argtypes = [
-        ctypes.c_int64, p, p, p, p, p, p,  # n, numel, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
-        ctypes.POINTER(_Coefficients), p, ctypes.POINTER(_Options),  # coefs, coef_index (or NULL), options
-    ]  # fmt: skip
+    # n, int64 table[5 or 6][n] (numel, then the addresses of θ, g, v, s, max s),
+    # double coefs[k][7], int64 coef_index[n] (or NULL), options
+    lib.adamlab_fused_step.argtypes = [ctypes.c_int64, p, p, p, ctypes.c_char_p]
     lib.adamlab_fused_step.restype = ctypes.c_int
 
 
@@ -124,64 +115,67 @@ def _fused_cpu_update(
 ) -> None:
     if not params:
         return
-    lib = load()
+    lib = _lib or load()
     # On the CPU reading these scalars costs nothing (no device to synchronize with).
     if found_inf is not None and float(found_inf) != 0.0:
         return  # skip the whole step, step counts included, as torch's fused Adam does
-    maxes = max_exp_avg_sqs if amsgrad else None
-    _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes)
-    options = _Options(
-        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-        1.0 if grad_scale is None else 1.0 / float(grad_scale),
-        0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
-    )  # fmt: skip
+    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    # The common case -- one parameter (and gradient) dtype, one state dtype, everything on
+    # the CPU, contiguous and of its parameter's size -- is checked on the concatenated lists,
+    # one C-level call per property and no Python statement per tensor; the concatenation is
+    # also the kernel's table, row after row. Anything else goes tensor by tensor below.
+    state = exp_avgs + exp_avg_sqs + max_exp_avg_sqs if amsgrad else exp_avgs + exp_avg_sqs
+    flat = params + grads + state
+    sizes = list(map(_numel, flat))
+    numels = sizes[: len(params)]
+    p_dtypes, s_dtypes = set(map(_dtype, params + grads)), set(map(_dtype, state))
+    common = (
+        len(p_dtypes) == len(s_dtypes) == 1
+        and sizes == numels * len(lists)
+        and all(map(_is_cpu, flat))
+        and all(map(_is_contiguous, flat))
+    )
+    if not common:
+        _check_sizes(lists)
     coefs, index = _step_coefficients(
         lib, state_steps, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
     )
-
-    # The common case -- one dtype pair, everything contiguous -- is checked list by list
-    # (a few C-level calls per tensor); anything else goes tensor by tensor.
-    p_dtypes, s_dtypes = set(map(_dtype, params)), set(map(_dtype, exp_avgs))
-    if (
-        len(p_dtypes) == 1
-        and len(s_dtypes) == 1
-        and set(map(_dtype, grads)) == p_dtypes
-        and all(map(_is_cpu, params))
-        and _all_contiguous(params, grads, exp_avgs, exp_avg_sqs, maxes or [])
-    ):
-        groups = {(p_dtypes.pop(), s_dtypes.pop()): (range(len(params)), [])}
-    else:
-        groups = {}
-        for i, (p, v) in enumerate(zip(params, exp_avgs)):
-            if not p.is_cpu:
-                raise RuntimeError(f"the fused CPU implementation got a tensor on {p.device}")
-            plain, odd = groups.setdefault((p.dtype, v.dtype), ([], []))
-            tensors = [p, grads[i], v, exp_avg_sqs[i]] + ([maxes[i]] if maxes else [])
-            (plain if _all_contiguous(*[[t] for t in tensors]) and grads[i].dtype == p.dtype else odd).append(i)
-
-    for (p_dtype, s_dtype), (plain, odd) in groups.items():
+    options = [
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+        1.0 if grad_scale is None else 1.0 / float(grad_scale),
+        0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
+    ]  # fmt: skip
+    if common:
+        (p_dtype,), (s_dtype,) = p_dtypes, s_dtypes
         if p_dtype.is_complex:  # as torch: real and imaginary parts are independent
-            p_dtype, s_dtype = p_dtype.to_real(), s_dtype.to_real()
-        if p_dtype not in _DTYPE_CODES or s_dtype not in _DTYPE_CODES:
-            raise RuntimeError(
-                f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state"
+            flat = list(map(torch.view_as_real, flat))
+            numels = [2 * n for n in numels]
+        _call(lib, flat, numels, coefs, index, _options(options, p_dtype, s_dtype))
+        return
+    # the rare case: one call per (parameter dtype, state dtype) for the tensors the kernel
+    # can walk directly, and one call per tensor, on contiguous copies, for the others
+    plain: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        tensors = [lst[i] for lst in lists]
+        if tensors[1].dtype == p.dtype and all(map(_is_contiguous, tensors)):
+            plain.setdefault((p.dtype, exp_avgs[i].dtype), []).append(i)
+        else:
+            _update_odd(
+                lib, tensors, coefs, None if index is None else index[i], _options(options, p.dtype, exp_avgs[i].dtype)
             )
-        options.param_dtype, options.state_dtype = _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype]
-        lists = (params, grads, exp_avgs, exp_avg_sqs, maxes or [])
-        if plain:
-            whole = len(plain) == len(params)
-            tables = [lst if whole or not lst else [lst[i] for i in plain] for lst in lists]
-            if params[plain[0]].is_complex():
-                tables = [[torch.view_as_real(t) for t in table] for table in tables]
-            _call(
-                lib,
-                *tables,
-                coefs,
-                index if index is None or whole else array("q", map(index.__getitem__, plain)),
-                options,
-            )
-        for i in odd:
-            _update_odd(lib, [lst[i] if lst else None for lst in lists], grads[i], coefs, index and index[i], options)
+    for (p_dtype, s_dtype), where in plain.items():
+        chosen = [lst[i] for lst in lists for i in where]  # row after row, as the table
+        if p_dtype.is_complex:
+            chosen = list(map(torch.view_as_real, chosen))
+        sizes = list(map(_numel, chosen[: len(where)]))
+        _call(
+            lib,
+            chosen,
+            sizes,
+            coefs,
+            None if index is None else array("q", map(index.__getitem__, where)),
+            _options(options, p_dtype, s_dtype),
+        )
 
 
 _fused_cpu_update_eagerly = torch.compiler.disable(_fused_cpu_update)
@@ -196,85 +190,97 @@ def fused_cpu_update(*args: Any, **kwargs: Any) -> None:
     return _fused_cpu_update(*args, **kwargs)
 
 
-_dtype = attrgetter("dtype")
-_is_cpu = attrgetter("is_cpu")
+_dtype = Tensor.dtype.__get__
+_is_cpu = Tensor.is_cpu.__get__
+_is_contiguous = Tensor.is_contiguous
+_numel = Tensor.numel
+_data_ptr = Tensor.data_ptr
 
 
-def _address(table: array) -> int | None:
-    return table.buffer_info()[0] if len(table) else None
+def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> bytes:
+    """The ``adamlab_options`` record for one call, with the dtype codes of its tensors."""
+    if p_dtype.is_complex:
+        p_dtype, s_dtype = p_dtype.to_real(), s_dtype.to_real()
+    if p_dtype not in _DTYPE_CODES or s_dtype not in _DTYPE_CODES:
+        raise RuntimeError(f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state")
+    values[6], values[7] = _DTYPE_CODES[p_dtype], _DTYPE_CODES[s_dtype]
+    return _OPTIONS.pack(*values)
 
 
-def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[Any, array | None]:
-    """Advance every step count by one; the coefficient records for the new counts, and
-    which record each tensor uses (None: the first, for all; the usual case)."""
+def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[array, array | None]:
+    """Advance every step count by one (one C call); the coefficient records (C doubles) for
+    the distinct new counts, each computed once by :func:`adamlab._moments.coefficients`,
+    and which record each tensor uses (None: the first, for all; the usual case)."""
     n = len(steps)
     if set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps)):
         t = array("d", bytes(8 * n))
-        addresses = array("Q", map(Tensor.data_ptr, steps))  # kept alive across the call
-        same = lib.adamlab_advance_steps(n, _address(addresses), _address(t))
+        addresses = array("Q", map(_data_ptr, steps))  # read now, used now, kept by no one
+        same = lib.adamlab_advance_steps(n, addresses.buffer_info()[0], t.buffer_info()[0])
     else:  # a step count in another dtype or place (an unusual checkpoint): plain torch
         for step in steps:
             step += 1
         t = array("d", [step.item() for step in steps])
         same = len(set(t)) == 1
     values = [t[0]] if same else sorted(set(t))
-    coefs = (_Coefficients * len(values))(*[_Coefficients(*map(float, coefficients(v, **hyper))) for v in values])
+    coefs = array("d")
+    for value in values:
+        coefs.extend(map(float, coefficients(value, **hyper)))
     if same:
         return coefs, None
     position = {v: i for i, v in enumerate(values)}
     return coefs, array("q", map(position.__getitem__, t))
 
 
-def _check_sizes(params, grads, exp_avgs, exp_avg_sqs, maxes) -> None:
-    """The kernel walks numel(p) elements of every tensor: a smaller gradient or state
-    tensor would be read or written past its end. Refuse it, naming it (torch raises too)."""
-    numels = list(map(Tensor.numel, params))
-    for name, lst in (
-        ("gradient", grads),
-        ("exp_avg", exp_avgs),
-        ("exp_avg_sq", exp_avg_sqs),
-        ("max_exp_avg_sq", maxes),
-    ):
-        if lst is None or list(map(Tensor.numel, lst)) == numels:
-            continue
+def _check_sizes(lists: list[list[Tensor]]) -> None:
+    """The kernel walks numel(p) elements of every tensor: a gradient or state tensor of
+    another size, or one that is not on the CPU, would be read or written out of bounds.
+    Refuse it, naming it (torch raises too)."""
+    numels = list(map(_numel, lists[0]))
+    for name, lst in zip(("parameter", "gradient", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), lists):
         if len(lst) != len(numels):
             raise RuntimeError(f"fused CPU update: {len(lst)} {name} tensors for {len(numels)} parameters")
-        i = next(i for i, (t, n) in enumerate(zip(lst, numels)) if t.numel() != n)
-        raise RuntimeError(
-            f"fused CPU update: the {name} of parameter {i} has {lst[i].numel()} elements, the parameter {numels[i]}"
-        )
+        for i, t in enumerate(lst):
+            if not t.is_cpu:
+                raise RuntimeError(f"the fused CPU implementation got a tensor on {t.device} ({name} {i})")
+            if t.numel() != numels[i]:
+                raise RuntimeError(
+                    f"fused CPU update: the {name} of parameter {i} has {t.numel()} elements, the parameter {numels[i]}"
+                )
+        if name.endswith("sq"):
+            odd = next((i for i, (t, v) in enumerate(zip(lst, lists[2])) if t.dtype != v.dtype), None)
+            if odd is not None:
+                raise RuntimeError(
+                    f"fused CPU update: the state of parameter {odd} mixes dtypes "
+                    f"{lists[2][odd].dtype} (exp_avg) and {lst[odd].dtype} ({name})"
+                )
 
 
-def _all_contiguous(*lists: list[Tensor]) -> bool:
-    """Whether the kernel can walk these tensors' memory directly, element i for element i."""
-    return all(all(map(Tensor.is_contiguous, lst)) for lst in lists)
-
-
-def _call(lib, params, grads, exp_avgs, exp_avg_sqs, maxes, coefs, index, options) -> None:
-    """One kernel call over the given (contiguous, CPU) tensors: tables of sizes and pointers."""
-    numel = array("q", map(Tensor.numel, params))
-    lists = (params, grads, exp_avgs, exp_avg_sqs, maxes)
-    tables = [array("Q", map(Tensor.data_ptr, lst)) for lst in lists]
-    if any(0 in t for t in tables):  # empty tensors, or a tensor without storage (a wrapper subclass)
-        bad = next((type(x).__name__ for lst in lists for x in lst if x.data_ptr() == 0 and x.numel()), None)
+def _call(lib, flat: list[Tensor], numels: list[int], coefs: array, index: array | None, options: bytes) -> None:
+    """One kernel call over the given (contiguous, CPU, real) tensors, ``flat`` holding the
+    parameters, then the gradients, then each state list: one table of sizes and addresses,
+    read from the tensors now and used by this call only."""
+    table = array("q", numels)
+    table.extend(map(_data_ptr, flat))
+    if 0 in table[len(numels) :]:  # empty tensors, or a tensor without storage (a wrapper subclass)
+        bad = next((type(x).__name__ for x in flat if x.data_ptr() == 0 and x.numel()), None)
         if bad is not None:
             raise RuntimeError(f"the fused CPU implementation needs tensors with storage, got a {bad}")
     rc = lib.adamlab_fused_step(
-        len(params), *map(_address, (numel, *tables)), coefs, None if index is None else _address(index), options
+        len(numels), table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options
     )
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
 
 
-def _update_odd(lib, tensors: list[Tensor | None], grad: Tensor, coefs, coef: int | None, options) -> None:
-    """A non-contiguous tensor or a gradient of another dtype: update contiguous copies,
-    then write them back (rare; correctness over speed)."""
+def _update_odd(lib, tensors: list[Tensor], coefs: array, coef: int | None, options: bytes) -> None:
+    """One tensor (non-contiguous, or a gradient of another dtype): update contiguous
+    copies, then write them back (rare; correctness over speed)."""
     param = tensors[0]
     real = torch.view_as_real if param.is_complex() else (lambda x: x)
-    p, v, s, m = (None if x is None else real(x).contiguous() for x in (tensors[0], *tensors[2:]))
-    g = real(grad).to(p.dtype).contiguous()
+    p, v, s, *m = (real(x).contiguous() for x in (tensors[0], *tensors[2:]))
+    g = real(tensors[1]).to(p.dtype).contiguous()
     index = None if coef is None else array("q", [coef])
-    _call(lib, [p], [g], [v], [s], [m] if m is not None else [], coefs, index, options)
-    for dst, src in zip((tensors[0], *tensors[2:]), (p, v, s, m)):
-        if dst is not None and real(dst).data_ptr() != src.data_ptr():
+    _call(lib, [p, g, v, s, *m], [p.numel()], coefs, index, options)
+    for dst, src in zip((tensors[0], *tensors[2:]), (p, v, s, *m)):
+        if real(dst).data_ptr() != src.data_ptr():
             real(dst).copy_(src)

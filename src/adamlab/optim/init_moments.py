@@ -22,7 +22,7 @@ it is refused.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Union
 
 import torch
@@ -46,7 +46,10 @@ def _new_state(optimizer: Optimizer, p: Tensor, group: dict[str, Any]) -> dict[s
     # torch.optim.Adam / AdamW: the same keys and dtypes torch creates lazily.
     state = optimizer.state[p]
     on_device = group.get("capturable", False) or group.get("fused", False)
-    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+    # torch's step dtype: float32 with fused, else the default scalar dtype (float64 under a float64 default)
+    fused = group.get("fused", False)
+    dtype = torch.float32 if fused or torch.get_default_dtype() != torch.float64 else torch.float64
+    state["step"] = torch.zeros((), dtype=dtype, device=p.device if on_device else "cpu")
     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     if group.get("amsgrad", False):
@@ -54,21 +57,57 @@ def _new_state(optimizer: Optimizer, p: Tensor, group: dict[str, Any]) -> dict[s
     return state
 
 
-def _batch_grads(batch: Batch, params: list[Tensor]) -> list[Tensor | None]:
+def _batch_grads(batch: Batch, params: list[Tensor], j: int) -> list[Tensor | None]:
+    """Batch ``j``'s gradients, one per parameter (None where it has none), each checked:
+    a tensor shaped like its parameter, dense, finite. ``TypeError``/``ValueError`` name the
+    batch and the parameter."""
     if callable(batch):
         saved = [p.grad for p in params]  # never clobber the caller's gradients
         for p in params:
             p.grad = None
         try:
             with torch.enable_grad():
-                batch().backward()
-            return [None if p.grad is None else p.grad.detach() for p in params]
+                loss = batch()
+                if not isinstance(loss, Tensor):
+                    raise TypeError(f"batch {j}: the closure returned {loss!r}, not a loss tensor")
+                if loss.numel() != 1:
+                    raise ValueError(
+                        f"batch {j}: the closure returned a loss of shape {tuple(loss.shape)}, not a scalar"
+                    )
+                if not loss.requires_grad:
+                    raise ValueError(f"batch {j}: the closure's loss does not depend on any parameter (no grad_fn)")
+                loss.backward()
+            grads = [None if p.grad is None else p.grad.detach() for p in params]
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
-    grads = list(batch)
+    elif isinstance(batch, (Tensor, str, bytes, Mapping)) or not isinstance(batch, Iterable):
+        raise TypeError(
+            f"batch {j} is {type(batch).__name__}: expected a list of gradients (one per parameter, "
+            "None where none) or a closure returning the loss"
+        )
+    else:
+        grads = list(batch)
     if len(grads) != len(params):
-        raise ValueError(f"a batch has {len(grads)} gradient(s), the optimizer has {len(params)} parameter(s)")
+        raise ValueError(f"batch {j} has {len(grads)} gradient(s), the optimizer has {len(params)} parameter(s)")
+    for i, (g, p) in enumerate(zip(grads, params)):
+        if g is None:
+            continue
+        if not isinstance(g, Tensor):
+            raise TypeError(f"batch {j}: gradient {i} is {type(g).__name__} {g!r}, expected a tensor or None")
+        if g.is_sparse:
+            raise ValueError(f"batch {j}: gradient {i} is sparse; initialize_moments does not take sparse gradients")
+        if g.shape != p.shape:
+            raise ValueError(f"batch {j}: gradient {i} has shape {tuple(g.shape)}, its parameter {tuple(p.shape)}")
+        if g.is_complex() != p.is_complex() or not (g.is_floating_point() or g.is_complex()):
+            raise TypeError(f"batch {j}: gradient {i} has dtype {g.dtype}, its parameter {p.dtype}")
+        real = torch.view_as_real(g) if g.is_complex() else g
+        finite = torch.isfinite(real)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"batch {j}: gradient {i} (shape {tuple(p.shape)}) holds inf or NaN "
+                f"({real[~finite][0].item()!r} first); s would hold it for good"
+            )
     return grads
 
 
@@ -84,6 +123,13 @@ def initialize_moments(optimizer: Optimizer, batches: Iterable[Batch], *, first_
     default state. Works for adamlab.Adam/Yogi and torch.optim.Adam/AdamW.
 
     Must be called before the first step. Returns k, the number of batches used.
+
+    Every batch is checked before anything is written: a batch that is not a gradient list
+    or a closure, a closure that returns no scalar loss, a gradient that is not a tensor
+    shaped like its parameter, or one holding inf or NaN (s would keep it for good: a NaN
+    in s makes every later step NaN, which ``skip_nonfinite`` cannot catch) raises
+    ``TypeError``/``ValueError`` naming the batch and the parameter, and the optimizer's
+    state is left as it was.
     """
     entries = _params(optimizer)
     params = [p for p, _ in entries]
@@ -100,15 +146,15 @@ def initialize_moments(optimizer: Optimizer, batches: Iterable[Batch], *, first_
     sq_sums = [None] * len(params)
     counts = [0] * len(params)
     k = 0
-    for batch in batches:
+    if batches is None or isinstance(batches, (Tensor, str, bytes)) or not isinstance(batches, Iterable):
+        raise TypeError(
+            f"batches must be an iterable of batches (gradient lists or closures), got {type(batches).__name__}"
+        )
+    for j, batch in enumerate(batches):
         k += 1
-        for i, g in enumerate(_batch_grads(batch, params)):
+        for i, g in enumerate(_batch_grads(batch, params, j)):
             if g is None:
                 continue
-            if g.shape != params[i].shape:
-                raise ValueError(f"gradient {i} has shape {tuple(g.shape)}, its parameter {tuple(params[i].shape)}")
-            if g.is_sparse:
-                raise ValueError("initialize_moments does not take sparse gradients")
             g = torch.view_as_real(g) if g.is_complex() else g  # as the update: re and im apart
             g = g.to(torch.float64)  # accumulate in float64; round once into the state
             sq_sums[i] = g * g if sq_sums[i] is None else sq_sums[i].addcmul_(g, g)

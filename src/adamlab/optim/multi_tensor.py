@@ -79,10 +79,17 @@ def _coefficient_picker(steps: list[Tensor], capturable: bool, **hyper: Any) -> 
         return pick
     values = torch.stack(steps).tolist() if len(steps) > 8 else [t.item() for t in steps]
     table = {v: coefficients(v, **hyper) for v in set(values)}
-    if len(table) == 1:
-        (only,) = table.values()
-        return lambda name: getattr(only, name)
-    return lambda name: [getattr(table[v], name) for v in values]
+    first, *others = table.values()
+
+    def pick(name: str) -> Any:
+        # one scalar where every t gives the same value (w1, w2 and the rest that depend on β
+        # only: then torch's own ops run, bitwise torch.optim.Adam); else one per tensor
+        value = getattr(first, name)
+        if all(getattr(c, name) == value for c in others):
+            return value
+        return [getattr(table[v], name) for v in values]
+
+    return pick
 
 
 def _negate(x: Any) -> Any:

@@ -13,7 +13,6 @@ construction.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Callable, Iterable
 from itertools import compress, repeat
@@ -24,7 +23,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from adamlab.optim.functional import adam_family_update, choose
-from adamlab.validation import validate_betas, validate_hyperparameters, validate_state_dtype
+from adamlab.validation import validate_group, validate_group_params, validate_params, validate_state_dict
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
@@ -37,19 +36,6 @@ _exp_avg = operator.itemgetter("exp_avg")
 _exp_avg_sq = operator.itemgetter("exp_avg_sq")
 _max_exp_avg_sq = operator.itemgetter("max_exp_avg_sq")
 _step = operator.itemgetter("step")
-
-
-def _check_group_options(options: dict[str, Any]) -> None:
-    """What validation.py does not check (yet): v0, and the fused kernels' variant matrix."""
-    if "initial_exp_avg_value" in options:
-        value = options["initial_exp_avg_value"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
-            raise ValueError(f"Invalid initial_exp_avg_value (v0): {value!r} (expected a finite number >= 0)")
-    if options.get("fused") and options.get("bias_correction", True) == "recursive":
-        raise ValueError(
-            "bias_correction='recursive' is not supported with fused=True (the fused kernels do not "
-            "implement it); use foreach=True or foreach=False"
-        )
 
 
 class _AdamFamily(Optimizer):
@@ -79,49 +65,33 @@ class _AdamFamily(Optimizer):
         state_dtype: torch.dtype | None,
         skip_nonfinite: bool,
     ) -> None:
-        validate_state_dtype(state_dtype)
         if initial_accumulator_value is None:
             initial_accumulator_value = self._default_initial_accumulator_value
-        validate_hyperparameters(
+        defaults = dict(
             lr=lr,
             betas=betas,
             eps=eps,
             weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            bias_correction=bias_correction,
-        )
-        _check_group_options(
-            dict(initial_exp_avg_value=initial_exp_avg_value, fused=fused, bias_correction=bias_correction)
-        )
-        if differentiable:
-            raise ValueError(
-                f"{type(self).__name__} does not support differentiable=True "
-                "(no implementation keeps the autograd graph through the update)"
-            )
-        if fused and foreach:
-            raise ValueError("fused=True and foreach=True cannot be set together")
-        defaults = dict(
-            lr=lr,
-            betas=validate_betas(betas),
-            eps=float(eps),
-            weight_decay=float(weight_decay),
-            amsgrad=bool(amsgrad),
-            maximize=bool(maximize),
+            amsgrad=amsgrad,
+            maximize=maximize,
             foreach=foreach,
-            capturable=bool(capturable),
-            differentiable=False,
+            capturable=capturable,
+            differentiable=differentiable,
             fused=fused,
-            decoupled_weight_decay=bool(decoupled_weight_decay),
+            decoupled_weight_decay=decoupled_weight_decay,
             bias_correction=bias_correction,
-            initial_accumulator_value=float(initial_accumulator_value),
-            initial_exp_avg_value=float(initial_exp_avg_value),
+            initial_accumulator_value=initial_accumulator_value,
+            initial_exp_avg_value=initial_exp_avg_value,
             state_dtype=state_dtype,
-            skip_nonfinite=bool(skip_nonfinite),
+            skip_nonfinite=skip_nonfinite,
         )
-        params = list(params) if not isinstance(params, Tensor) else [params]
-        if len(params) == 0:
-            raise ValueError(f"{type(self).__name__} got an empty parameter list")
-        super().__init__(params, defaults)
+        validate_group(defaults)  # all of it, before anything is converted or created
+        for key in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay", "skip_nonfinite"):
+            defaults[key] = bool(defaults[key])
+        for key in ("eps", "weight_decay", "initial_accumulator_value", "initial_exp_avg_value"):
+            defaults[key] = float(defaults[key])
+        defaults["betas"] = _kept_betas(betas)
+        super().__init__(validate_params(params, type(self).__name__), defaults)
         if fused:
             # torch.amp.GradScaler then hands us grad_scale/found_inf (as attributes) instead
             # of unscaling p.grad itself and syncing on found_inf; fused kernels use them.
@@ -149,45 +119,50 @@ class _AdamFamily(Optimizer):
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
-                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=torch.float32)
+                    p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_step_dtype(group))
                 if p_state and (group["capturable"] or group["fused"]):
                     p_state["step"] = p_state["step"].to(p.device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its own hyperparameters are validated like the constructor's."""
-        if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        keys = ("lr", "betas", "eps", "weight_decay", "initial_accumulator_value", "bias_correction")
-        validate_hyperparameters(**{k: param_group[k] for k in keys if k in param_group})
-        validate_state_dtype(param_group.get("state_dtype"))
-        _check_group_options({**self.defaults, **param_group})
+        """Add a group; its parameters and hyperparameters are validated like the constructor's.
+
+        The caller's dict is changed (its ``params`` made a list, betas kept as stored) only
+        after every check has passed."""
+        where = f"param_groups[{len(self.param_groups)}]"
+        differentiable = bool(self.defaults.get("differentiable"))
+        params = validate_group_params(param_group, where, self.param_groups, differentiable)
+        validate_group({**self.defaults, **param_group}, where)
+        param_group["params"] = params  # checked, and a generator is read only once
         if "betas" in param_group:
-            param_group["betas"] = validate_betas(param_group["betas"])
+            param_group["betas"] = _kept_betas(param_group["betas"])
         super().add_param_group(param_group)
 
     # ---- state ---------------------------------------------------------------------------
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The one function that creates a parameter's state (lazily, at its first step).
 
-        Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim float32
-        tensor (on the CPU, or on the parameter's device when capturable or fused);
-        ``exp_avg`` (v) is filled with ``initial_exp_avg_value`` (v0, default 0) like p;
-        ``exp_avg_sq`` (s) with ``initial_accumulator_value`` (s0); ``max_exp_avg_sq``
-        (AMSGrad) starts equal to s. The moments have p's dtype unless the group's
-        ``state_dtype`` names another.
+        Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim tensor,
+        float32 with fused, else of torch's default scalar dtype (float64 under
+        ``torch.set_default_dtype(torch.float64)``), on the CPU, or on the parameter's
+        device when capturable or fused; ``exp_avg`` (v) is filled with
+        ``initial_exp_avg_value`` (v0, default 0) like p; ``exp_avg_sq`` (s) with
+        ``initial_accumulator_value`` (s0) — both parts of a complex moment, since the
+        update treats a complex parameter as its real view; ``max_exp_avg_sq`` (AMSGrad)
+        starts equal to s. The moments have p's dtype unless the group's ``state_dtype``
+        names another.
         """
         state = self.state[p]
         on_device = group["capturable"] or group["fused"]
         dtype = group["state_dtype"] or p.dtype
         if p.is_complex() and not dtype.is_complex:
             dtype = p.dtype
-        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-        state["exp_avg"] = torch.full_like(
-            p, group["initial_exp_avg_value"], dtype=dtype, memory_format=torch.preserve_format
-        )
-        state["exp_avg_sq"] = torch.full_like(
-            p, group["initial_accumulator_value"], dtype=dtype, memory_format=torch.preserve_format
-        )
+        state["step"] = torch.zeros((), dtype=_step_dtype(group), device=p.device if on_device else "cpu")
+        for key, value in (
+            ("exp_avg", group["initial_exp_avg_value"]),
+            ("exp_avg_sq", group["initial_accumulator_value"]),
+        ):
+            moment = state[key] = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            (torch.view_as_real(moment) if moment.is_complex() else moment).fill_(value)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
         return state
@@ -199,10 +174,10 @@ class _AdamFamily(Optimizer):
         Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
         params = group["params"]
         grads = list(map(_grad, params))
-        has_grad = list(map(_is_not, grads, repeat(None)))
-        if all(has_grad):
+        if all(map(_is_not, grads, repeat(None))):
             params = list(params)
         else:
+            has_grad = list(map(_is_not, grads, repeat(None)))
             params, grads = list(compress(params, has_grad)), list(compress(grads, has_grad))
         if any(map(_is_sparse, grads)):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
@@ -222,9 +197,18 @@ class _AdamFamily(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        with torch.no_grad():
+        # as torch: autograd records the update only with differentiable=True
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
             for group in self.param_groups:
-                self._step_group(group, *self._gather(group))
+                tensors, new = self._gather(group)
+                try:
+                    self._step_group(group, tensors, new)
+                except BaseException:
+                    # a group that cannot step (fused=True on meta tensors, ...) keeps no state
+                    # created for it: its parameters are as if this step never reached them
+                    for p in new:
+                        self.state.pop(p, None)
+                    raise
         return loss
 
     def _step_group(self, group: dict[str, Any], tensors: tuple[Any, ...], new: list[Tensor]) -> None:
@@ -233,9 +217,17 @@ class _AdamFamily(Optimizer):
             return
         beta1, beta2 = group["betas"]
         lr = group["lr"]
-        if isinstance(lr, Tensor) and not group["capturable"]:
+        differentiable = group["differentiable"]
+        if isinstance(lr, Tensor) and not group["capturable"] and not differentiable:
             lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
-        implementation = choose(group["fused"], group["foreach"], tensors[0][0].device)
+        if not differentiable:
+            # tensor betas are kept as given and read at every step, so writing into them
+            # (a schedule) takes effect; differentiable=True keeps them in the graph
+            if isinstance(beta1, Tensor):
+                beta1 = beta1.item()
+            if isinstance(beta2, Tensor):  # apart: a scheduler may have replaced only β1
+                beta2 = beta2.item()
+        implementation = choose(group["fused"], group["foreach"], tensors[0][0].device, differentiable)
         # set by GradScaler on fused optimizers (instance attributes)
         grad_scale = self.__dict__.get("grad_scale")
         found_inf = self.__dict__.get("found_inf")
@@ -289,13 +281,15 @@ class _AdamFamily(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict (from adamlab or ``torch.optim.Adam``), checking it all first.
 
-        Wrong group or parameter counts, a parameter's state with missing keys, or a state
-        tensor whose shape differs from its parameter's raise ``ValueError`` naming the
-        parameter, before anything is changed: nothing is half-loaded. Unlike
+        Everything is checked by :func:`adamlab.validation.validate_state_dict` before
+        anything is changed (structure, group and parameter counts, every group's
+        hyperparameters by the constructor's rules, each state's keys, a step that is a
+        count, finite moments shaped like their parameter, second moments >= 0): the first
+        problem raises ``ValueError`` naming the group and parameter; nothing is half-loaded. Unlike
         ``torch.optim.Optimizer``, the loaded state never aliases the tensors of the
         ``state_dict`` passed in (stepping does not write into the caller's dict).
         """
-        _check_state_dict(self, state_dict)
+        validate_state_dict(self, state_dict, keep=_RUN_KEYS, required=_STATE_KEYS)
         ours = [{k: group[k] for k in _RUN_KEYS} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
@@ -304,8 +298,13 @@ class _AdamFamily(Optimizer):
                 state, saved = self.state.get(p), state_dict["state"].get(key)
                 if not state or saved is None:
                     continue
-                on_device = group["capturable"] or group["fused"]
-                state["step"] = state["step"].to(device=p.device if on_device else "cpu", dtype=torch.float32)
+                step = state["step"]
+                if group["capturable"] or group["fused"]:  # as torch: float32 on the parameter's device
+                    state["step"] = step.to(device=p.device, dtype=torch.float32)
+                else:  # as torch, a loaded step keeps its dtype (a count in an integer dtype becomes a float)
+                    state["step"] = step.to(
+                        device="cpu", dtype=step.dtype if step.is_floating_point() else _step_dtype(group)
+                    )
                 if group["state_dtype"] is not None:
                     # torch cast the moments to p's dtype: recast from the saved values, not the cast ones
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
@@ -318,48 +317,31 @@ class _AdamFamily(Optimizer):
                         state[k] = value.clone()
 
 
+def _step_dtype(group: dict[str, Any]) -> torch.dtype:
+    """The dtype of a new step count, as torch's: float32 with fused, else the default scalar dtype."""
+    return torch.float32 if group["fused"] or torch.get_default_dtype() != torch.float64 else torch.float64
+
+
+def _kept_betas(betas: Any) -> tuple[Any, Any]:
+    """Betas as stored in a group (validated already): numbers as floats, tensors as given
+    (a 1-element tensor of any shape as a 0-dim view, torch's ``_to_scalar``), so that
+    writing into a tensor beta later changes the update, as in torch."""
+    return tuple((b.squeeze() if b.dim() else b) if isinstance(b, Tensor) else float(b) for b in betas)
+
+
 def _nonfinite(grads: list[Tensor]) -> Tensor:
     """A 0-dim float32 tensor: 1.0 if any gradient holds inf or NaN, else 0.0 (no host sync)."""
     flags = [torch.logical_not(torch.isfinite(g).all()) for g in grads]
     return torch.stack([f.to(flags[0].device) for f in flags]).any().float()
 
 
-def _check_state_dict(opt: Optimizer, state_dict: Any) -> None:
-    if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-        raise ValueError("optimizer state_dict must be a dict with keys 'state' and 'param_groups'")
-    saved_groups = state_dict["param_groups"]
-    if len(saved_groups) != len(opt.param_groups):
-        raise ValueError(
-            f"state_dict has {len(saved_groups)} parameter group(s), the optimizer has {len(opt.param_groups)}"
-        )
-    for gi, (group, saved) in enumerate(zip(opt.param_groups, saved_groups)):
-        if len(saved["params"]) != len(group["params"]):
-            raise ValueError(
-                f"parameter group {gi}: state_dict has {len(saved['params'])} parameter(s), "
-                f"the optimizer has {len(group['params'])}"
-            )
-        amsgrad = saved.get("amsgrad", False)
-        for pi, (p, key) in enumerate(zip(group["params"], saved["params"])):
-            p_state = state_dict["state"].get(key)
-            if not p_state:
-                continue  # a parameter that has not stepped yet (None, or the {} a lookup leaves)
-            name = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
-            needed = _STATE_KEYS + (("max_exp_avg_sq",) if amsgrad else ())
-            missing = [k for k in needed if k not in p_state]
-            if missing:
-                raise ValueError(f"state_dict entry for {name} is missing {missing}")
-            for k in needed[1:]:
-                value = p_state[k]
-                if not torch.is_tensor(value) or value.shape != p.shape:
-                    got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-                    raise ValueError(f"state_dict entry {k!r} for {name} has shape {got}")
-
-
 _ARGS = """
     Args:
         params: iterable of parameters or of dicts defining parameter groups.
         lr: learning rate η, a float or a 0-dim tensor (default: {lr}).
-        betas: (β1, β2), decay rates of v and s (default: (0.9, 0.999)).
+        betas: (β1, β2), decay rates of v and s (default: (0.9, 0.999)): two numbers,
+            or two 1-element tensors, kept as given and read at every step (writing into
+            them changes the update; with ``foreach=True`` they need ``capturable=True``).
         eps: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: {eps}).
         weight_decay: λ (default: 0.0). Added to the gradient (L2) unless
             ``decoupled_weight_decay=True``, which shrinks θ by ηλθ first (AdamW).
@@ -369,9 +351,15 @@ _ARGS = """
             ``False`` the single-tensor loop.
         maximize: ascend the objective instead of descending it (default: False).
         capturable: keep the step count on the parameter's device and compute every
-            per-step scalar there (no host synchronization; needed for CUDA graphs)
+            per-step scalar there (no host synchronization; needed for CUDA graphs).
+            Accepted on the CPU too, where torch refuses it: the same arithmetic then
+            runs, and is tested, on every machine (default: False).
+        differentiable: run the update through autograd-tracked operations (the
+            single-tensor implementation, with ``torch.optim.Adam``'s rules: not with
+            ``fused`` or ``foreach=True``), so that gradients flow through a step to the
+            initial parameters, the state and a tensor ``lr``/betas (meta-learning,
+            hypergradients). Off by default: the step then runs under ``no_grad``
             (default: False).
-        differentiable: not supported; ``True`` raises ``ValueError`` (default: False).
         fused: ``True`` runs one fused kernel per step (C++ on CPU, Triton on CUDA). Where
             this machine lacks the kernel (no compiled library, no Triton), the first step
             warns once, saying why, and runs the foreach implementation (default: None).
@@ -392,7 +380,8 @@ _ARGS = """
     Conventions: ε is added after the square root; t counts steps from 1; with bias
     correction the update is η·(v/(1-β1^t))/(√(s/(1-β2^t)) + ε).
 
-    State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim float32 tensor),
+    State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim tensor, float32, or
+    float64 under a float64 default dtype unless fused; a loaded step keeps its dtype),
     ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad).
 """
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from array import array
+from itertools import accumulate, repeat
+from operator import add, floordiv
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +36,7 @@ BLOCK = 1024
 NUM_WARPS = 4
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
+_SUPPORTED_SET = set(_SUPPORTED)
 
 _modules: dict[bool, ModuleType] = {}
 _lock = threading.Lock()
@@ -124,41 +127,50 @@ def _check(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int]]:
 
 
 _dtype = Tensor.dtype.__get__
-_device = Tensor.device.__get__
+_get_device = Tensor.get_device
 _is_contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
-_misaligned = (15).__and__  # an address that is not a multiple of 16 bytes
+_LOW_BYTE = 0 if sys.byteorder == "little" else 7  # where an int64's lowest byte is
+_LOW_FOUR_BITS = bytes(b & 15 for b in range(256))
+_F32 = {torch.float32}
+_ONE = {1}
 
 
 def _groups(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int] | range]:
     """The launches of this step. The common case (one device, one dtype each for
     parameters, gradients and state, everything contiguous, real and of matching size) is
-    checked list by list with C-level calls; anything else goes through :func:`_check`."""
-    params = lists[0]
+    checked on the concatenated lists, one C-level call per property and no Python statement
+    per tensor; anything else goes through :func:`_check`, tensor by tensor."""
+    params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
+    n = len(params)
+    flat = params + grads + exp_avgs + exp_avg_sqs + maxes
     try:
-        p_dtypes, g_dtypes, s_dtypes = (set(map(_dtype, lst)) for lst in lists[:3])
-        devices = set(map(_device, params))
-        numels = list(map(_numel, params))
+        p_dtypes, g_dtypes = set(map(_dtype, params)), set(map(_dtype, grads))
+        s_dtypes = set(map(_dtype, flat[2 * n :]))
+        # the device index of every tensor (-1 on the CPU) against the first parameter's, which
+        # _update has checked is a CUDA tensor: an int per tensor, cheaper than a torch.device
+        devices = set(map(_get_device, flat + steps))
         common = (
-            len(p_dtypes) == len(g_dtypes) == len(s_dtypes) == len(devices) == 1
-            and (p_dtypes | g_dtypes | s_dtypes) <= set(_SUPPORTED)
-            and set(map(_dtype, lists[3])) == set(map(_dtype, lists[4])) == s_dtypes
-            and set(map(_dtype, lists[5])) == {torch.float32}
-            and all(all(map(_is_contiguous, lst)) for lst in lists[:5])
-            and all(list(map(_numel, lst)) == numels for lst in lists[1:5])
-            and set(map(_device, lists[5])) == devices
+            len(p_dtypes) == len(g_dtypes) == len(s_dtypes) == 1
+            and devices == {params[0].get_device()}
+            and (p_dtypes | g_dtypes | s_dtypes) <= _SUPPORTED_SET
+            and set(map(_dtype, steps)) == _F32
+            and set(map(_numel, steps)) == _ONE
+            and all(map(_is_contiguous, flat))
+            and (sizes := list(map(_numel, flat))) == sizes[:n] * 5
         )
     except RuntimeError:  # e.g. is_contiguous() of a sparse gradient: _check names it
         common = False
-    if common and all(set(map(_device, lst)) == devices for lst in lists[1:5]):
-        return {(devices.pop(), p_dtypes.pop(), g_dtypes.pop(), s_dtypes.pop()): range(len(params))}
+    if common:
+        return {(params[0].device, p_dtypes.pop(), g_dtypes.pop(), s_dtypes.pop()): range(n)}
     return _check(lists)
 
 
 def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[array, int, bool]:
-    """The step's int64 table [8, n + 1] (flat) for the tensors at ``index``, the number of
-    chunks, and whether every address is 16-byte aligned."""
+    """The step's int64 table [9, n + 1] (flat) for the tensors at ``index``, the number of
+    chunks, and whether every address is 16-byte aligned. Read from the tensors now, kept by
+    no one after the upload."""
     n = len(index)
     whole = n == len(lists[0])
     tensors = [lst if whole else [lst[i] for i in index] for lst in lists]
@@ -168,16 +180,19 @@ def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[a
     for lst in tensors:  # rows 0..5: addresses
         table.extend(map(_data_ptr, lst))
         table.append(0)
-    aligned = not any(map(_misaligned, table[: 5 * (n + 1)]))
-    numels = array("q", map(_numel, tensors[0]))
-    # an empty tensor still gets one program: it advances the tensor's step count
-    chunks = np.maximum((np.frombuffer(numels, dtype=np.int64) + (BLOCK - 1)) // BLOCK, 1)
-    first = array("q", [0])
-    first.frombytes(np.cumsum(chunks).tobytes())
-    table.extend(numels)
+    # every address a multiple of 16: the lowest byte of each (a slice of the table's bytes)
+    # mapped through `& 15` must be all zeros -- bytes operations, no call per address
+    low_bytes = table.tobytes()[_LOW_BYTE : 8 * 5 * (n + 1) : 8]
+    aligned = low_bytes.translate(_LOW_FOUR_BITS).count(0) == len(low_bytes)
+    numels = list(map(_numel, tensors[0]))
+    table.extend(numels)  # row 6
     table.append(0)
-    table.extend(first)
-    return table, first[n], aligned
+    # row 7: first chunks, a running sum of ceil(numel / BLOCK); an empty tensor still gets
+    # one program (it advances the tensor's step count). C-level maps, no per-tensor statement.
+    chunks = map(max, map(floordiv, map(add, numels, repeat(BLOCK - 1)), repeat(BLOCK)), repeat(1))
+    table.extend(accumulate(chunks, initial=0))
+    table.frombytes(bytes(8 * (n + 1)))  # row 8: the counters, zeros
+    return table, table[8 * (n + 1) - 1], aligned
 
 
 def _update(
@@ -222,12 +237,13 @@ def _update(
     for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
         table, n_chunks, aligned = _table(lists, index)
         table = torch.frombuffer(table, dtype=torch.int64).to(device)
-        counters = torch.zeros(len(index), dtype=torch.int32, device=device)
         dummy = table  # stands in for absent pointer arguments; never read
-        lr_t, scale_t, inf_t = (_on(t, device) for t in (lr if lr_on_device else None, grad_scale, found_inf))
+        lr_t = _on(lr, device) if lr_on_device else None
+        scale_t = None if grad_scale is None else _on(grad_scale, device)
+        inf_t = None if found_inf is None else _on(found_inf, device)
         launch = module.adam_family_kernel[(n_chunks,)]
         arguments = (
-            table, counters, len(index), 0.0 if lr_on_device else float(lr), dummy if lr_t is None else lr_t,
+            table, len(index), 0.0 if lr_on_device else float(lr), dummy if lr_t is None else lr_t,
             dummy if scale_t is None else scale_t, dummy if inf_t is None else inf_t,
             float(k.w1), float(k.w2), float(eps), float(weight_decay),
         )  # fmt: skip

@@ -6,12 +6,13 @@ runs without Triton. The same source is also loaded a second time with
 
 One launch updates every tensor of a group. Program ``pid`` owns one chunk of ``BLOCK``
 elements of one tensor; it finds which by a binary search in the table's last row, the
-first chunk of every tensor. The table is built on the host each step (int64, 8 rows of
-n + 1 columns)::
+first chunk of every tensor. The table is built on the host each step and uploaded in one
+copy (int64, 9 rows of n + 1 columns)::
 
     row 0..5   addresses of θ, g, v (exp_avg), s (exp_avg_sq), max s, step count t
     row 6      numel of each tensor
     row 7      first chunk of each tensor (row 7[n] = the number of chunks; at least one per tensor)
+    row 8      zeros: the programs of each tensor done so far (an atomic counter per tensor)
 
 The update follows :func:`adamlab.reference.step` line by line, in float32 (parameters and
 state may be bf16/fp16; they are widened on load and rounded once on store), with the
@@ -26,7 +27,7 @@ field names of :class:`adamlab._moments.Coefficients`::
 
 The fused paths do not take ``bias_correction="recursive"`` (keep2 = c2_prev = 1 here).
 The step count t lives on the device; every program reads the old count, and the last
-program of a tensor to finish (a per-tensor atomic counter, zeros at launch) writes t + 1.
+program of a tensor to finish (a per-tensor atomic counter, row 8) writes t + 1.
 step_size and bc2_sqrt are computed from t here (:func:`coefficients`), so no step needs a
 host sync. With ``found_inf`` set every program skips everything, the count included.
 """
@@ -94,8 +95,7 @@ def update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI: tl.constex
 
 @triton.jit
 def adam_family_kernel(
-    table_ptr,  # int64 [8, n + 1]: see the module docstring
-    counters_ptr,  # int32 [n], zeros: programs of tensor i done so far
+    table_ptr,  # int64 [9, n + 1]: see the module docstring
     n,  # number of tensors
     lr,  # float, unless LR_ON_DEVICE
     lr_ptr,  # 0-dim float32 tensor when LR_ON_DEVICE
@@ -200,6 +200,6 @@ def adam_family_kernel(
 
         # The last program of tensor i to get here writes t: all others have read the old
         # count before their atomic.
-        done = tl.atomic_add(counters_ptr + i, 1)
+        done = tl.atomic_add(table_ptr + 8 * width + i, 1)
         if done == tl.load(first + i + 1) - tl.load(first + i) - 1:
             tl.store(step_ptr, t)

@@ -190,13 +190,13 @@ RangeFn pick(int param_dtype, int state_dtype, int yogi, int amsgrad) {
 }
 
 const int64_t kChunk = 1 << 14;        // elements per work item (64 KiB of fp32 per stream)
-const int64_t kSerialBelow = 1 << 15;  // below this many elements a parallel region costs more than it saves
+const int64_t kSerialBelow = 1 << 17;  // below this many elements (~0.1 ms of serial work) waking threads costs more than it saves
 
 }  // namespace
 
 extern "C" {
 
-int adamlab_fused_abi_version(void) { return 2; }
+int adamlab_fused_abi_version(void) { return 3; }
 
 // Adds 1 to every step count (float32, as torch's) and writes the new counts to t (n
 // doubles). Returns 1 if they are all equal, else 0.
@@ -210,14 +210,20 @@ int adamlab_advance_steps(int64_t n, float* const* steps, double* t) {
   return same;
 }
 
-// One step over n tensors. Tensor j uses coefs[coef_index[j]] (coefs[0] when coef_index is
-// NULL). Returns 0 on success, a negative code for a bad argument.
-int adamlab_fused_step(int64_t n, const int64_t* numel, void* const* params, void* const* grads,
-                       void* const* exp_avgs, void* const* exp_avg_sqs, void* const* max_exp_avg_sqs,
-                       const adamlab_coefficients* coefs, const int64_t* coef_index, const adamlab_options* o) {
+// One step over n tensors. `table` holds n int64 per row, row after row: numel, then the
+// addresses of θ, g, v (exp_avg), s (exp_avg_sq) and, with amsgrad, max s (one array built
+// by the caller, one argument). Tensor j uses coefs[coef_index[j]] (coefs[0] when
+// coef_index is NULL). Returns 0 on success, a negative code for a bad argument.
+int adamlab_fused_step(int64_t n, const int64_t* table, const adamlab_coefficients* coefs,
+                       const int64_t* coef_index, const adamlab_options* o) {
+  const int64_t* numel = table;
+  void* const* params = (void* const*)(table + n);
+  void* const* grads = (void* const*)(table + 2 * n);
+  void* const* exp_avgs = (void* const*)(table + 3 * n);
+  void* const* exp_avg_sqs = (void* const*)(table + 4 * n);
+  void* const* max_exp_avg_sqs = o->amsgrad ? (void* const*)(table + 5 * n) : nullptr;
   RangeFn fn = pick(o->param_dtype, o->state_dtype, o->yogi, o->amsgrad);
   if (fn == nullptr) return -1;
-  if (o->amsgrad && max_exp_avg_sqs == nullptr) return -2;
   int64_t* first_chunk = (int64_t*)malloc(sizeof(int64_t) * (n + 1));
   if (first_chunk == nullptr) return -3;
   int64_t total = 0;
