@@ -91,7 +91,6 @@ def test_table_marks_noisy_rows_and_every_set_name_is_accepted_by_set(tmp_path) 
         "stream_bandwidth": {"gb_s": 10.0},
         "bytes_per_param": 28,
         "torch_default": "foreach",
-        "host_accelerator": "n/a",
         "skipped": [],
         "first_fused_step": [],
         "sets": [

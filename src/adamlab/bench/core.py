@@ -138,7 +138,6 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
         raise RuntimeError(f"the baseline {BASELINE} cannot run on {cfg.device}: {skipped}")
 
     say = progress or (lambda message: None)
-    host = "none (removed in issue 13: step() is plain Python)"
     bytes_ = cfg.bandwidth_mib * 2**20
     say(f"streaming bandwidth ({cfg.bandwidth_mib} MiB buffers)")
     bandwidth = [stream_bandwidth(cfg.device, bytes_, 5 if cfg.smoke else 10)]
@@ -176,7 +175,6 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
         "bytes_per_param": 7 * dtype.itemsize,
         "baseline": BASELINE,
         "torch_default": torch_default(cfg.device),
-        "host_accelerator": host,
         "stream_bandwidth": {"gb_s": stream_gb_s, "runs": bandwidth},
         "sets": results,
         "skipped": skipped,
@@ -216,7 +214,6 @@ def table(result: dict[str, Any]) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; date {m['date'][:19]}Z",
         f"streaming bandwidth (a.add_(b) in place, 12 B/element): {result['stream_bandwidth']['gb_s']:.1f} GB/s; "
         f"{result['bytes_per_param']} B/param per step; torch.optim.Adam() default here: {result['torch_default']}",
-        f"adamlab's host accelerator: {result.get('host_accelerator', 'not recorded')}",
         "",
         "Sets by their --set name. ms/step: median of the rounds; spread: min–max of the rounds. "
         "'≈' marks a ratio within noise: the row's or the baseline's spread exceeds the difference.",

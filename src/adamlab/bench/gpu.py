@@ -336,7 +336,6 @@ def table(rows: list[Row], copy_bps: float, info: dict[str, Any], first: dict[st
         f" | {info['date']}",
         f"copy bandwidth (read + write): {copy_bps / 1e12:.3f} TB/s; fp32, {BYTES_PER_PARAM} B/param/step",
         f"host: {info['host cpus']} CPUs, load average {info['host load average (1, 5, 15 min)']} at the start",
-        f"host accelerator: {info.get('host accelerator')}",
         "",
         f"| {'parameter set':38s} | {'optimizer':40s} | {'ms/step':>10s} | {'% copy':>6s} |",
         f"|{'-' * 40}|{'-' * 42}|{'-' * 12}|{'-' * 8}|",
