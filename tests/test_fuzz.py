@@ -194,7 +194,7 @@ def run_case(case: dict[str, Any]) -> None:
             _check_step(case, hyper, opt, p, g, theta0, state0, skip_mask, cd, sd, rtol, atol)
         if fl["skip_nonfinite"]:
             # the policy: no NaN is ever written -- except where the dtype's range is exceeded
-            # (see out_of_range; recursive Adam has its own xfail test below)
+            # (see out_of_range)
             for p, out in zip(params, excluded):
                 assert not np.isnan(to64(p)[~out]).any(), f"NaN parameter with skip_nonfinite: {case}"
                 for key, t in opt.state[p].items():
