@@ -514,7 +514,7 @@ def test_new_and_misaligned_gradients_every_step(backend):
 def test_recursive_bias_correction_is_refused(backend):
     run = Run(backend, "adam", {})
     run.hyper["bias_correction"] = "recursive"
-    with pytest.raises(ValueError, match="recursive.*foreach"):
+    with pytest.raises(ValueError, match=r"recursive.*foreach"):
         run.step(run.grads())
 
 
@@ -533,3 +533,45 @@ def test_the_table_rows_and_the_alignment_flag():
     assert rows[1, 2] == lists[1][2].data_ptr() and rows[5, 0] == lists[5][0].data_ptr()
     lists[2][2] = buffer[1 : 1 + sizes[2]]  # 4 bytes past a 16-byte boundary
     assert not triton_fused._table(tuple(lists), range(3))[2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_dense_non_contiguous_layouts_are_updated(backend, layout):
+    """channels_last and transposed parameters (dense, innermost stride not last) step like
+    contiguous ones; the layout check once sorted dims by size instead of stride and refused them."""
+    gen = torch.Generator().manual_seed(3)
+    if layout == "channels_last":
+        base = torch.randn(2, 3, 4, 5, generator=gen).to(memory_format=torch.channels_last)
+    else:
+        base = torch.randn(6, 4, generator=gen).t().contiguous().t()
+    assert not base.is_contiguous()
+    p = base.to(_device(backend))
+    g = torch.empty_strided(p.shape, p.stride(), device=p.device).copy_(torch.randn(p.shape, generator=gen))
+    v, s = torch.zeros_like(p), torch.zeros_like(p)
+    assert v.stride() == p.stride() == g.stride()
+    hyper = _hyper("adam", {})
+    theta, want = reference.step(
+        "adam",
+        _f64(p),
+        _f64(g),
+        reference.init_state(_f64(p)),
+        **{k: hyper[k] for k in ("lr", "beta1", "beta2", "eps")},
+    )
+    _update(backend)("adam", [p], [g], [v], [s], [], [torch.zeros((), device=p.device)], **hyper, capturable=False)
+    np.testing.assert_allclose(_f64(p), theta, **TOLERANCE[torch.float32])
+    np.testing.assert_allclose(_f64(s), want.s, **TOLERANCE[torch.float32])
+
+
+def test_a_group_across_device_kinds_is_refused_before_any_launch():
+    """fused=True on a group whose parameters are on two kinds of device is refused by name in
+    the table check, before any launch (no half-step). On CUDA, a CPU tensor's device index
+    (-1) differs from the first parameter's, which sends the step to this check."""
+    pytest.importorskip("triton")
+    from adamlab.optim import triton_fused
+
+    cpu, meta = (lambda *shape: torch.zeros(shape)), (lambda *shape: torch.zeros(shape, device="meta"))
+    lists = ([cpu(3), meta(2)], [cpu(3), meta(2)], [cpu(3), meta(2)], [cpu(3), meta(2)], [cpu(3), meta(2)],
+             [cpu(), meta()])  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"one kind of device per parameter group; parameter 1 .* is on meta"):
+        triton_fused._check(lists)

@@ -153,9 +153,7 @@ class _AdamFamily(Optimizer):
         """
         state = self.state[p]
         on_device = group["capturable"] or group["fused"]
-        dtype = group["state_dtype"] or p.dtype
-        if p.is_complex() and not dtype.is_complex:
-            dtype = p.dtype
+        dtype = _moment_dtype(group, p)
         state["step"] = torch.zeros((), dtype=_step_dtype(group), device=p.device if on_device else "cpu")
         for key, value in (
             ("exp_avg", group["initial_exp_avg_value"]),
@@ -205,9 +203,12 @@ class _AdamFamily(Optimizer):
                     self._step_group(group, tensors, new)
                 except BaseException:
                     # a group that cannot step (fused=True on meta tensors, ...) keeps no state
-                    # created for it: its parameters are as if this step never reached them
+                    # created for it that never stepped: those parameters are as if this step
+                    # never reached them. A parameter the implementation already updated
+                    # before failing (the loop goes one by one) keeps its state.
                     for p in new:
-                        self.state.pop(p, None)
+                        if not _has_stepped(self.state.get(p)):
+                            self.state.pop(p, None)
                     raise
         return loss
 
@@ -218,8 +219,11 @@ class _AdamFamily(Optimizer):
         beta1, beta2 = group["betas"]
         lr = group["lr"]
         differentiable = group["differentiable"]
-        if isinstance(lr, Tensor) and not group["capturable"] and not differentiable:
-            lr = lr.item()  # host-side scalar, as torch's non-capturable paths use
+        if isinstance(lr, Tensor):
+            if lr.dim():  # a one-element lr of any shape is a scalar (torch's _to_scalar)
+                lr = lr.squeeze()
+            if not group["capturable"] and not differentiable:
+                lr = lr.item()  # a host-side scalar, as torch's foreach path uses
         if not differentiable:
             # tensor betas are kept as given and read at every step, so writing into them
             # (a schedule) takes effect; differentiable=True keeps them in the graph
@@ -306,15 +310,31 @@ class _AdamFamily(Optimizer):
                         device="cpu", dtype=step.dtype if step.is_floating_point() else _step_dtype(group)
                     )
                 if group["state_dtype"] is not None:
-                    # torch cast the moments to p's dtype: recast from the saved values, not the cast ones
+                    # torch cast the moments to p's dtype: recast from the saved values, not the
+                    # cast ones, by the rule that created them (a complex p keeps complex moments)
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                         if k in saved:
-                            state[k] = saved[k].to(device=p.device, dtype=group["state_dtype"])
+                            state[k] = saved[k].to(device=p.device, dtype=_moment_dtype(group, p))
                 for k, value in state.items():
                     # torch's .to() returns the caller's own tensor when nothing changes: stepping
                     # would then write into the state_dict the caller passed in. Own our state.
                     if torch.is_tensor(value) and value is saved.get(k):
                         state[k] = value.clone()
+
+
+def _has_stepped(state: dict[str, Any] | None) -> bool:
+    """Whether a state's step count has left 0 (False where it cannot be read, e.g. on meta)."""
+    try:
+        return bool(state) and float(state["step"]) != 0.0
+    except (RuntimeError, NotImplementedError, KeyError, TypeError):
+        return False
+
+
+def _moment_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
+    """The dtype of p's moments: the group's ``state_dtype``, else p's; a complex p keeps its
+    complex dtype when ``state_dtype`` is real (the update treats it as its real view)."""
+    dtype = group["state_dtype"] or p.dtype
+    return p.dtype if p.is_complex() and not dtype.is_complex else dtype
 
 
 def _step_dtype(group: dict[str, Any]) -> torch.dtype:

@@ -90,7 +90,8 @@ def _same_dense_layout(tensors: list[Tensor]) -> bool:
     if p.is_contiguous():
         return True
     expected = 1  # dense in some dimension order: sorted strides are running products
-    for size, stride in sorted((s, st) for s, st in zip(p.shape, p.stride()) if s != 1):
+    # dims ordered by stride, innermost first (channels_last and transposes are dense too)
+    for stride, size in sorted((st, s) for s, st in zip(p.shape, p.stride()) if s != 1):
         if stride != expected:
             return False
         expected *= size
@@ -103,6 +104,11 @@ def _check(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int]]:
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         where = f"parameter {i} (shape {tuple(p.shape)}, {p.dtype})"
+        if p.device.type != params[0].device.type:  # refused before any launch: no half-step
+            raise RuntimeError(
+                f"fused=True steps one kind of device per parameter group; {where} is on {p.device}, "
+                f"parameter 0 on {params[0].device} (put them in separate groups)"
+            )
         if grads[i].layout != torch.strided:
             raise RuntimeError(f"fused_cuda does not support sparse gradients; {where} has a {grads[i].layout} one")
         p, g, v, s, m = (_real(t) for t in (p, grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i]))
