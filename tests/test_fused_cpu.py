@@ -18,6 +18,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,130 @@ def test_a_state_tensor_narrower_than_exp_avg_is_refused_not_overrun(which: str)
         opt.step()
     assert torch.equal(p.detach(), before[1])
     assert all(torch.equal(state[k].float(), v.float()) for k, v in before[0].items())
+
+
+def _one_fused_step(*shapes_and_dtypes: tuple[tuple[int, ...], torch.dtype]) -> tuple[adamlab.Adam, list]:
+    params = []
+    for shape, dtype in shapes_and_dtypes:
+        p = torch.randn(shape, dtype=dtype, requires_grad=True)
+        p.grad = torch.randn(shape, dtype=dtype)
+        params.append(p)
+    opt = adamlab.Adam(params, fused=True)
+    opt.step()
+    return opt, params
+
+
+def _snapshot(opt: adamlab.Adam, params: list) -> list:
+    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+
+
+def _unchanged(opt: adamlab.Adam, params: list, before: list) -> bool:
+    return all(
+        torch.equal(p.detach(), p0) and opt.state[p].keys() == s0.keys()
+        and all(torch.equal(opt.state[p][k], v) for k, v in s0.items())
+        for p, (p0, s0) in zip(params, before)
+    )  # fmt: skip
+
+
+def _real_state_for_a_complex_parameter(opt, params) -> None:
+    st = opt.state[params[-1]]
+    for key in ("exp_avg", "exp_avg_sq"):
+        st[key] = torch.view_as_real(st[key]).flatten()[: params[-1].numel()].clone()
+
+
+def _integer_state(opt, params) -> None:
+    st = opt.state[params[-1]]
+    for key in ("exp_avg", "exp_avg_sq"):
+        st[key] = torch.zeros(params[-1].shape, dtype=torch.int32)
+
+
+REFUSED = {
+    # (parameters, how the state is spoiled after one good step, message)
+    "complex parameter, real state (one call)": (
+        [((6,), torch.complex64)], _real_state_for_a_complex_parameter, "needs complex state for torch.complex64"
+    ),
+    "complex parameter, real state (mixed group)": (
+        [((5,), torch.float32), ((6,), torch.complex64)],
+        _real_state_for_a_complex_parameter,
+        "needs complex state for torch.complex64",
+    ),
+    "integer state (one call)": ([((6,), torch.float32)], _integer_state, "does not support torch.float32 parameters"),
+    "integer state (mixed group)": (
+        [((5,), torch.float64), ((6,), torch.float32)], _integer_state, "does not support torch.float32 parameters"
+    ),
+    "non-contiguous parameter, complex with real state": (
+        [((5,), torch.float32), ((4, 3), torch.complex64)],
+        lambda opt, params: (
+            opt.state[params[-1]].update(
+                exp_avg=torch.zeros(4, 3), exp_avg_sq=torch.zeros(4, 3)
+            ),
+            setattr(params[-1], "grad", params[-1].grad.t().contiguous().t()),  # the odd path
+        ),
+        "needs complex state for torch.complex64",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_a_refused_step_changes_nothing(case: str) -> None:
+    """Review finding 3: every check (dtype codes, real views, sizes) runs before any step
+    count moves; a step that raises leaves parameters, state and step counts as they were."""
+    shapes, spoil, message = REFUSED[case]
+    opt, params = _one_fused_step(*shapes)
+    spoil(opt, params)
+    before = _snapshot(opt, params)
+    with pytest.raises(RuntimeError, match=message):
+        opt.step()
+    assert _unchanged(opt, params, before)
+    assert all(opt.state[p]["step"].item() == 1.0 for p in params)
+
+
+@pytest.mark.parametrize("bad_step", [torch.zeros(3), torch.zeros(1, 2), torch.zeros((), dtype=torch.bool)])
+def test_a_step_count_that_is_not_one_number_is_refused(bad_step: torch.Tensor) -> None:
+    """Review finding 1: the kernel adds 1 through the step's address; a 3-element step was
+    silently accepted (only its first element counted). It raises RuntimeError naming the
+    parameter, as the loop and foreach paths do, and nothing moves."""
+    opt, params = _one_fused_step(((5,), torch.float32), ((4,), torch.float32))
+    opt.state[params[1]]["step"] = bad_step
+    before = _snapshot(opt, params)
+    with pytest.raises(RuntimeError, match=r"the step count of parameter 1 \(shape \(4,\)\)"):
+        opt.step()
+    assert _unchanged(opt, params, before)
+
+
+def test_an_empty_step_count_raises_instead_of_crashing() -> None:
+    """Review finding 1: an empty step tensor has no element to add 1 to (its address is 0):
+    the kernel dereferenced it and the process died of SIGSEGV. Run in a child process, so
+    that a regression cannot take the test run down with it."""
+    child = """
+import torch, adamlab
+p = torch.nn.Parameter(torch.randn(4)); p.grad = torch.ones(4)
+opt = adamlab.Adam([p], fused=True); opt.step()
+opt.state[p]["step"] = torch.zeros(0)
+before = p.detach().clone()
+try:
+    opt.step()
+except RuntimeError as err:
+    assert torch.equal(p.detach(), before)
+    print("refused:", err)
+else:
+    print("stepped")
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "refused: fused CPU update: the step count of parameter 0 (shape (4,))" in done.stdout, done.stdout
+
+
+def test_a_negative_step_count_is_put_back_when_its_coefficients_fail() -> None:
+    """A step count of -1 becomes 0, whose bias correction divides by zero: the error
+    propagates and the count is put back (through the C path and the plain torch path)."""
+    for dtype in (torch.float32, torch.float64):
+        opt, params = _one_fused_step(((5,), torch.float32))
+        opt.state[params[0]]["step"] = torch.tensor(-1.0, dtype=dtype)
+        before = _snapshot(opt, params)
+        with pytest.raises(ZeroDivisionError):
+            opt.step()
+        assert _unchanged(opt, params, before)
 
 
 def test_fails_soft_where_the_library_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,45 +137,50 @@ def _fused_cpu_update(
     )
     if not common:
         _check_sizes(lists)
-    coefs, index = _step_coefficients(
-        lib, state_steps, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction
-    )
+    _check_steps(params, state_steps)
+    # Everything that can refuse the step (dtype codes, real views, sizes, storage) runs
+    # before any step count moves: a refused step changes nothing.
     options = [
         float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
         1.0 if grad_scale is None else 1.0 / float(grad_scale),
         0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
     ]  # fmt: skip
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
     if common:
         (p_dtype,), (s_dtype,) = p_dtypes, s_dtypes
+        packed = _options(options, p_dtype, s_dtype)
         if p_dtype.is_complex:  # as torch: real and imaginary parts are independent
             flat = list(map(torch.view_as_real, flat))
             numels = [2 * n for n in numels]
-        _call(lib, flat, numels, coefs, index, _options(options, p_dtype, s_dtype))
+        table = _table(flat, numels)
+        coefs, index = _step_coefficients(lib, state_steps, **hyper)
+        _call(lib, table, len(numels), coefs, index, packed)
         return
     # the rare case: one call per (parameter dtype, state dtype) for the tensors the kernel
     # can walk directly, and one call per tensor, on contiguous copies, for the others
     plain: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    odd: list[tuple[int, list[Tensor], list[Tensor], array, bytes]] = []
     for i, p in enumerate(params):
         tensors = [lst[i] for lst in lists]
         if tensors[1].dtype == p.dtype and all(map(_is_contiguous, tensors)):
             plain.setdefault((p.dtype, exp_avgs[i].dtype), []).append(i)
         else:
-            _update_odd(
-                lib, tensors, coefs, None if index is None else index[i], _options(options, p.dtype, exp_avgs[i].dtype)
-            )
+            packed = _options(options, p.dtype, exp_avgs[i].dtype)
+            copies = _odd_copies(tensors)
+            odd.append((i, tensors, copies, _table(copies, [copies[0].numel()]), packed))
+    calls: list[tuple[array, list[int], bytes]] = []
     for (p_dtype, s_dtype), where in plain.items():
+        packed = _options(options, p_dtype, s_dtype)
         chosen = [lst[i] for lst in lists for i in where]  # row after row, as the table
         if p_dtype.is_complex:
             chosen = list(map(torch.view_as_real, chosen))
         sizes = list(map(_numel, chosen[: len(where)]))
-        _call(
-            lib,
-            chosen,
-            sizes,
-            coefs,
-            None if index is None else array("q", map(index.__getitem__, where)),
-            _options(options, p_dtype, s_dtype),
-        )
+        calls.append((_table(chosen, sizes), where, packed))
+    coefs, index = _step_coefficients(lib, state_steps, **hyper)
+    for i, tensors, copies, table, packed in odd:
+        _update_odd(lib, tensors, copies, table, coefs, None if index is None else index[i], packed)
+    for table, where, packed in calls:
+        _call(lib, table, len(where), coefs, None if index is None else array("q", map(index.__getitem__, where)), packed)
 
 
 _fused_cpu_update_eagerly = torch.compiler.disable(_fused_cpu_update)
@@ -200,6 +205,10 @@ _data_ptr = Tensor.data_ptr
 def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> bytes:
     """The ``adamlab_options`` record for one call, with the dtype codes of its tensors."""
     if p_dtype.is_complex:
+        if not s_dtype.is_complex:
+            raise RuntimeError(
+                f"the fused CPU implementation needs complex state for {p_dtype} parameters, got {s_dtype} state"
+            )
         p_dtype, s_dtype = p_dtype.to_real(), s_dtype.to_real()
     if p_dtype not in _DTYPE_CODES or s_dtype not in _DTYPE_CODES:
         raise RuntimeError(f"the fused CPU implementation does not support {p_dtype} parameters with {s_dtype} state")
@@ -207,24 +216,59 @@ def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> b
     return _OPTIONS.pack(*values)
 
 
+def _check_steps(params: list[Tensor], steps: list[Tensor]) -> None:
+    """Every step count is one real number (a 0-dim tensor, as torch's): the kernel adds 1
+    through its address, so an empty step would be written out of bounds. Refuse it, naming
+    its parameter (the loop and foreach paths raise ``RuntimeError`` for the same input)."""
+    if len(steps) != len(params):
+        raise RuntimeError(f"fused CPU update: {len(steps)} step counts for {len(params)} parameters")
+    dtypes = set(map(_dtype, steps))
+    if set(map(_numel, steps)) == {1} and not any(d.is_complex or d == torch.bool for d in dtypes):
+        return
+    for i, (p, step) in enumerate(zip(params, steps)):
+        if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
+            raise RuntimeError(
+                f"fused CPU update: the step count of parameter {i} (shape {tuple(p.shape)}) is a {step.dtype} "
+                f"tensor of shape {tuple(step.shape)}; expected one real number (a 0-dim tensor)"
+            )
+
+
 def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[array, array | None]:
     """Advance every step count by one (one C call); the coefficient records (C doubles) for
     the distinct new counts, each computed once by :func:`adamlab._moments.coefficients`,
-    and which record each tensor uses (None: the first, for all; the usual case)."""
+    and which record each tensor uses (None: the first, for all; the usual case).
+
+    The steps were checked (:func:`_check_steps`); if computing the coefficients fails (a
+    negative count), the counts are put back before the error propagates."""
     n = len(steps)
+    addresses = None
     if set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps)):
-        t = array("d", bytes(8 * n))
         addresses = array("Q", map(_data_ptr, steps))  # read now, used now, kept by no one
+        if 0 in addresses:  # a step without storage (a wrapper subclass): plain torch below
+            addresses = None
+    if addresses is not None:
+        t = array("d", bytes(8 * n))
         same = lib.adamlab_advance_steps(n, addresses.buffer_info()[0], t.buffer_info()[0])
+        new = None
     else:  # a step count in another dtype or place (an unusual checkpoint): plain torch
-        for step in steps:
-            step += 1
-        t = array("d", [step.item() for step in steps])
+        with torch.no_grad():
+            new = [step + 1 for step in steps]  # written back once the coefficients are known
+        t = array("d", [float(x) for x in new])
         same = len(set(t)) == 1
-    values = [t[0]] if same else sorted(set(t))
-    coefs = array("d")
-    for value in values:
-        coefs.extend(map(float, coefficients(value, **hyper)))
+    try:
+        values = [t[0]] if same else sorted(set(t))
+        coefs = array("d")
+        for value in values:
+            coefs.extend(map(float, coefficients(value, **hyper)))
+    except BaseException:
+        if addresses is not None:  # undo the C call: counts that fail here are small, so t - 1 is exact
+            for address, value in zip(addresses, t):
+                ctypes.c_float.from_address(address).value = value - 1.0
+        raise
+    if new is not None:
+        with torch.no_grad():
+            for step, value in zip(steps, new):
+                step.copy_(value)
     if same:
         return coefs, None
     position = {v: i for i, v in enumerate(values)}
@@ -255,32 +299,45 @@ def _check_sizes(lists: list[list[Tensor]]) -> None:
                 )
 
 
-def _call(lib, flat: list[Tensor], numels: list[int], coefs: array, index: array | None, options: bytes) -> None:
-    """One kernel call over the given (contiguous, CPU, real) tensors, ``flat`` holding the
-    parameters, then the gradients, then each state list: one table of sizes and addresses,
-    read from the tensors now and used by this call only."""
+def _table(flat: list[Tensor], numels: list[int]) -> array:
+    """The kernel's table for the given (contiguous, CPU, real) tensors, ``flat`` holding the
+    parameters, then the gradients, then each state list: the sizes, then the addresses, read
+    from the tensors now and used by one call only. A nonempty tensor without storage (a
+    wrapper subclass) is refused here, before anything is written."""
     table = array("q", numels)
     table.extend(map(_data_ptr, flat))
-    if 0 in table[len(numels) :]:  # empty tensors, or a tensor without storage (a wrapper subclass)
+    if 0 in table[len(numels) :]:  # empty tensors, or a tensor without storage
         bad = next((type(x).__name__ for x in flat if x.data_ptr() == 0 and x.numel()), None)
         if bad is not None:
             raise RuntimeError(f"the fused CPU implementation needs tensors with storage, got a {bad}")
-    rc = lib.adamlab_fused_step(
-        len(numels), table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options
-    )
+    return table
+
+
+def _call(lib, table: array, n: int, coefs: array, index: array | None, options: bytes) -> None:
+    """One kernel call over the n tensors of a table built by :func:`_table`."""
+    rc = lib.adamlab_fused_step(n, table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options)
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
 
 
-def _update_odd(lib, tensors: list[Tensor], coefs: array, coef: int | None, options: bytes) -> None:
-    """One tensor (non-contiguous, or a gradient of another dtype): update contiguous
-    copies, then write them back (rare; correctness over speed)."""
-    param = tensors[0]
-    real = torch.view_as_real if param.is_complex() else (lambda x: x)
+def _odd_copies(tensors: list[Tensor]) -> list[Tensor]:
+    """Contiguous real copies (or the tensors themselves, when already so) of θ, g, v, s (and
+    max s) of one tensor that the kernel cannot walk directly; g in θ's dtype."""
+    real = torch.view_as_real if tensors[0].is_complex() else (lambda x: x)
     p, v, s, *m = (real(x).contiguous() for x in (tensors[0], *tensors[2:]))
     g = real(tensors[1]).to(p.dtype).contiguous()
+    return [p, g, v, s, *m]
+
+
+def _update_odd(
+    lib, tensors: list[Tensor], copies: list[Tensor], table: array, coefs: array, coef: int | None, options: bytes
+) -> None:
+    """One tensor (non-contiguous, or a gradient of another dtype): update the contiguous
+    copies made by :func:`_odd_copies`, then write them back (rare; correctness over speed)."""
+    real = torch.view_as_real if tensors[0].is_complex() else (lambda x: x)
+    p, _, v, s, *m = copies
     index = None if coef is None else array("q", [coef])
-    _call(lib, [p, g, v, s, *m], [p.numel()], coefs, index, options)
+    _call(lib, table, 1, coefs, index, options)
     for dst, src in zip((tensors[0], *tensors[2:]), (p, v, s, *m)):
         if real(dst).data_ptr() != src.data_ptr():
             real(dst).copy_(src)

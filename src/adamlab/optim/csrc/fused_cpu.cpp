@@ -10,8 +10,12 @@
 // (the same field names): this file never computes 1-β^t.
 //
 // Plain C ABI (extern "C"), no torch or Python headers, loaded with ctypes (see
-// adamlab/optim/fused_cpu.py). OpenMP resolves to the libgomp that torch has already
-// loaded, so it shares torch's thread pool and count.
+// adamlab/optim/fused_cpu.py). The library needs libgomp.so.1 by that name; where torch has
+// already loaded a library of that name (the CPU torch wheels tested here: only
+// torch/lib/libgomp.so.1 is mapped), the dynamic loader reuses it, so the kernel shares
+// torch's OpenMP thread pool and count. A torch built against a differently named OpenMP
+// runtime (a hash-suffixed libgomp, LLVM's libomp, Intel's libiomp5) would leave the kernel
+// its own runtime, with its own threads.
 //
 // Portable builds: the element loop is compiled for AVX-512, AVX2 and baseline x86-64
 // (`target_clones`, GCC/clang on x86-64 Linux); the loader picks one for this CPU.
