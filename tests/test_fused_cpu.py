@@ -425,7 +425,9 @@ def _integer_state(opt, params) -> None:
 REFUSED = {
     # (parameters, how the state is spoiled after one good step, message)
     "complex parameter, real state (one call)": (
-        [((6,), torch.complex64)], _real_state_for_a_complex_parameter, "needs complex state for torch.complex64"
+        [((6,), torch.complex64)],
+        _real_state_for_a_complex_parameter,
+        "needs complex state for torch.complex64",
     ),
     "complex parameter, real state (mixed group)": (
         [((5,), torch.float32), ((6,), torch.complex64)],
@@ -434,14 +436,14 @@ REFUSED = {
     ),
     "integer state (one call)": ([((6,), torch.float32)], _integer_state, "does not support torch.float32 parameters"),
     "integer state (mixed group)": (
-        [((5,), torch.float64), ((6,), torch.float32)], _integer_state, "does not support torch.float32 parameters"
+        [((5,), torch.float64), ((6,), torch.float32)],
+        _integer_state,
+        "does not support torch.float32 parameters",
     ),
     "non-contiguous parameter, complex with real state": (
         [((5,), torch.float32), ((4, 3), torch.complex64)],
         lambda opt, params: (
-            opt.state[params[-1]].update(
-                exp_avg=torch.zeros(4, 3), exp_avg_sq=torch.zeros(4, 3)
-            ),
+            opt.state[params[-1]].update(exp_avg=torch.zeros(4, 3), exp_avg_sq=torch.zeros(4, 3)),
             setattr(params[-1], "grad", params[-1].grad.t().contiguous().t()),  # the odd path
         ),
         "needs complex state for torch.complex64",

@@ -8,6 +8,7 @@ would reach ``dlopen`` with a bad file runs in a child process.
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
 import os
 import shutil
 import struct
@@ -100,6 +101,55 @@ print("stepped", [str(w.message) for w in caught])
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "stepped" in done.stdout and "truncated" in done.stdout
+
+
+def _elf64_header(size: int, phoff: int, phentsize: int, phnum: int, shoff=0, shentsize=0, shnum=0) -> bytes:
+    """A little-endian ELF64 shared-object header for this machine, padded to ``size`` bytes."""
+    machine = (_library._interpreter_machine() or (62, 2))[0]
+    data = bytearray(size)
+    data[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into(
+        "<HHIQQQIHHHHHH", data, 16, 3, machine, 1, 0, phoff, shoff, 0, 64, phentsize, phnum, shentsize, shnum, 0
+    )
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        # review finding 10 (t13): 120 + 8 * 1 <= 128 passed the bound; the 56-byte read raised struct.error
+        (_elf64_header(128, phoff=120, phentsize=1, phnum=8), "program header entries of 1 bytes"),
+        (
+            _elf64_header(256, phoff=64, phentsize=56, phnum=1, shoff=128, shentsize=8, shnum=3),
+            "section header entries of 8 bytes",
+        ),
+    ],
+    ids=["phentsize", "shentsize"],
+)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the ELF checks apply on Linux")
+def test_a_corrupt_header_is_refused_not_raised(tmp_path: Path, header: bytes, message: str) -> None:
+    (tmp_path / f"_bad{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(header)
+    with pytest.raises(_library.LibraryUnavailable, match=f"is damaged \\({message}"):
+        _library.load("_bad", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "error", [OSError(13, "Permission denied"), struct.error("unpack_from requires more"), ValueError("odd")]
+)
+def test_any_failure_while_checking_is_library_unavailable(tmp_path: Path, monkeypatch, error: Exception) -> None:
+    """Review finding 10: an unreadable file (OSError from read_bytes) or a header the checks
+    trip over escaped the fallback; every failure in opening a kernel is LibraryUnavailable
+    (a RuntimeError), naming the cause."""
+    (tmp_path / f"_odd{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"\x7fELF")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Path, "read_bytes", fail)
+    with pytest.raises(
+        _library.LibraryUnavailable, match=f"could not be checked or opened \\({type(error).__name__}: "
+    ):
+        _library.load("_odd", tmp_path)
 
 
 def test_no_module_in_src_runs_a_compiler() -> None:

@@ -64,6 +64,20 @@ def load(name: str, directory: Path | None = None) -> ctypes.CDLL:
 
 
 def _open(name: str, directory: Path) -> ctypes.CDLL:
+    """:func:`_opened`, with every failure a :class:`LibraryUnavailable` (an unreadable file,
+    a header that does not parse...): whatever goes wrong here, the caller falls back."""
+    try:
+        return _opened(name, directory)
+    except LibraryUnavailable:
+        raise
+    except Exception as err:
+        raise LibraryUnavailable(
+            f"adamlab's native kernel {name} in {directory} could not be checked or opened "
+            f"({type(err).__name__}: {err}); {_REINSTALL}"
+        ) from err
+
+
+def _opened(name: str, directory: Path) -> ctypes.CDLL:
     path = find(name, directory)
     if path is None:
         raise LibraryUnavailable(
@@ -125,6 +139,12 @@ def _elf_problem(data: bytes) -> str | None:
     if ours is not None and (e_machine, elf_class) != ours:
         return f"built for another machine (ELF machine {e_machine}, class {elf_class}; this one {ours})"
     size = len(data)
+    # each table entry is read as a whole record: entries smaller than it would be read
+    # past their table (and past the file)
+    if e_phnum and e_phentsize < (56 if wide else 32):
+        return f"program header entries of {e_phentsize} bytes (an ELF{32 + 32 * wide} one has {56 if wide else 32})"
+    if e_shnum and e_shentsize < (64 if wide else 40):
+        return f"section header entries of {e_shentsize} bytes (an ELF{32 + 32 * wide} one has {64 if wide else 40})"
     if e_phoff + e_phnum * e_phentsize > size:
         return f"truncated: program headers end past the file's {size} bytes"
     if e_shnum and e_shoff + e_shnum * e_shentsize > size:

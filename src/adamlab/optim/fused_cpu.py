@@ -180,7 +180,9 @@ def _fused_cpu_update(
     for i, tensors, copies, table, packed in odd:
         _update_odd(lib, tensors, copies, table, coefs, None if index is None else index[i], packed)
     for table, where, packed in calls:
-        _call(lib, table, len(where), coefs, None if index is None else array("q", map(index.__getitem__, where)), packed)
+        _call(
+            lib, table, len(where), coefs, None if index is None else array("q", map(index.__getitem__, where)), packed
+        )
 
 
 _fused_cpu_update_eagerly = torch.compiler.disable(_fused_cpu_update)
@@ -315,7 +317,9 @@ def _table(flat: list[Tensor], numels: list[int]) -> array:
 
 def _call(lib, table: array, n: int, coefs: array, index: array | None, options: bytes) -> None:
     """One kernel call over the n tensors of a table built by :func:`_table`."""
-    rc = lib.adamlab_fused_step(n, table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options)
+    rc = lib.adamlab_fused_step(
+        n, table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options
+    )
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
 
