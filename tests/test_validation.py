@@ -181,3 +181,61 @@ def test_validation_is_framework_free_and_accepts_good_values() -> None:
     validate_hyperparameters(lr=0.0, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0, initial_accumulator_value=0.0)
     validate_hyperparameters(lr=1, betas=[0.9, 0.999], bias_correction="recursive")
     validate_hyperparameters(bias_correction=False)
+
+
+# review finding 8: two Parameters over one storage, with fused=True, raced in the OpenMP kernel
+def _over_one_storage(kind: str) -> list[torch.Tensor]:
+    base = torch.randn(300_000)
+    if kind == "same storage":
+        return [torch.nn.Parameter(base), torch.nn.Parameter(base)]
+    if kind == "overlapping views":
+        return [torch.nn.Parameter(base[:200_000]), torch.nn.Parameter(base[100_000:])]
+    # a column of a matrix and the matrix's last row: strided, sharing one element
+    m = base[:12].view(3, 4)
+    return [torch.nn.Parameter(m[:, 3]), torch.nn.Parameter(m[2])]
+
+
+@pytest.mark.parametrize("kind", ["same storage", "overlapping views", "strided views"])
+@pytest.mark.parametrize("where", ["group in constructor", "add_param_group", "validate_group_params with defaults"])
+def test_fused_refuses_parameters_that_share_memory(kind: str, where: str) -> None:
+    from adamlab.validation import validate_group_params
+
+    a, b = _over_one_storage(kind)
+    keep = torch.nn.Parameter(torch.zeros(2))
+    message = r"param_groups\[\d\]\['params'\]\[2\] shares memory with param_groups\[\d\]\['params'\]\[0\]"
+    with pytest.raises(ValueError, match=message):
+        if where == "group in constructor":
+            adamlab.Adam([{"params": [a, keep, b], "fused": True}])
+        elif where == "add_param_group":
+            opt = adamlab.Adam([keep], foreach=True)
+            opt.add_param_group({"params": [a, torch.nn.Parameter(torch.zeros(3)), b], "fused": True})
+        else:
+            validate_group_params({"params": [a, keep, b]}, "param_groups[0]", [], False, {"fused": True})
+    if where == "add_param_group":
+        assert len(opt.param_groups) == 1  # nothing added
+
+
+@pytest.mark.xfail(
+    reason="needs optimizer.add_param_group to pass self.defaults to validate_group_params", strict=False
+)
+def test_fused_refuses_parameters_that_share_memory_with_fused_as_the_default() -> None:
+    a, b = _over_one_storage("same storage")
+    with pytest.raises(ValueError, match=r"\['params'\]\[1\] shares memory with param_groups\[0\]\['params'\]\[0\]"):
+        adamlab.Adam([a, b], fused=True)
+
+
+@pytest.mark.parametrize("flags", [dict(foreach=True), dict(foreach=False), dict(fused=False)], ids=str)
+def test_loop_and_foreach_accept_parameters_that_share_memory(flags) -> None:
+    """They update one parameter after another (as torch does): aliases are allowed there."""
+    a, b = _over_one_storage("same storage")
+    adamlab.Adam([a, b], **flags)
+    adamlab.Adam([{"params": [a, b], **flags}])
+
+
+def test_fused_accepts_disjoint_views_of_one_storage() -> None:
+    base = torch.randn(1000)
+    a, b = torch.nn.Parameter(base[:500]), torch.nn.Parameter(base[500:])
+    c, d = torch.nn.Parameter(base[:0]), torch.nn.Parameter(base[:0])  # empty: nothing shared
+    opt = adamlab.Adam([{"params": [a, b, c, d], "fused": True}])
+    a.grad, b.grad = torch.ones(500), torch.ones(500)
+    opt.step()

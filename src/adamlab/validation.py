@@ -225,7 +225,13 @@ def validate_params(params: Any, where: str) -> list[Any]:
     return listed
 
 
-def validate_group_params(group: Any, where: str, existing: list[Mapping[str, Any]], differentiable: bool) -> list[Any]:
+def validate_group_params(
+    group: Any,
+    where: str,
+    existing: list[Mapping[str, Any]],
+    differentiable: bool,
+    defaults: Mapping[str, Any] | None = None,
+) -> list[Any]:
     """A new group's ``params`` as a list, checked; nothing of ``group`` is changed here.
 
     Each entry is a tensor or a ``(name, tensor)`` pair; a tensor listed twice in the group,
@@ -233,6 +239,11 @@ def validate_group_params(group: Any, where: str, existing: list[Mapping[str, An
     torch only warns about a duplicate within a group, but a duplicate is updated twice per
     step (and, in a multithreaded fused kernel, by two threads at once: a data race), so
     adamlab refuses it on every path. Non-leaf tensors are refused unless ``differentiable``.
+
+    A group that runs fused (its ``fused``, else the ``defaults``' one, is True) also refuses
+    two distinct tensors whose memory overlaps (two Parameters over one storage): the fused
+    kernel updates a group's tensors at once, on several threads. The loop and foreach paths
+    update them one after another, as torch does, and accept them.
     """
     import torch
 
@@ -282,7 +293,50 @@ def validate_group_params(group: Any, where: str, existing: list[Mapping[str, An
                 f"some parameters appear in more than one parameter group: {where}['params'][{i}] is {seen[id(tensor)]}"
             )
         mine[id(tensor)] = i
+    fused = group.get("fused", None if defaults is None else defaults.get("fused"))
+    if _is_true(fused):
+        _refuse_overlaps(
+            where, [entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry for entry in listed]
+        )
     return listed
+
+
+def _is_true(value: Any) -> bool:
+    try:
+        return not isinstance(value, (str, bytes)) and value in (True,)
+    except Exception:  # an array's ambiguous truth value: validate_group refuses it by name
+        return False
+
+
+def _refuse_overlaps(where: str, tensors: list[Any]) -> None:
+    """``ValueError`` naming the first two of ``tensors`` whose byte ranges overlap (on one
+    device). Empty tensors, and tensors without storage (meta, wrapper subclasses), are skipped."""
+    spans = []
+    for i, t in enumerate(tensors):
+        try:
+            if t.numel() == 0 or t.device.type == "meta":
+                continue
+            start = t.data_ptr()
+        except Exception:  # no storage to share
+            continue
+        if start == 0:
+            continue
+        extent = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+        spans.append((str(t.device), start, start + extent * t.element_size(), i))
+    spans.sort()
+    reach: dict[str, tuple[int, int]] = {}  # device -> (the furthest end so far, whose)
+    for device, start, end, i in spans:
+        far, j = reach.get(device, (0, -1))
+        if start < far:
+            first, second = sorted((i, j))
+            raise ValueError(
+                f"{where}['params'][{second}] shares memory with {where}['params'][{first}]: with fused=True "
+                "adamlab refuses a parameter group whose parameters overlap (the fused kernel would write the "
+                "shared elements from two threads at once); give each its own storage (clone it), or use "
+                "foreach=True"
+            )
+        if end > far:
+            reach[device] = (end, i)
 
 
 def _state_tensor(name: str, key: str, value: Any, p: Any) -> None:
