@@ -14,7 +14,7 @@ the least-squares optimum of the same ½-MSE, computed in float64 from the data.
 
 The order: validate everything (configs, data, checkpoints to resume), train each run
 (:func:`adamlab.lab.loop.train`), and return a :class:`ChapterResult`; the ``adamlab``
-command writes it with :func:`adamlab.lab.cli.write_and_report`. Ctrl-C between or
+command writes it with :func:`adamlab.lab.cli.execute`. Ctrl-C between or
 during runs keeps the runs that finished (``status: "partial"``).
 """
 
@@ -117,8 +117,15 @@ class ChapterResult:
                 ra, rb = by_name[a], by_name[b]
                 same = ra.parameters == rb.parameters
                 diff = abs(ra.final_loss - rb.final_loss)
-                how = "bitwise-identical parameters" if same else f"final losses {diff:.2e} apart"
-                out.append(f"{b} reproduces {a} on this data: {how}.")
+                if same:
+                    out.append(f"{b} reproduces {a} on this data: bitwise-identical parameters.")
+                elif diff <= 1e-6:
+                    out.append(f"{b} reproduces {a} on this data to rounding: final losses {diff:.2e} apart.")
+                else:  # Keras's and MXNet's Adam put an ε-hat next to the raw √s; adamlab's ε is after √ŝ
+                    out.append(
+                        f"{b} differs from {a}: final losses {diff:.2e} apart "
+                        "(their ε conventions differ; see docs/compatibility.md)."
+                    )
         scratch = {r.config.optimizer: r for r in ok if r.config.trainer == "scratch"}
         if "adam" in scratch and "yogi" in scratch:
             d = scratch["yogi"].final_loss - scratch["adam"].final_loss

@@ -319,6 +319,10 @@ def _run_chapter_command(
             batch_size=options["batch_size"], epochs=options["epochs"], seed=options["seed"], data=source,
         )  # fmt: skip
         check_runs(checked, data)
+        from adamlab.lab import limits  # the curves' size, before any work (--epochs has no other bound)
+
+        epochs = max(c.epochs for c in checked)
+        limits.check_runs(len(checked), epochs * data.n // 200 + 2, f"--epochs {epochs}")
         if saving and options["framework"] != "torch":
             raise LabInputError("--checkpoint-every and --resume: only --framework torch supports them")
         execute(work, out=out, stem=stem, figure=figure, as_json=as_json, quiet=quiet, plot_format=plot_format,

@@ -147,9 +147,12 @@ class InitBatchesResult:
         def when(row: dict[str, Any]) -> str:
             return "never" if row[steps] is None else f"{row[steps]} steps"
 
-        base = rows.get("s0=0")
         out = []
         for s in self.starts:
+            # compare with the start that differs only in the initialization: the same
+            # bias-correction setting, s from 0 (init k runs without correction: s is real data)
+            base_name = "s0=0" if s.bias_correction else "s0=0,no-bc"
+            base = rows.get(base_name)
             if not s.init_batches or s.name not in rows or base is None:
                 continue
             row = rows[s.name]
@@ -164,8 +167,9 @@ class InitBatchesResult:
                 verdict = "no difference"
             out.append(
                 f"{s.name} (s from {s.init_batches} minibatches): within 0.01 of the floor after {when(row)}, "
-                f"vs {when(base)} from s0 = 0: {verdict} on this data."
+                f"vs {when(base)} from s0 = 0 ({base_name}, the same bias correction): {verdict} on this data."
             )
+        base = rows.get("s0=0")
         nobc = rows.get("s0=0,no-bc")
         if nobc is not None and base is not None:
             out.append(
