@@ -9,13 +9,19 @@ of waiting for every in-flight chunk (seconds to minutes).
 
 Workers start by ``fork`` where the platform has it (milliseconds, with torch already
 imported, as torch's own DataLoader workers do), ``spawn`` elsewhere. A worker that dies
-(killed, out of memory) raises ``BrokenProcessPool`` here rather than hanging.
+(killed, out of memory) raises ``BrokenProcessPool`` here rather than hanging. A worker
+holds nothing of its parent's: it closes the inherited lock on ``--out``, and it ends
+when its parent dies (even by SIGKILL), so no orphan keeps computing or holding files.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -43,9 +49,36 @@ def ordered_map(
 
 
 def _start_worker(initializer: Callable[[], None] | None) -> None:
+    from adamlab.lab.results import release_inherited_locks
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    release_inherited_locks()  # a forked copy of --out's lock would outlive a killed parent
+    _die_with_parent(os.getppid())
     if initializer is not None:
         initializer()
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when its parent dies (a SIGKILLed parent cannot stop its workers, and
+    they ignore SIGINT): PR_SET_PDEATHSIG on Linux, else a thread that watches ``getppid()``."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the call: nobody would signal
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:

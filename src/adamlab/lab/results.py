@@ -46,6 +46,7 @@ LOCK_FILE = ".adamlab.lock"
 STAGE_PREFIX = ".adamlab-stage-"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds (see release_inherited_locks)
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ class Outputs:
             return
         path = self.folder / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666 & ~_UMASK)
         except OSError as e:
             raise LabInputError(f"--out {self.folder} is not writable ({e.strerror or e})") from None
         try:
@@ -284,6 +285,7 @@ class Outputs:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        _HELD_LOCKS.add(fd)
 
     def _remove_leftovers(self) -> None:
         """Staging folders and temp files of runs that died (we hold the lock: none is alive)."""
@@ -332,8 +334,25 @@ class Outputs:
             shutil.rmtree(self._stage, ignore_errors=True)
             self._stage = None
         if self._lock_fd is not None:
+            _HELD_LOCKS.discard(self._lock_fd)
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
+
+
+def release_inherited_locks() -> None:
+    """In a child made by ``fork``: close the lock descriptors it inherited from its parent.
+
+    An flock belongs to the open file, shared by every copy of the descriptor: a forked
+    worker that kept its copy would hold ``--out`` locked after its parent died (a
+    SIGKILLed sweep refused the next run on that folder, naming a dead pid). Only ever
+    called in a child; the parent's own descriptors (and its lock) are untouched.
+    """
+    for fd in list(_HELD_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
 
 
 def _check_writable_dir(folder: Path, what: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ import click
 import numpy as np
 
 from adamlab.lab import limits, pool
-from adamlab.lab.cli import ProgressBar, execute, input_errors, plot_format_option, standard_options
+from adamlab.lab.cli import ProgressBar, execute, fail, input_errors, plot_format_option, standard_options
 from adamlab.lab.data import DATA_HELP, EXAMPLES_PER_EVAL, LabData, LabInputError, least_squares_floor, load
 from adamlab.lab.family import member
 from adamlab.lab.plots import color, figure, plain_log_ticks, style
@@ -144,6 +145,7 @@ class SweepResult:
     status: str = "complete"  # "partial": interrupted; ``runs`` are those that finished
     planned: int = 0
     command: str = "sweep"
+    stopped_by: str = "interrupted"  # why a partial sweep stopped ("a worker process died")
 
     @property
     def config(self) -> dict[str, Any]:
@@ -178,7 +180,9 @@ class SweepResult:
         def span(block: tuple[int, int] | None) -> list[float] | None:
             return None if block is None else [pts[block[0]]["lr"], pts[block[1]]["lr"]]
 
-        best = min((p for p in pts if p["median"] is not None), key=lambda p: p["median"], default=None)
+        # the best rate among the stable points only: a rate where a seed diverged is no recommendation
+        stable_pts = (p for p in pts if p["diverged"] == 0 and p["median"] is not None)
+        best = min(stable_pts, key=lambda p: p["median"], default=None)
         return {
             "stable": span(stable),
             "useful": span(useful),
@@ -212,7 +216,8 @@ class SweepResult:
         """Each optimizer's stable range and best rate, and what larger batches did; from the runs."""
         out = []
         if self.status == "partial":
-            out.append(f"Interrupted: {len(self.runs)} of {self.planned} runs finished; the ranges use those only.")
+            why = self.stopped_by[:1].upper() + self.stopped_by[1:]
+            out.append(f"{why}: {len(self.runs)} of {self.planned} runs finished; the ranges use those only.")
         cfg = self.sweep
         for opt, bs in self.axes():
             r = self.ranges(opt, bs)
@@ -326,6 +331,7 @@ def sweep(
     finished (``status="partial"``); ``progress`` advances by each run's optimizer steps."""
     config = (config or SweepConfig()).validate()
     data = load(config.data)
+    check_batch_sizes(config, data.n)
     floor = least_squares_floor(data)
     jobs = limits.check_jobs(default_jobs() if jobs is None else jobs)
     limits.check_runs(config.run_count(), config.points_per_run(data.n), RUNS_FROM)  # before tasks() is built
@@ -339,14 +345,25 @@ def sweep(
         if progress is not None:
             progress.advance(steps[index])
 
-    status = "complete"
+    status, stopped_by = "complete", "interrupted"
     try:
         _run_tasks(tasks, config, jobs, on_result)
     except KeyboardInterrupt:
         if not runs:
             raise
         status = "partial"
-    return SweepResult(config, runs, floor, data.describe(), jobs, status, len(tasks))
+    except BrokenProcessPool:  # a worker was killed (OOM killer, kill -9): keep what finished
+        if not runs:
+            raise
+        status, stopped_by = "partial", "a worker process died (killed, or out of memory)"
+    return SweepResult(config, runs, floor, data.describe(), jobs, status, len(tasks), stopped_by=stopped_by)
+
+
+def check_batch_sizes(config: SweepConfig, rows: int) -> None:
+    """Every batch size of the grid fits in the data (before any output or training)."""
+    largest = max((config.batch_size, *config.batch_sizes))
+    if largest > rows:
+        raise LabInputError(f"the data has {rows} rows, fewer than one batch of {largest} (--batch-size/--batch-sizes)")
 
 
 def _run_tasks(
@@ -443,11 +460,18 @@ def command(
         config = (SweepConfig.full(**overrides) if full else SweepConfig(**overrides)).validate()
         limits.check_jobs(default_jobs() if jobs is None else jobs)
         lab_data = load(config.data)
+        check_batch_sizes(config, lab_data.n)  # before --out is touched
         limits.check_runs(config.run_count(), config.points_per_run(lab_data.n), RUNS_FROM)
         total = sum(config.steps(lab_data.n))
 
         def work(_: Any) -> SweepResult:
             with ProgressBar("sweep", total, enabled=not (quiet or as_json)) as bar:
-                return sweep(config, jobs=jobs, progress=bar)
+                try:
+                    return sweep(config, jobs=jobs, progress=bar)
+                except BrokenProcessPool:  # nothing had finished (else the result is partial)
+                    fail(
+                        "a sweep worker process died (killed, or out of memory); nothing had finished, nothing written",
+                        1,
+                    )
 
         execute(work, out=out, stem="sweep", as_json=as_json, quiet=quiet, plot_format=plot_format)
