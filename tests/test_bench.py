@@ -184,3 +184,43 @@ def test_peak_extra_bytes_sees_temporaries() -> None:
 def test_stream_bandwidth_counts_read_modify_write() -> None:
     bw = measure.stream_bandwidth("cpu", 1 << 20, repeats=3)
     assert bw["bytes_per_element"] == 12 and bw["gb_s"] == pytest.approx(12 * bw["elements"] / bw["seconds"] / 1e9)
+
+
+def test_bench_creates_out_and_json_prints_the_file(tmp_path) -> None:
+    out = tmp_path / "new" / "deeper"
+    args = ["--smoke", "--no-first-step", "--set", "one-large", "--impl", "adamlab.Adam foreach=True"]
+    result = CliRunner().invoke(command, [*args, "--out", str(out), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output == (out / "bench-cpu.json").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["bench-cpu.json", "bench-cpu.png"]  # no temp files left
+
+
+def test_bench_json_is_strict_with_non_finite_values_as_null(tmp_path, monkeypatch) -> None:
+    from adamlab.bench import core
+
+    fake = {"sets": [{"set": "x", "rows": [{"ms": float("nan"), "ratio": float("inf")}]}]}
+    monkeypatch.setattr(core, "run", lambda cfg, progress=None: fake)
+    monkeypatch.setattr(core, "chart", lambda result, path: open(path, "wb").write(b"png"))
+    result = CliRunner().invoke(command, ["--smoke", "--out", str(tmp_path), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "NaN" not in result.output and "Infinity" not in result.output
+    doc = json.loads(result.output)
+    assert doc["sets"][0]["rows"][0] == {"ms": None, "ratio": None}
+    assert result.output == (tmp_path / "bench-cpu.json").read_text()
+    assert (tmp_path / "bench-cpu.png").read_bytes() == b"png"
+
+
+def test_bench_refuses_an_unknown_set_before_creating_out(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--smoke", "--set", "nope", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2 and not (tmp_path / "o").exists()
+
+
+def test_first_step_timeout_is_a_row_error(monkeypatch) -> None:
+    import subprocess
+
+    def slow(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+
+    monkeypatch.setattr(measure.subprocess, "run", slow)
+    assert measure.first_fused_step("cpu", cold=False) == {"cold": False, "error": "timed out after 600 s"}

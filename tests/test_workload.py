@@ -124,7 +124,9 @@ def test_ctrl_c_keeps_what_was_measured_marked_partial(tmp_path, capsys, monkeyp
         (["--modes", "single,zero3"], "zero3"),
         (["--world-size", "4096"], "larger than this machine's"),
         (["--n-layer", "3000", "--d-model", "4096"], "too large for this machine"),
-        (["--batch-size", "3", "--modes", "ddp"], "does not split evenly"),
+        (["--batch-size", "3", "--modes", "single,ddp"], "does not split evenly"),
+        (["--modes", "ddp"], "need the single mode too"),
+        (["--modes", "fsdp2,ddp"], "need the single mode too"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message) -> None:
@@ -177,3 +179,48 @@ def test_corpus_rule_split_and_batches_are_fixed() -> None:
     x2, _ = corpus.train_batch(a, 3, 0, 4, 16)
     assert torch.equal(x1, x2) and torch.equal(x1[:, 1:], y1[:, :-1])
     assert not torch.equal(x1, corpus.train_batch(a, 3, 1, 4, 16)[0])  # another seed, other data
+
+
+def test_a_failed_rank_is_a_failed_check_and_the_single_process_results_are_written(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    from adamlab.bench.workload import launch
+
+    def failing(mode, *args, **kwargs):
+        raise RuntimeError(
+            f"{mode} ranks exited with [1, 0]:\n--- rank 0\nTraceback (most recent call last):\n"
+            '  File "x.py", line 1, in <module>\nValueError: boom\n--- rank 1\n'
+        )
+
+    monkeypatch.setattr(launch, "run_distributed", failing)
+    monkeypatch.setattr(config, "cores", lambda: 2)
+    code, _out, err = _invoke(
+        [
+            "--workload", "gpt", "--quick", "--impl", "adamlab.Adam foreach=True", "--modes", "single,ddp",
+            "--world-size", "2", "--out", str(tmp_path), "--quiet",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 1 and err.count("\n") == 1 and "ranks finish" in err and "ValueError: boom" in err, err
+    doc = json.loads((tmp_path / "workload-gpt.json").read_text())
+    assert [r["steps"] for r in doc["runs"]["single"]] == [doc["config"]["steps"]] and doc["runs"]["ddp"] == []
+    assert "ValueError: boom" in doc["distributed"]["ddp"]["error"]
+    assert [c["check"] for c in doc["checks"] if not c["ok"]] == ["ranks finish"]
+    assert (tmp_path / "workload-gpt.png").exists()
+
+
+def _val(*losses):
+    return [{"step": i + 1, "loss": x, "wall_s": float(i)} for i, x in enumerate(losses)]
+
+
+def test_a_non_finite_or_missing_comparison_fails_the_match_check() -> None:
+    from adamlab.bench.workload.report import checks
+
+    cfg = preset("quick")
+    single = {"optimizer": "a", "seed": 0, "val": _val(3.0, 2.0, 1.0)}
+    nan_run = {"optimizer": "a", "seed": 0, "val": _val(3.0, 2.0, float("nan"))}
+    unmatched = {"optimizer": "b", "seed": 0, "val": _val(3.0, 2.0, 1.0)}
+    result = {"runs": {"single": [single], "ddp": [nan_run, unmatched]}, "distributed": {}, "partial": False}
+    matches = [c for c in checks(result, cfg) if c["check"] == "matches single process"]
+    assert [(c["optimizer"], c["ok"]) for c in matches] == [("a", False), ("b", False)]
+    assert "not run" in matches[1]["detail"]

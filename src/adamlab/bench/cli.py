@@ -15,7 +15,6 @@ and .png. Both print a Markdown table (or the JSON with ``--json``). The lab CLI
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,7 @@ def command(
     if given:
         raise LabInputError(f"{', '.join(given)}: only with --workload gpt")
     from adamlab.bench.core import BenchConfig, chart, run, table
-    from adamlab.lab.results import write_json
+    from adamlab.lab.results import dumps, write_json
 
     out_dir = check_output_dir(out)
     import torch
@@ -120,15 +119,24 @@ def command(
         cold_start=cold_start,
     )
     talk = not (quiet or as_json)
+    from adamlab.bench.candidates import select
+    from adamlab.bench.sets import param_sets
+
+    try:  # refuse an unknown set or candidate name before creating anything
+        param_sets(device, smoke=smoke, names=sets or None)
+        select(impls or None)
+    except ValueError as e:
+        raise LabInputError(str(e)) from e
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         result = run(cfg, progress=(lambda m: click.echo(f"... {m}", err=True)) if talk else None)
     except ValueError as e:  # an unknown set or candidate name
         raise LabInputError(str(e)) from e
     json_path = write_json(Path(out_dir) / f"bench-{device}.json", result)
     png_path = Path(out_dir) / f"bench-{device}.png"
-    chart(result, png_path)
+    _atomic_figure(lambda path: chart(result, path), png_path)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(dumps(result), nl=False)
     elif not quiet:
         click.echo(table(result))
         click.echo(f"\nwrote {json_path} and {png_path}")
@@ -155,7 +163,7 @@ def _workload(
     from adamlab.bench.workload import config as wl_config
     from adamlab.bench.workload.report import figure, table
     from adamlab.bench.workload.run import resolve, run
-    from adamlab.lab.results import check_output_dir, write_json
+    from adamlab.lab.results import check_output_dir, dumps, write_json
 
     name = "quick" if quick else "default"
     n_seeds = n_seeds or len(wl_config.PRESETS[name].seeds)
@@ -187,9 +195,9 @@ def _workload(
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = write_json(out_dir / "workload-gpt.json", result)
     png_path = out_dir / "workload-gpt.png"
-    figure(result, png_path)
+    _atomic_figure(lambda path: figure(result, path), png_path)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(dumps(result), nl=False)
     elif not quiet:
         click.echo(table(result))
         click.echo(f"\nwrote {json_path} and {png_path}")
@@ -203,6 +211,26 @@ def _workload(
             f"{c['detail']}",
             EXIT_CHECK_FAILED,
         )
+
+
+def _atomic_figure(draw: Any, path: Path) -> Path:
+    """``draw(tmp)`` to a temp file in ``path``'s folder (same suffix, so the format holds),
+    then ``os.replace`` it over ``path``: a reader sees the old figure or the new one."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        from adamlab.lab.results import _UMASK
+
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        draw(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class _progress:

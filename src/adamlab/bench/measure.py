@@ -124,6 +124,9 @@ print(json.dumps({"import_s": t1 - t0, "first_step_s": t3 - t2, "second_step_s":
 """
 
 
+FIRST_STEP_TIMEOUT_S = 600
+
+
 def first_fused_step(device: str, *, cold: bool) -> dict[str, Any]:
     """The first ``adamlab.Yogi(fused=True).step()`` in a new Python process.
 
@@ -137,9 +140,16 @@ def first_fused_step(device: str, *, cold: bool) -> dict[str, Any]:
         if cold:
             env["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton")
         start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-c", _FIRST_STEP, device], capture_output=True, text=True, env=env, timeout=600
-        )
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-c", _FIRST_STEP, device],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=FIRST_STEP_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            return {"cold": cold, "error": f"timed out after {FIRST_STEP_TIMEOUT_S} s"}
         wall = time.perf_counter() - start
     if proc.returncode != 0:
         return {"cold": cold, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}

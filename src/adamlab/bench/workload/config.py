@@ -147,6 +147,11 @@ def check(cfg: WorkloadConfig, optimizer_names: list[str]) -> dict[str, int]:
         raise ValueError("no seeds to run")
     distributed = set(cfg.modes) & {"ddp", "fsdp2"}
     if distributed:
+        if "single" not in cfg.modes:
+            raise ValueError(
+                f"modes {sorted(distributed)} need the single mode too: their check compares with it "
+                "(add single to --modes)"
+            )
         if cfg.world_size < 2:
             raise ValueError(f"world size {cfg.world_size}: a distributed run needs at least 2 processes")
         if cfg.world_size > cores():

@@ -8,6 +8,7 @@ Over seeds: the mean and the spread (min to max) of each.
 
 from __future__ import annotations
 
+import math
 from statistics import mean, median
 from typing import Any
 
@@ -86,24 +87,48 @@ def checks(result: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
                     "detail": f"val loss {first:.3f} -> {last:.3f} (must fall by {cfg.min_loss_drop})",
                 }
             )
+    for mode, info in result.get("distributed", {}).items():
+        if "error" in info:
+            out.append(
+                {
+                    "check": "ranks finish",
+                    "mode": mode,
+                    "optimizer": "all",
+                    "seed": list(cfg.dist_seeds),
+                    "ok": False,
+                    "detail": info.get("error_line") or info["error"].splitlines()[0],
+                }
+            )
     single = {(r["optimizer"], r["seed"]): r for r in result["runs"].get("single", [])}
     for mode in ("ddp", "fsdp2"):
         for r in result["runs"].get(mode, []):
             ref = single.get((r["optimizer"], r["seed"]))
             if ref is None:
+                if not result.get("partial"):
+                    out.append(
+                        {
+                            "check": "matches single process",
+                            "mode": mode,
+                            "optimizer": r["optimizer"],
+                            "seed": r["seed"],
+                            "ok": False,
+                            "detail": "not run: no single-process run with this optimizer and seed",
+                        }
+                    )
                 continue
             ref_val = {v["step"]: v["loss"] for v in ref["val"]}
             diffs = [abs(v["loss"] - ref_val[v["step"]]) for v in r["val"] if v["step"] in ref_val]
             if not diffs:
                 continue
-            worst = max(diffs)
+            # max() skips a NaN when it is not first; any non-finite difference is a failure
+            worst = max(diffs) if all(math.isfinite(d) for d in diffs) else math.nan
             out.append(
                 {
                     "check": "matches single process",
                     "mode": mode,
                     "optimizer": r["optimizer"],
                     "seed": r["seed"],
-                    "ok": worst <= cfg.loss_tolerance,
+                    "ok": math.isfinite(worst) and worst <= cfg.loss_tolerance,
                     "max_abs_diff": worst,
                     "detail": f"max |val loss - single| {worst:.2g} over {len(diffs)} evaluations "
                     f"(tolerance {cfg.loss_tolerance})",

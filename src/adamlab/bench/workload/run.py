@@ -52,6 +52,17 @@ def resolve(patterns: tuple[str, ...] | None, device: str) -> tuple[list[str], l
     return ready, skipped
 
 
+def _one_line(e: BaseException) -> str:
+    """A failed launch in one line: its first line and the last exception line the ranks printed."""
+    import re
+
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    if not lines:
+        return type(e).__name__
+    raised = [x for x in lines[1:] if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", x)]
+    return lines[0].rstrip(":") + (f": {raised[-1]}" if raised else "")
+
+
 def _machine() -> dict[str, Any]:
     import os
 
@@ -159,7 +170,17 @@ def run(cfg: WorkloadConfig, progress: Progress | None = None, names: list[str] 
                 )
 
             threads = max(1, cores() // cfg.world_size)
-            out = run_distributed(mode, spec, cfg.world_size, threads, on_line)
+            try:
+                out = run_distributed(mode, spec, cfg.world_size, threads, on_line)
+            except (RuntimeError, OSError) as e:  # a rank failed: keep the rest, record it
+                result["distributed"][mode] = {
+                    "world_size": cfg.world_size,
+                    "threads_per_rank": threads,
+                    "error": str(e),
+                    "error_line": _one_line(e),
+                }
+                finished += cfg.steps * len(cfg.dist_seeds)
+                continue
             result["runs"][mode] = out["runs"]
             result["distributed"][mode] = {
                 "world_size": cfg.world_size,
