@@ -215,9 +215,6 @@ def test_fused_refuses_parameters_that_share_memory(kind: str, where: str) -> No
         assert len(opt.param_groups) == 1  # nothing added
 
 
-@pytest.mark.xfail(
-    reason="needs optimizer.add_param_group to pass self.defaults to validate_group_params", strict=False
-)
 def test_fused_refuses_parameters_that_share_memory_with_fused_as_the_default() -> None:
     a, b = _over_one_storage("same storage")
     with pytest.raises(ValueError, match=r"\['params'\]\[1\] shares memory with param_groups\[0\]\['params'\]\[0\]"):

@@ -130,7 +130,7 @@ class _AdamFamily(Optimizer):
         after every check has passed."""
         where = f"param_groups[{len(self.param_groups)}]"
         differentiable = bool(self.defaults.get("differentiable"))
-        params = validate_group_params(param_group, where, self.param_groups, differentiable)
+        params = validate_group_params(param_group, where, self.param_groups, differentiable, self.defaults)
         validate_group({**self.defaults, **param_group}, where)
         param_group["params"] = params  # checked, and a generator is read only once
         if "betas" in param_group:
