@@ -43,3 +43,18 @@ def test_reproduces_is_said_only_when_the_numbers_agree() -> None:
     )
     assert not any("reproduces" in line for line in apart)
     assert any("adamlab.keras.Adam differs from keras.optimizers.Adam" in line for line in apart)
+
+
+def test_save_refuses_a_single_run_by_name(tmp_path: Path) -> None:
+    """`lab.save(lab.train(...))` was an AttributeError naming nothing; now a TypeError that says
+    what save takes, and nothing is written."""
+    import pytest
+
+    from adamlab import lab
+
+    run = lab.train(lab.RunConfig("scratch", "adam", epochs=1))
+    with pytest.raises(TypeError, match="save\\(\\) takes an experiment's result.*got a RunResult"):
+        lab.save(run, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    doc = lab.save(lab.run_chapter(configs=[run.config], command="train"), tmp_path / "o")
+    assert doc["command"] == "train" and (tmp_path / "o" / "train.json").is_file()

@@ -389,7 +389,13 @@ def save(result: Any, out: str | Path, *, stem: str | None = None, plot_format: 
 
     ``stem`` defaults to the command's name (the chapter: ``results.json`` and ``loss.png``).
     """
-    command = result.command
+    command = getattr(result, "command", None)
+    if not isinstance(command, str):
+        raise TypeError(
+            f"save() takes an experiment's result (lab.run_chapter(), lab.sweep(), ...), got a "
+            f"{type(result).__name__}; a single run is saved through lab.run_chapter(configs=[config], "
+            "command='train')"
+        )
     figure = {"chapter": "loss"}.get(command, stem or command)
     stem = stem or ("results" if command == "chapter" else command)
     files = {"results": f"{stem}.json", "figure": f"{figure}.{plot_format}"}
