@@ -546,7 +546,7 @@ def test_fails_soft_where_the_library_cannot_be_loaded(monkeypatch: pytest.Monke
 @pytest.mark.parametrize("where", ["constructor", "add_param_group", "group edited"])
 def test_recursive_bias_correction_is_refused_by_name(where: str) -> None:
     p, q = torch.randn(3, requires_grad=True), torch.randn(2, requires_grad=True)
-    with pytest.raises(ValueError, match="bias_correction='recursive' is not supported with fused=True.*foreach"):
+    with pytest.raises(ValueError, match=r"bias_correction='recursive' is not supported with fused=True.*foreach"):
         if where == "constructor":
             adamlab.Adam([p], fused=True, bias_correction="recursive")
         elif where == "add_param_group":

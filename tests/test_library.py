@@ -48,7 +48,7 @@ def test_fused_kernel_reports_its_abi_version() -> None:
 
 
 def test_missing_kernel_says_it_was_not_installed(tmp_path: Path) -> None:
-    with pytest.raises(_library.LibraryUnavailable, match="_fused_cpu is not installed.*reinstall adamlab"):
+    with pytest.raises(_library.LibraryUnavailable, match=r"_fused_cpu is not installed.*reinstall adamlab"):
         _library.load("_fused_cpu", tmp_path)
     assert issubclass(_library.LibraryUnavailable, RuntimeError)
 

@@ -101,10 +101,8 @@ def test_wheel_installs_and_runs_fused_without_a_compiler(tmp_path: Path) -> Non
     flipped = "from adamlab.optim import fused_cpu\nprint(fused_cpu.is_available())\n"
     check = subprocess.run([str(python), "-c", flipped], capture_output=True, text=True, env=env, timeout=600)
     assert check.stdout.strip() == "False", check.stdout + check.stderr[-2000:]
-    detail = subprocess.run(
-        [str(python), "-c", "from adamlab import _library\ntry:\n _library.load('_fused_cpu')\nexcept RuntimeError as e:\n print(e)"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+    why = "from adamlab import _library\ntry:\n _library.load('_fused_cpu')\nexcept RuntimeError as e:\n print(e)"
+    detail = subprocess.run([str(python), "-c", why], capture_output=True, text=True, env=env, timeout=600)
     assert "sha256 differs" in detail.stdout, detail.stdout + detail.stderr
 
 

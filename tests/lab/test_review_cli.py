@@ -53,7 +53,7 @@ def test_save_refuses_a_single_run_by_name(tmp_path: Path) -> None:
     from adamlab import lab
 
     run = lab.train(lab.RunConfig("scratch", "adam", epochs=1))
-    with pytest.raises(TypeError, match="save\\(\\) takes an experiment's result.*got a RunResult"):
+    with pytest.raises(TypeError, match=r"save\(\) takes an experiment's result.*got a RunResult"):
         lab.save(run, tmp_path / "o")
     assert not (tmp_path / "o").exists()
     doc = lab.save(lab.run_chapter(configs=[run.config], command="train"), tmp_path / "o")
