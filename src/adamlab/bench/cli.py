@@ -100,7 +100,6 @@ def command(
     if given:
         raise LabInputError(f"{', '.join(given)}: only with --workload gpt")
     from adamlab.bench.core import BenchConfig, chart, run, table
-    from adamlab.lab.results import dumps, write_json
 
     out_dir = check_output_dir(out)
     import torch
@@ -132,14 +131,25 @@ def command(
         result = run(cfg, progress=(lambda m: click.echo(f"... {m}", err=True)) if talk else None)
     except ValueError as e:  # an unknown set or candidate name
         raise LabInputError(str(e)) from e
-    json_path = write_json(Path(out_dir) / f"bench-{device}.json", result)
-    png_path = Path(out_dir) / f"bench-{device}.png"
-    _atomic_figure(lambda path: chart(result, path), png_path)
+    _write_and_report(result, Path(out_dir), f"bench-{device}", chart, table, as_json=as_json, quiet=quiet)
+
+
+def _write_and_report(
+    result: dict[str, Any], out_dir: Path, stem: str, draw: Any, table: Any, *, as_json: bool, quiet: bool
+) -> Path:
+    """Write ``STEM.json`` and the figure ``STEM.png`` (each atomically), then print the JSON
+    (what the file holds) or the table; returns the JSON's path."""
+    from adamlab.lab.results import dumps, write_json
+
+    json_path = write_json(out_dir / f"{stem}.json", result)
+    png_path = out_dir / f"{stem}.png"
+    _atomic_figure(lambda path: draw(result, path), png_path)
     if as_json:
         click.echo(dumps(result), nl=False)
     elif not quiet:
         click.echo(table(result))
         click.echo(f"\nwrote {json_path} and {png_path}")
+    return json_path
 
 
 def _workload(
@@ -163,7 +173,7 @@ def _workload(
     from adamlab.bench.workload import config as wl_config
     from adamlab.bench.workload.report import figure, table
     from adamlab.bench.workload.run import resolve, run
-    from adamlab.lab.results import check_output_dir, dumps, write_json
+    from adamlab.lab.results import check_output_dir
 
     name = "quick" if quick else "default"
     n_seeds = n_seeds or len(wl_config.PRESETS[name].seeds)
@@ -193,14 +203,7 @@ def _workload(
         result = run(cfg, progress=progress, names=names)
     result["skipped"] = skipped
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = write_json(out_dir / "workload-gpt.json", result)
-    png_path = out_dir / "workload-gpt.png"
-    _atomic_figure(lambda path: figure(result, path), png_path)
-    if as_json:
-        click.echo(dumps(result), nl=False)
-    elif not quiet:
-        click.echo(table(result))
-        click.echo(f"\nwrote {json_path} and {png_path}")
+    json_path = _write_and_report(result, out_dir, "workload-gpt", figure, table, as_json=as_json, quiet=quiet)
     failed = [c for c in result["checks"] if not c["ok"]]
     if result["partial"]:
         fail(f"interrupted: wrote the partial results (marked partial) to {json_path}", EXIT_INTERRUPTED)
