@@ -187,3 +187,239 @@ def adam_step(theta: np.ndarray, g: np.ndarray, state: State, **hyper) -> tuple[
 def yogi_step(theta: np.ndarray, g: np.ndarray, state: State, **hyper) -> tuple[np.ndarray, State]:
     """One Yogi step; see :func:`step`."""
     return step("yogi", theta, g, state, **hyper)
+
+
+# ---- low-precision state -----------------------------------------------------------------
+# The moments v and s may be *stored* in fewer bits than they are computed in. Every step
+# decodes the stored state to float32, runs the update above, and encodes the new state:
+#
+#   "bf16"  v and s as bfloat16, rounded *stochastically*: a value between two bfloat16
+#           neighbours goes to each with probability proportional to its nearness, so the
+#           stored state is unbiased (E[round(x)] = x) and a leaky average keeps moving even
+#           when a step's change is below half a bfloat16 ulp (round-to-nearest stalls).
+#   "8bit"  v and s in blocks of B elements (a power of two; blocks never straddle two
+#           parameters, the last one may be short), each block scaled by its own absmax and
+#           every element rounded to the *nearest* entry of a 256-entry dynamic map: signed
+#           for v, unsigned for s. The maps are small floating-point formats (an exponent gives
+#           range, a mantissa precision), so "nearest entry" is IEEE round-half-to-even and
+#           every backend computes it with a few exact operations, no table search:
+#               v: sign + 4 exponent bits + 3 mantissa bits, bias 15   (1 = 2^0 ... 2^-17)
+#               s:        5 exponent bits + 3 mantissa bits, bias 31   (1 = 2^0 ... 2^-33)
+#           s never needs a sign: Adam's s is a weighted sum of squares, and Yogi's step moves
+#           s by at most (1-β2)g² towards g², so from s >= 0 it stays >= 0 (if g² < s,
+#           s - (1-β2)g² > s - g² > 0). Its bit goes to range instead: an s rounded to 0
+#           would turn the step into v̂/ε.
+#
+# Stochastic rounding draws its random bits from a counter-based hash of (seed, t, stream,
+# element index) -- no generator state -- so every backend draws the same bits, a resumed
+# run continues exactly, and DDP replicas (same seeds) stay identical. The streams:
+STREAM_V, STREAM_S, STREAM_PARAM, STREAM_S_MAX = 0, 1, 2, 3
+MASK32 = 0xFFFFFFFF
+SIGNED_FORMAT = (4, 3, 15)  # (exponent bits, mantissa bits, bias) of v's map
+UNSIGNED_FORMAT = (5, 3, 31)  # of s's map
+
+
+def mix32(x: np.ndarray) -> np.ndarray:
+    """A bijective 32-bit integer mixer ("lowbias32": two multiply-xorshift rounds), uint32."""
+    x = np.asarray(x, dtype=np.uint64) & MASK32
+    x ^= x >> np.uint64(16)
+    x = (x * np.uint64(0x7FEB352D)) & MASK32
+    x ^= x >> np.uint64(15)
+    x = (x * np.uint64(0x846CA68B)) & MASK32
+    x ^= x >> np.uint64(16)
+    return x.astype(np.uint32)
+
+
+def rounding_key(seed: int, t: int, stream: int) -> int:
+    """The per-(tensor, step, stream) key: mix(mix(mix(seed) ^ t) ^ (stream·0x9E3779B9 mod 2^32))."""
+    k = int(mix32(np.uint64(seed & MASK32)))
+    k = int(mix32(np.uint64(k ^ (t & MASK32))))
+    return int(mix32(np.uint64(k ^ ((stream * 0x9E3779B9) & MASK32))))
+
+
+def random_bits(key: int, index: np.ndarray) -> np.ndarray:
+    """32 random bits per element: mix(key ^ mix(index >> 32) ^ (index mod 2^32)), uint32.
+
+    ``index`` is the element's position in the parameter's memory order (0, 1, ...)."""
+    index = np.asarray(index, dtype=np.uint64)
+    hi = mix32(index >> np.uint64(32)).astype(np.uint64)
+    return mix32(np.uint64(key) ^ hi ^ (index & MASK32))
+
+
+def parameter_seed(seed: int, ordinal: int) -> int:
+    """The seed of the ordinal-th parameter (state_dict numbering) of an optimizer seeded ``seed``."""
+    return int(mix32(np.uint64((seed & MASK32) ^ int(mix32(np.uint64(ordinal & MASK32))))))
+
+
+def round_bf16_stochastic(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), rounding with the low 16 of ``bits``.
+
+    Add a uniform 16-bit integer to the float32 bit pattern and keep the top 16 bits: the
+    magnitude rounds up with probability (distance from the lower neighbour)/(ulp). The sign
+    is kept, so s >= 0 stays >= 0. Non-finite values round to nearest (NaN stays NaN)."""
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    stochastic = ((u + (np.asarray(bits, dtype=np.uint64) & np.uint64(0xFFFF))) >> np.uint64(16)).astype(np.uint16)
+    return np.where(np.isfinite(x), stochastic, round_bf16_nearest(x))
+
+
+def round_bf16_nearest(x: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 bit patterns (uint16), round half to even (NaN → 0x7FC0 with its sign)."""
+    x = np.asarray(x, dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    rounded = ((u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16)).astype(np.uint16)
+    nan = ((u >> np.uint64(16)) & np.uint64(0x8000)).astype(np.uint16) | np.uint16(0x7FC0)
+    return np.where(np.isnan(x), nan, rounded)
+
+
+def bf16_to_float32(b: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) → float32 (exact)."""
+    return (np.asarray(b, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def encode_minifloat(m: np.ndarray, exponent_bits: int, mantissa_bits: int, bias: int) -> np.ndarray:
+    """m in [0, 1] (float32) → the code of the nearest value of the format, ties to even.
+
+    With e = ⌊log2 m⌋ (−∞ for m = 0), e_min = 1 - bias and q = 2^(max(e, e_min) - mantissa_bits),
+    the code is (max(e, e_min) - e_min)·2^mantissa_bits + rint(m / q): IEEE rounding to a small
+    float with subnormals, where the code orders like the value. Every operation is exact
+    except rint (half to even). A NaN m gives code 0."""
+    m = np.asarray(m, dtype=np.float32)
+    e_min = 1 - bias
+    finite = np.isfinite(m)
+    safe = np.where(finite & (m > 0), m, np.float32(1.0))
+    e = np.where(finite & (m > 0), np.frexp(safe)[1] - 1, e_min)
+    e = np.maximum(e, e_min)
+    n = np.rint(np.where(finite, m, np.float32(0.0)) / np.ldexp(np.float32(1.0), e - mantissa_bits))
+    return ((e - e_min) * (1 << mantissa_bits) + n.astype(np.int64)).astype(np.int64)
+
+
+def decode_minifloat(code: np.ndarray, exponent_bits: int, mantissa_bits: int, bias: int) -> np.ndarray:
+    """The value (float32, exact) of a code of :func:`encode_minifloat`'s format."""
+    code = np.asarray(code, dtype=np.int64)
+    field, mantissa = code >> mantissa_bits, code & ((1 << mantissa_bits) - 1)
+    e_min = 1 - bias
+    significand = np.where(field > 0, mantissa + (1 << mantissa_bits), mantissa)
+    exponent = np.maximum(field, 1) - bias - mantissa_bits  # field 0: subnormal, same scale as field 1
+    assert exponent_bits >= 1 and e_min == 1 - bias
+    return np.ldexp(significand.astype(np.float32), exponent.astype(np.int32)).astype(np.float32)
+
+
+def dynamic_map(signed: bool) -> np.ndarray:
+    """The 256 values (float32) a code stands for, indexed by code: the quantization map.
+
+    Signed (v): bit 7 is the sign, bits 0-6 a :data:`SIGNED_FORMAT` magnitude. Unsigned (s):
+    all 8 bits an :data:`UNSIGNED_FORMAT` magnitude. Codes above 1.0 (7 of them in each
+    map) are never produced by :func:`quantize_blockwise`."""
+    codes = np.arange(256)
+    if signed:
+        magnitude = decode_minifloat(codes & 0x7F, *SIGNED_FORMAT)
+        return np.where(codes & 0x80, -magnitude, magnitude).astype(np.float32)
+    return decode_minifloat(codes, *UNSIGNED_FORMAT)
+
+
+def quantize_blockwise(x: np.ndarray, block_size: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values (flat, memory order) → (uint8 codes, float32 absmax per block).
+
+    Per block: a = max |x| (exact); each element's m = |x| / a (IEEE division) is encoded to its
+    nearest map entry; the sign, for the signed map, goes to bit 7 (-0.0 encodes as +0). An
+    all-zero block stores a = 0 and codes 0. A block holding a non-finite value stores a = NaN
+    (so it decodes to NaN, as an fp32 state would hold NaN) and codes 0."""
+    x = np.asarray(x, dtype=np.float32).reshape(-1)
+    n = x.size
+    blocks = -(-n // block_size)
+    padded = np.zeros(blocks * block_size, dtype=np.float32)
+    padded[:n] = x
+    padded = padded.reshape(blocks, block_size)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(padded).all(axis=1)
+        absmax = np.where(finite, np.abs(padded).max(axis=1), np.float32(np.nan)).astype(np.float32)
+        scale = np.where(absmax > 0, absmax, np.float32(1.0))[:, None]
+        m = np.where(finite[:, None], np.abs(padded) / scale, np.float32(0.0)).astype(np.float32)
+    fmt = SIGNED_FORMAT if signed else UNSIGNED_FORMAT
+    codes = encode_minifloat(m, *fmt)
+    if signed:
+        codes = codes | np.where(finite[:, None] & (padded < 0), 0x80, 0)
+    return codes.reshape(-1)[:n].astype(np.uint8), absmax
+
+
+def dequantize_blockwise(codes: np.ndarray, absmax: np.ndarray, block_size: int, signed: bool) -> np.ndarray:
+    """(uint8 codes, float32 absmax) → float32 values: map[code] · absmax of its block (one fp32 product)."""
+    codes = np.asarray(codes, dtype=np.uint8).reshape(-1)
+    scale = np.repeat(np.asarray(absmax, dtype=np.float32), block_size)[: codes.size]
+    return (dynamic_map(signed)[codes] * scale).astype(np.float32)
+
+
+Precision = Literal["bf16", "8bit"]
+
+
+def encode_moment(
+    x: np.ndarray, stream: int, precision: Precision, *, t: int, seed: int, block_size: int = 256
+) -> dict[str, np.ndarray]:
+    """A moment as the optimizer stores it. ``x`` is rounded to float32 first (the kernels
+    compute in float32); ``stream`` is :data:`STREAM_V` (signed map) or :data:`STREAM_S` /
+    :data:`STREAM_S_MAX` (unsigned). Returns ``{"bits": uint16}`` (bf16) or
+    ``{"codes": uint8, "absmax": float32}`` (8bit)."""
+    x32 = np.asarray(x, dtype=np.float32).reshape(-1)
+    if precision == "bf16":
+        return {"bits": round_bf16_stochastic(x32, random_bits(rounding_key(seed, t, stream), np.arange(x32.size)))}
+    if precision == "8bit":
+        codes, absmax = quantize_blockwise(x32, block_size, signed=stream == STREAM_V)
+        return {"codes": codes, "absmax": absmax}
+    raise ValueError(f"Invalid precision: {precision!r} (expected 'bf16' or '8bit')")
+
+
+def decode_moment(stored: dict[str, np.ndarray], stream: int, *, block_size: int = 256) -> np.ndarray:
+    """The float32 values (flat) of a moment stored by :func:`encode_moment` (exact)."""
+    if "bits" in stored:
+        return bf16_to_float32(stored["bits"])
+    return dequantize_blockwise(stored["codes"], stored["absmax"], block_size, signed=stream == STREAM_V)
+
+
+def low_precision_step(
+    rule: Rule,
+    theta: np.ndarray,
+    g: np.ndarray,
+    state: State,
+    *,
+    precision: Precision,
+    seed: int,
+    block_size: int = 256,
+    round_param: Literal["float32", "bf16_nearest", "bf16_stochastic"] = "float32",
+    **hyper,
+) -> tuple[np.ndarray, State, dict[str, dict[str, np.ndarray]]]:
+    """One step with the moments stored in ``precision``: the float64 :func:`step` from the
+    decoded state, then the new v and s (and max s) encoded. The parameter update uses the
+    new moments *before* they are rounded for storage (as every kernel does: they are in its
+    registers). ``seed`` is the parameter's own (:func:`parameter_seed`); ``state`` holds the
+    decoded values (flat or shaped). ``round_param`` stores θ in float32, or in bfloat16
+    rounded to nearest or stochastically (stream :data:`STREAM_PARAM`).
+
+    Returns (θ, the new State holding the decoded moments, the stored form of each moment
+    by name ``"v"``, ``"s"``, ``"s_max"``). θ is float64 for ``"float32"`` (callers compare
+    it with a float32 parameter at float32 tolerance) and the bfloat16 value as float32 else."""
+    theta_new, new = step(rule, theta, g, state, **hyper)
+    shape = np.shape(theta_new)
+    stored = {
+        "v": encode_moment(new.v, STREAM_V, precision, t=new.t, seed=seed, block_size=block_size),
+        "s": encode_moment(new.s, STREAM_S, precision, t=new.t, seed=seed, block_size=block_size),
+    }
+    if new.s_max is not None:
+        stored["s_max"] = encode_moment(new.s_max, STREAM_S_MAX, precision, t=new.t, seed=seed, block_size=block_size)
+    decoded = {
+        name: decode_moment(enc, {"v": STREAM_V, "s": STREAM_S, "s_max": STREAM_S_MAX}[name], block_size=block_size)
+        .astype(np.float64)
+        .reshape(shape)
+        for name, enc in stored.items()
+    }
+    new = replace(new, v=decoded["v"], s=decoded["s"], s_max=decoded.get("s_max"))
+    if round_param == "float32":
+        return theta_new, new, stored
+    theta32 = np.asarray(theta_new, dtype=np.float32).reshape(-1)
+    if round_param == "bf16_nearest":
+        bits = round_bf16_nearest(theta32)
+    elif round_param == "bf16_stochastic":
+        bits = round_bf16_stochastic(theta32, random_bits(rounding_key(seed, new.t, STREAM_PARAM), np.arange(theta32.size)))
+    else:
+        raise ValueError(f"Invalid round_param: {round_param!r}")
+    return bf16_to_float32(bits).reshape(shape), new, stored
