@@ -224,3 +224,60 @@ def test_first_step_timeout_is_a_row_error(monkeypatch) -> None:
 
     monkeypatch.setattr(measure.subprocess, "run", slow)
     assert measure.first_fused_step("cpu", cold=False) == {"cold": False, "error": "timed out after 600 s"}
+
+
+def test_the_default_run_leaves_out_the_slow_8bit_adams_and_a_pattern_picks_every_8bit_row() -> None:
+    default = {c.name for c in candidates.select(None)}
+    assert "bitsandbytes Adam8bit" not in default and "torchao AdamW8bit" not in default
+    assert {"adamlab.Adam bf16 fused=True", "adamlab.Yogi 8bit foreach=True"} <= default  # the precision rows
+    eight = [c.name for c in candidates.select(("8bit",))]
+    assert eight == [
+        candidates.BASELINE,
+        *(f"adamlab.{r} 8bit {p}" for r in ("Adam", "Yogi") for p in ("foreach=True", "fused=True")),
+        "bitsandbytes Adam8bit",
+        "torchao AdamW8bit",
+    ]
+    # the fp32 names select what they did before the precision rows existed
+    assert [c.name for c in candidates.select(("yogi fused",))] == [candidates.BASELINE, "adamlab.Yogi fused=True"]
+
+
+def test_precision_rows_construct_adamlab_with_their_state_precision(monkeypatch) -> None:
+    import adamlab
+
+    made = []
+    for rule in ("Adam", "Yogi"):
+        monkeypatch.setattr(adamlab, rule, lambda params, rule=rule, **kw: made.append((rule, kw)))
+    rows = [c for c in candidates.CANDIDATES if c.name.startswith("adamlab.") and ("bf16" in c.name or "8bit" in c.name)]
+    for c in rows:
+        c.make([])
+    assert made == [
+        (rule, {"state_precision": precision, path: True})
+        for rule in ("Adam", "Yogi")
+        for precision in ("bf16", "8bit")
+        for path in ("foreach", "fused")
+    ]
+
+
+def test_state_bytes_counts_every_state_tensor_once() -> None:
+    p, q = torch.zeros(100, requires_grad=True), torch.zeros(10, 10, requires_grad=True)
+    for x in (p, q):
+        x.grad = torch.ones_like(x)
+    opt = torch.optim.Adam([p, q], foreach=False)
+    opt.step()
+    n = 8 * 200 + 2 * opt.state[p]["step"].element_size()  # two fp32 moments + a step tensor each
+    assert measure.state_bytes(opt) == n
+    opt.state[q]["shared"] = opt.state[p]["exp_avg"]  # one tensor in two states: counted once
+    opt.state[q]["count"] = 7  # Python numbers hold no tensor bytes
+    assert measure.state_bytes(opt) == n
+    opt.state[q]["view"] = opt.state[p]["exp_avg"][:10]  # a view is a tensor of its own size
+    assert measure.state_bytes(opt) == n + 40
+
+
+def test_state_bytes_unwraps_torchao_8bit_state() -> None:
+    subclass = pytest.importorskip("torchao.optim.subclass_8bit")
+
+    class Holder:
+        state = {0: {"exp_avg": subclass.OptimState8bit.zeros((256, 256), True, 256)}}
+
+    # 65536 uint8 codes, 256 float32 block scales, the 256-entry float32 map
+    assert measure.state_bytes(Holder()) == 65536 + 4 * 256 + 4 * 256
