@@ -247,8 +247,8 @@ def test_precision_rows_construct_adamlab_with_their_state_precision(monkeypatch
     made = []
     for rule in ("Adam", "Yogi"):
         monkeypatch.setattr(adamlab, rule, lambda params, rule=rule, **kw: made.append((rule, kw)))
-    rows = [c for c in candidates.CANDIDATES if c.name.startswith("adamlab.") and ("bf16" in c.name or "8bit" in c.name)]
-    for c in rows:
+    low = [c for c in candidates.CANDIDATES if c.name.startswith("adamlab.") and ("bf16" in c.name or "8bit" in c.name)]
+    for c in low:
         c.make([])
     assert made == [
         (rule, {"state_precision": precision, path: True})
@@ -276,8 +276,8 @@ def test_state_bytes_counts_every_state_tensor_once() -> None:
 def test_state_bytes_unwraps_torchao_8bit_state() -> None:
     subclass = pytest.importorskip("torchao.optim.subclass_8bit")
 
-    class Holder:
-        state = {0: {"exp_avg": subclass.OptimState8bit.zeros((256, 256), True, 256)}}
+    from types import SimpleNamespace
 
+    holder = SimpleNamespace(state={0: {"exp_avg": subclass.OptimState8bit.zeros((256, 256), True, 256)}})
     # 65536 uint8 codes, 256 float32 block scales, the 256-entry float32 map
-    assert measure.state_bytes(Holder()) == 65536 + 4 * 256 + 4 * 256
+    assert measure.state_bytes(holder) == 65536 + 4 * 256 + 4 * 256

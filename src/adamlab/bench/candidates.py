@@ -112,9 +112,7 @@ CANDIDATES: list[Candidate] = [
         "bitsandbytes",
         default=False,
     ),
-    Candidate(
-        "torchao AdamW8bit", _third_party("torchao.optim", "AdamW8bit"), "third-party", "torchao", default=False
-    ),
+    Candidate("torchao AdamW8bit", _third_party("torchao.optim", "AdamW8bit"), "third-party", "torchao", default=False),
 ]
 
 

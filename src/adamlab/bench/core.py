@@ -228,7 +228,8 @@ def table(result: dict[str, Any]) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; date {m['date'][:19]}Z",
         f"streaming bandwidth (a.add_(b) in place, 12 B/element): {result['stream_bandwidth']['gb_s']:.1f} GB/s; "
         f"{result['bytes_per_param']} B/param per step; torch.optim.Adam() default here: {result['torch_default']}",
-        f"load average at the start {_load(m.get('load_average_start'))}, at the end {_load(m.get('load_average_end'))}",
+        f"load average at the start {_load(m.get('load_average_start'))}, "
+        f"at the end {_load(m.get('load_average_end'))}",
         "",
         "Sets by their --set name. ms/step: median of the rounds; spread: min–max of the rounds. "
         "'≈' marks a ratio within noise: the row's or the baseline's spread exceeds the difference. "
