@@ -33,6 +33,7 @@ class Candidate:
     devices: tuple[str, ...] | None = None  # device types it runs on; None: any
     fused_on: bool = False  # an adamlab fused path: checked with one tiny step on the device
     default: bool = True  # part of a run that names no candidates; else only when a pattern matches
+    fp32: str | None = None  # a low-precision row: the fp32 candidate its training loss is compared with
 
     def unavailable(self, device: str) -> str | None:
         """None if this candidate can run on ``device``, else the reason it cannot."""
@@ -84,7 +85,12 @@ PRECISION_PATHS = {"foreach=True": {"foreach": True}, "fused=True": {"fused": Tr
 
 def _precision_rows() -> list[Candidate]:
     return [
-        Candidate(f"adamlab.{rule} {precision} {path}", _adamlab(rule, state_precision=precision, **kw), "adamlab")
+        Candidate(
+            f"adamlab.{rule} {precision} {path}",
+            _adamlab(rule, state_precision=precision, **kw),
+            "adamlab",
+            fp32=f"adamlab.{rule} {path}",
+        )
         for rule in ("Adam", "Yogi")
         for precision in PRECISIONS
         for path, kw in PRECISION_PATHS.items()
