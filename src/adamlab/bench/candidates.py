@@ -8,9 +8,10 @@ kernel that does not build). New implementations plug in with one entry in
 
 adamlab's low-precision rows (issue 14) are generated from :data:`PRECISIONS` x rule x
 path, named like ``adamlab.Yogi 8bit fused=True`` (``--impl 8bit`` picks every 8-bit row,
-bitsandbytes' and torchao's included). The third-party 8-bit Adams are ``default=False``:
-they run only when a pattern names them (on this CPU a step of theirs is some 50x torch's,
-and torchao's first step compiles for seconds), so the default run stays minutes long.
+bitsandbytes' and torchao's included). Candidates with ``default=False`` run only when a
+pattern names them, so the default run stays minutes long: the third-party 8-bit Adams (on
+this CPU a step of theirs is some 30x torch's, and torchao's first step compiles for
+seconds) and the low-precision foreach rows (seconds per step on the large sets).
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def _third_party(module: str, attr: str, **kwargs: Any) -> Callable[[list[Any]],
 
 
 # adamlab's state precisions besides fp32 (the option ``state_precision``), and the paths each
-# is timed on: every combination is one candidate
+# is timed on (path: its keywords, and whether a run that names no candidates includes it):
+# every combination is one candidate. The foreach path decodes and encodes with separate
+# tensor operations and their temporaries (readable, some 100x slower than fused here: seconds
+# per step on the CPU sets), so it runs only when named, e.g. ``--impl "8bit foreach"``.
 PRECISIONS = ("bf16", "8bit")
-PRECISION_PATHS = {"foreach=True": {"foreach": True}, "fused=True": {"fused": True}}
+PRECISION_PATHS = {"foreach=True": ({"foreach": True}, False), "fused=True": ({"fused": True}, True)}
 
 
 def _precision_rows() -> list[Candidate]:
@@ -89,11 +93,12 @@ def _precision_rows() -> list[Candidate]:
             f"adamlab.{rule} {precision} {path}",
             _adamlab(rule, state_precision=precision, **kw),
             "adamlab",
+            default=default,
             fp32=f"adamlab.{rule} {path}",
         )
         for rule in ("Adam", "Yogi")
         for precision in PRECISIONS
-        for path, kw in PRECISION_PATHS.items()
+        for path, (kw, default) in PRECISION_PATHS.items()
     ]
 
 
