@@ -228,7 +228,7 @@ def test_first_step_timeout_is_a_row_error(monkeypatch) -> None:
 
 def test_the_default_run_leaves_out_the_slow_8bit_adams_and_a_pattern_picks_every_8bit_row() -> None:
     default = {c.name for c in candidates.select(None)}
-    assert "bitsandbytes Adam8bit" not in default and "torchao AdamW8bit" not in default
+    assert "bitsandbytes Adam8bit" not in default and "torchao AdamW8bit weight_decay=0" not in default
     assert {"adamlab.Adam bf16 fused=True", "adamlab.Yogi 8bit fused=True"} <= default  # the precision rows
     assert "adamlab.Yogi 8bit foreach=True" not in default  # seconds per step: only when named
     eight = [c.name for c in candidates.select(("8bit",))]
@@ -236,7 +236,7 @@ def test_the_default_run_leaves_out_the_slow_8bit_adams_and_a_pattern_picks_ever
         candidates.BASELINE,
         *(f"adamlab.{r} 8bit {p}" for r in ("Adam", "Yogi") for p in ("foreach=True", "fused=True")),
         "bitsandbytes Adam8bit",
-        "torchao AdamW8bit",
+        "torchao AdamW8bit weight_decay=0",
     ]
     # the fp32 names select what they did before the precision rows existed
     assert [c.name for c in candidates.select(("yogi fused",))] == [candidates.BASELINE, "adamlab.Yogi fused=True"]

@@ -115,15 +115,24 @@ CANDIDATES: list[Candidate] = [
     Candidate("adamlab.Yogi foreach=True", _adamlab("Yogi", foreach=True), "adamlab"),
     Candidate("adamlab.Yogi fused=True", _adamlab("Yogi", fused=True), "adamlab"),
     *_precision_rows(),
-    # 8-bit Adams of other libraries, with their own defaults (torchao's is AdamW: weight decay 0.01)
+    # 8-bit Adams of other libraries, with their own defaults except torchao's weight decay (its
+    # AdamW's default is 0.01; 0 makes it the same Adam as the baseline, for the loss comparison)
     Candidate(
         "bitsandbytes Adam8bit",
         _third_party("bitsandbytes.optim", "Adam8bit"),
         "third-party",
         "bitsandbytes",
         default=False,
+        fp32=BASELINE,
     ),
-    Candidate("torchao AdamW8bit", _third_party("torchao.optim", "AdamW8bit"), "third-party", "torchao", default=False),
+    Candidate(
+        "torchao AdamW8bit weight_decay=0",
+        _third_party("torchao.optim", "AdamW8bit", weight_decay=0.0),
+        "third-party",
+        "torchao",
+        default=False,
+        fp32=BASELINE,
+    ),
 ]
 
 
