@@ -116,7 +116,10 @@ def train(
         model = wrap(copy.deepcopy(base).to(device))
         opt = make(model.parameters())
         for group in opt.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # torchao's optimizers refuse a float in its place
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         models.append(model)
         opts.append(opt)
         runs.append(Run(name, lr, seed))
