@@ -80,18 +80,22 @@ def test_distributed_runs_match_the_single_process_run() -> None:
         modes=("single", "ddp", "fsdp2"),
         steps=8,
         eval_every=4,
-        optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused"),
+        optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused", "adamlab.Yogi 8bit fused"),
     )
     result = run(cfg)
+    optimizers = {"adamlab.Yogi foreach=True", "torch.optim.Adam fused=True"}
+    if "adamlab.Yogi 8bit fused=True" in result["optimizers"]:  # where adamlab has state_precision
+        optimizers.add("adamlab.Yogi 8bit fused=True")
     matches = [c for c in result["checks"] if c["check"] == "matches single process"]
-    assert {(c["mode"], c["optimizer"]) for c in matches} == {
-        (m, o) for m in ("ddp", "fsdp2") for o in ("adamlab.Yogi foreach=True", "torch.optim.Adam fused=True")
-    }
+    assert {(c["mode"], c["optimizer"]) for c in matches} == {(m, o) for m in ("ddp", "fsdp2") for o in optimizers}
     assert all(c["ok"] for c in matches), matches
-    assert max(c["max_abs_diff"] for c in matches) < 1e-3  # float rounding, not a different computation
+    # float rounding, not a different computation; 8-bit under FSDP2 quantizes each rank's shard
+    # in its own blocks, so its codes differ from the whole tensor's where a block's absmax does
+    assert max(c["max_abs_diff"] for c in matches) < 1e-3
     n = result["model_params"]
     for r in result["runs"]["fsdp2"]:  # sharded: each rank holds about half of the state
-        assert sum(r["state_bytes_per_rank"]) == r["state_bytes"] >= 2 * 4 * n
+        per_param = 2.0 if " 8bit " in r["optimizer"] else 8.0
+        assert sum(r["state_bytes_per_rank"]) == r["state_bytes"] >= per_param * n
         assert max(r["state_bytes_per_rank"]) < 0.75 * r["state_bytes"]
     for r in result["runs"]["ddp"]:  # replicated
         assert r["state_bytes_per_rank"][0] == r["state_bytes_per_rank"][1]
