@@ -177,6 +177,15 @@ def flat(t: Tensor) -> Tensor:
     return permuted.view(-1) if permuted.is_contiguous() else t.reshape(-1)
 
 
+def write_flat(t: Tensor, values: Tensor) -> None:
+    """Store flat ``values`` (in :func:`flat`'s order of ``t``) into ``t``."""
+    view = flat(t)
+    if view.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
+        view.copy_(values)
+    else:  # flat made a copy (a tensor with gaps): its logical order
+        t.copy_(values.view(t.shape))
+
+
 def empty_like_layout(t: Tensor, dtype: torch.dtype) -> Tensor:
     """A new tensor with ``t``'s shape and layout (preserve_format)."""
     return torch.empty_like(t, dtype=dtype, memory_format=torch.preserve_format)
@@ -187,7 +196,7 @@ def decode(stored: Tensor, absmax: Tensor | None, block_size: int, signed: bool)
     """A stored moment as a new float32 tensor of its shape and layout (exact)."""
     out = empty_like_layout(stored, torch.float32)
     if stored.dtype == torch.uint8:
-        flat(out).copy_(dequantize_blockwise(flat(stored), absmax, block_size, signed))
+        write_flat(out, dequantize_blockwise(flat(stored), absmax, block_size, signed))
     else:
         out.copy_(stored)
     return out
@@ -201,11 +210,11 @@ def encode_(
     of ``key`` (for stream ``stream``; ``key=None``: to nearest), any other dtype to nearest."""
     if stored.dtype == torch.uint8:
         codes, new_absmax = quantize_blockwise(flat(values), block_size, signed=stream == STREAM_V)
-        flat(stored).copy_(codes)
+        write_flat(stored, codes)
         absmax.copy_(new_absmax)
     elif stored.dtype == torch.bfloat16 and key is not None:
         source = flat(values)
-        flat(stored).copy_(round_bf16_stochastic(source, random_bits(key, source.numel(), source.device)))
+        write_flat(stored, round_bf16_stochastic(source, random_bits(key, source.numel(), source.device)))
     else:
         stored.copy_(values)
 
@@ -303,5 +312,5 @@ def low_precision_update(
 def _write_like(p: Tensor, work: Tensor, rounded_flat: Tensor) -> None:
     """Write ``rounded_flat`` (the memory order of ``work``, which has p's layout) into p."""
     out = empty_like_layout(work, p.dtype)
-    flat(out).copy_(rounded_flat)
+    write_flat(out, rounded_flat)
     p.copy_(out)
