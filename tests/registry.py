@@ -170,7 +170,9 @@ PRECISIONS: dict[str, Precision] = {
     "bf16-fp16params": Precision(dict(state_precision="bf16"), torch.float16),
     "8bit-bf16params": Precision(dict(state_precision="8bit", block_size=32), torch.bfloat16),
     "bf16-bf16params-sr": Precision(dict(state_precision="bf16", stochastic_rounding=True), torch.bfloat16),
-    "8bit-bf16params-sr": Precision(dict(state_precision="8bit", block_size=16, stochastic_rounding=True), torch.bfloat16),
+    "8bit-bf16params-sr": Precision(
+        dict(state_precision="8bit", block_size=16, stochastic_rounding=True), torch.bfloat16
+    ),
     "fp32-bf16params-sr": Precision(dict(state_precision="fp32", stochastic_rounding=True), torch.bfloat16),
     "none-bf16params-sr": Precision(dict(stochastic_rounding=True), torch.bfloat16),
 }

@@ -146,7 +146,9 @@ def test_each_step_matches_reference(
     opt_name, impl_name, dtype, state_precision, steps, flags, hyper, shapes, seed
 ) -> None:
     assume(not (IMPLEMENTATIONS[impl_name].fused and flags.get("bias_correction") == "recursive"))
-    params, opt, gen = _make(opt_name, impl_name, dtype, shapes, seed, state_precision=state_precision, **hyper, **flags)
+    params, opt, gen = _make(
+        opt_name, impl_name, dtype, shapes, seed, state_precision=state_precision, **hyper, **flags
+    )
     moment_dtype = torch.float32 if state_precision == "fp32" else None
     group = opt.param_groups[0]
     ref_hyper = reference_hyper(group)
@@ -156,7 +158,9 @@ def test_each_step_matches_reference(
     # fp16 cannot hold (1-β2)·g² for small g (it underflows; see docs/training.md): keep g near 1 there
     low, high = (-1, 1) if torch.float16 in (dtype, moment_dtype) else (-6, 2)
     # below the smallest normal number a stored value keeps only absolute precision (a subnormal step)
-    param_tiny, state_tiny = (torch.finfo(d).smallest_normal * torch.finfo(d).eps for d in (dtype, moment_dtype or dtype))
+    param_tiny, state_tiny = (
+        torch.finfo(d).smallest_normal * torch.finfo(d).eps for d in (dtype, moment_dtype or dtype)
+    )
     for k in range(steps):
         scale = 10.0 ** (low + k % (high - low + 1))
         for p in params:

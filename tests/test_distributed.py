@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -219,6 +220,7 @@ def test_fsdp2_low_precision_state_is_per_local_shard(runs, impl: str, precision
         for i, numel in enumerate(r["local_numels"]):
             kind, dtype, shape = r["layout"][f"{i}.exp_avg"]
             assert kind == "DTensor" and dtype == ("torch.bfloat16" if precision == "bf16" else "torch.uint8")
+            assert math.prod(shape) == numel  # the state's local shard is the parameter's
             if precision == "8bit":  # blocks over the local shard only: they never straddle two ranks
                 assert r["layout"][f"{i}.exp_avg_absmax"] == ("Tensor", "torch.float32", (-(-numel // block),))
             assert r["layout"][f"{i}.rounding_seed"] == ("Tensor", "torch.int64", ())

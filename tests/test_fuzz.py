@@ -146,7 +146,9 @@ def run_case(case: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match="recursive"):
             OPTIMIZERS[case["rule"]](params, **fl, **IMPLEMENTATIONS[impl].kwargs)
         return
-    opt = OPTIMIZERS[case["rule"]](params, state_precision=case["state_precision"], **fl, **IMPLEMENTATIONS[impl].kwargs)
+    opt = OPTIMIZERS[case["rule"]](
+        params, state_precision=case["state_precision"], **fl, **IMPLEMENTATIONS[impl].kwargs
+    )
     group = opt.param_groups[0]
     sd = torch.float32 if case["state_precision"] == "fp32" else dtype
     cd = compute_dtype(impl, dtype, case["state_precision"])
@@ -293,8 +295,14 @@ BAD_HYPER = {
     ),
     "bias_correction": (st.sampled_from(["yes", 1.5, None, "Recursive"]), "bias_correction"),
     "state_precision": (st.sampled_from([torch.float32, "int8", "FP32", "float32", 8, True]), "state_precision"),
-    "block_size": (st.one_of(st.integers(-4, 15), st.integers(8193, 2**20), st.sampled_from([24, 100, 256.0])), "block_size"),
-    "rounding_seed": (st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32), st.just(1.5)), "rounding_seed"),
+    "block_size": (
+        st.one_of(st.integers(-4, 15), st.integers(8193, 2**20), st.sampled_from([24, 100, 256.0])),
+        "block_size",
+    ),
+    "rounding_seed": (
+        st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32), st.just(1.5)),
+        "rounding_seed",
+    ),
 }
 
 

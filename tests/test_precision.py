@@ -118,7 +118,10 @@ def _expected(
         theta_new, new = reference.step(rule, theta, g, st, **hyper)
         stored = {}
         if prec.precision is None and prec.param_dtype == torch.bfloat16:
-            stored = {"v": {"bits": reference.round_bf16_nearest(new.v)}, "s": {"bits": reference.round_bf16_nearest(new.s)}}
+            stored = {
+                "v": {"bits": reference.round_bf16_nearest(new.v)},
+                "s": {"bits": reference.round_bf16_nearest(new.s)},
+            }
             if new.s_max is not None:
                 stored["s_max"] = {"bits": reference.round_bf16_nearest(new.s_max)}
         if prec.stochastic_params:
@@ -168,7 +171,9 @@ def test_each_step_matches_the_reference(impl: str, prec_name: str, rule: str, f
                     t=int(state["step"]),
                     v=_decoded(state, "exp_avg", reference.STREAM_V, block),
                     s=_decoded(state, "exp_avg_sq", reference.STREAM_S, block),
-                    s_max=_decoded(state, "max_exp_avg_sq", reference.STREAM_S_MAX, block) if group["amsgrad"] else None,
+                    s_max=_decoded(state, "max_exp_avg_sq", reference.STREAM_S_MAX, block)
+                    if group["amsgrad"]
+                    else None,
                 )
             else:
                 v0, s0 = (_initial(group[k], prec) for k in ("initial_exp_avg_value", "initial_accumulator_value"))
@@ -188,13 +193,19 @@ def test_each_step_matches_the_reference(impl: str, prec_name: str, rule: str, f
             g_eff = g + (0.0 if hyper["decoupled_weight_decay"] else hyper["weight_decay"] * theta)
             exempt = np.abs(g_eff) <= 2.0**-20 * (np.abs(g) + hyper["weight_decay"] * np.abs(theta))
             assert int(state["step"]) == new.t == k + 1
-            for name, key, signed in (("v", "exp_avg", True), ("s", "exp_avg_sq", False), ("s_max", "max_exp_avg_sq", False)):
+            for name, key, signed in (
+                ("v", "exp_avg", True),
+                ("s", "exp_avg_sq", False),
+                ("s_max", "max_exp_avg_sq", False),
+            ):
                 if name not in stored:
                     continue
                 got = _stored(state, key)
                 if "codes" in got:
                     assert_units(got["codes"], stored[name]["codes"], f"{key} codes, {where}", signed, exempt=exempt)
-                    np.testing.assert_allclose(got["absmax"], stored[name]["absmax"], rtol=ABSMAX_RTOL, err_msg=f"{key} absmax, {where}")
+                    np.testing.assert_allclose(
+                        got["absmax"], stored[name]["absmax"], rtol=ABSMAX_RTOL, err_msg=f"{key} absmax, {where}"
+                    )
                 else:
                     want = reference.bf16_to_float32(stored[name]["bits"]).astype(np.float64)
                     assert_units(got["bits"], stored[name]["bits"], f"{key} bits, {where}", values=want, exempt=exempt)

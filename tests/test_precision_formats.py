@@ -63,14 +63,17 @@ def test_encode_minifloat_at_every_midpoint(fmt: tuple[int, int, int]) -> None:
     table = R.decode_minifloat(np.arange(256 if fmt == R.UNSIGNED_FORMAT else 128), *fmt).astype(np.float64)
     table = table[table <= 1.0]
     mid = ((table[:-1] + table[1:]) / 2).astype(np.float32)
-    m = np.concatenate([mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(2)), table.astype(np.float32),
-                        np.array([0.0, 1e-45, 1e-38, 1.0], dtype=np.float32)])  # fmt: skip
+    edges = np.array([0.0, 1e-45, 1e-38, 1.0], dtype=np.float32)
+    m = np.concatenate([mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(2)), table, edges])
+    m = m.astype(np.float32)
     assert np.array_equal(P.encode_minifloat(torch.from_numpy(m), *fmt).numpy(), R.encode_minifloat(m, *fmt))
 
 
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
 @given(
-    x=hnp.arrays(np.float32, st.integers(0, 300), elements=st.one_of(st.floats(-(2.0**100), 2.0**100, width=32), st.just(-0.0))),
+    x=hnp.arrays(
+        np.float32, st.integers(0, 300), elements=st.one_of(st.floats(-(2.0**100), 2.0**100, width=32), st.just(-0.0))
+    ),
     block_size=st.sampled_from([16, 32, 256]),
     special=st.sampled_from([None, np.nan, np.inf, -np.inf]),
 )

@@ -107,7 +107,9 @@ def test_encode_is_nearest_at_every_midpoint_and_its_neighbours(fmt: tuple[int, 
     table = R.decode_minifloat(np.arange(1 << (fmt[0] + fmt[1])), *fmt).astype(np.float64)
     table = table[table <= 1.0]
     mid = ((table[:-1] + table[1:]) / 2).astype(np.float32)
-    m = np.concatenate([mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(2)), table.astype(np.float32)])
+    m = np.concatenate(
+        [mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(2)), table.astype(np.float32)]
+    )
     check_nearest(m, fmt)
 
 
@@ -133,7 +135,10 @@ def test_quantize_round_trip_is_within_half_a_map_step(signed: bool, data: st.Da
     fmt = R.SIGNED_FORMAT if signed else R.UNSIGNED_FORMAT
     a = np.repeat(absmax.astype(np.float64), block_size)[:n]
     # padded blocks: each block's absmax is exactly its max |x|
-    assert np.array_equal(absmax, np.array([np.abs(b).max() for b in np.array_split(x, range(block_size, n, block_size))], dtype=np.float32))
+    assert np.array_equal(
+        absmax,
+        np.array([np.abs(b).max() for b in np.array_split(x, range(block_size, n, block_size))], dtype=np.float32),
+    )
     # normal range: half a step of a 3-bit mantissa (1/16 relative); below it half a subnormal step
     bound = np.abs(x) / 16 + a * 2.0 ** (1 - fmt[2] - fmt[1] - 1) + a * 2.0**-22  # + the rounding of m and of map·a
     assert (np.abs(back - x) <= bound).all()
@@ -208,4 +213,6 @@ def test_yogi_second_moment_never_goes_negative(precision: str, bias_correction,
             lr=0.01, beta1=0.9, beta2=0.999, eps=1e-3, bias_correction=bias_correction,
         )  # fmt: skip
         assert (state.s >= 0).all(), f"step {t + 1}"
+        if precision == "bf16":  # the stored bit patterns carry no sign either
+            assert (stored["s"]["bits"] & 0x8000 == 0).all()
         assert np.isfinite(theta).all()

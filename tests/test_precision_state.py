@@ -144,7 +144,9 @@ def test_resume_is_bit_for_bit(impl: str, precision: str | None) -> None:
     _same_state(opt, second, straight, resumed)
 
 
-@pytest.mark.parametrize("saved_as,loaded_as", [("bf16", "8bit"), ("8bit", "bf16"), ("8bit", None), (None, "bf16"), ("fp32", "8bit")])
+@pytest.mark.parametrize(
+    "saved_as,loaded_as", [("bf16", "8bit"), ("8bit", "bf16"), ("8bit", None), (None, "bf16"), ("fp32", "8bit")]
+)
 def test_load_across_precisions_is_refused_naming_both_and_the_conversion(saved_as, loaded_as) -> None:
     a = _params()
     opt = adamlab.Adam(a, state_precision=saved_as)
@@ -174,14 +176,19 @@ def test_none_and_fp32_load_into_each_other_and_a_block_size_change_is_refused()
     eight = adamlab.Adam(a, state_precision="8bit", block_size=32)
     _train(eight, a, range(1))
     other = adamlab.Adam(_params(torch.bfloat16), state_precision="8bit", block_size=64)
-    with pytest.raises(ValueError, match=r"block_size=32.*block_size=64.*convert_state_dict\(state_dict, '8bit', block_size=64\)"):
+    with pytest.raises(
+        ValueError, match=r"block_size=32.*block_size=64.*convert_state_dict\(state_dict, '8bit', block_size=64\)"
+    ):
         other.load_state_dict(eight.state_dict())
 
 
 @pytest.mark.parametrize(
     "corrupt,message",
     [
-        (lambda st: st.update(exp_avg_absmax=st["exp_avg_absmax"][:-1]), r"'exp_avg_absmax'.*expected float32 of shape \(3,\)"),
+        (
+            lambda st: st.update(exp_avg_absmax=st["exp_avg_absmax"][:-1]),
+            r"'exp_avg_absmax'.*expected float32 of shape \(3,\)",
+        ),
         (lambda st: st.pop("exp_avg_sq_absmax"), r"missing \['exp_avg_sq_absmax'\]"),
         (lambda st: st.update(exp_avg=st["exp_avg"].float()), r"'exp_avg'.*is a torch.float32 tensor.*uint8 codes"),
         (lambda st: st.update(exp_avg_sq=st["exp_avg_sq"][:5]), r"'exp_avg_sq'.*shape \(5,\)"),
@@ -208,7 +215,9 @@ def test_bad_8bit_state_is_refused_and_nothing_loads(corrupt, message: str) -> N
 def _decoded(state: dict, key: str, block: int) -> torch.Tensor:
     t = state[key]
     if t.dtype == torch.uint8:
-        flat_values = reference.dequantize_blockwise(flat(t).numpy(), state[key + "_absmax"].numpy(), block, key == "exp_avg")
+        flat_values = reference.dequantize_blockwise(
+            flat(t).numpy(), state[key + "_absmax"].numpy(), block, key == "exp_avg"
+        )
         out = torch.empty_like(t, dtype=torch.float32)
         flat(out).copy_(torch.from_numpy(flat_values))
         return out

@@ -31,7 +31,11 @@ BAD = [
     (dict(bias_correction="yes"), ValueError, "Invalid bias_correction: 'yes'"),
     (dict(bias_correction=1), ValueError, "Invalid bias_correction: 1"),
     (dict(state_precision=torch.float32), ValueError, "Invalid state_precision: torch.float32"),
-    (dict(state_precision="int8"), ValueError, "Invalid state_precision: 'int8' (expected None, 'fp32', 'bf16' or '8bit')"),
+    (
+        dict(state_precision="int8"),
+        ValueError,
+        "Invalid state_precision: 'int8' (expected None, 'fp32', 'bf16' or '8bit')",
+    ),
     (dict(block_size=100), ValueError, "Invalid block_size: 100 (expected a power of two from 16 to 8192)"),
     (dict(block_size=8), ValueError, "Invalid block_size: 8"),
     (dict(block_size=16384), ValueError, "Invalid block_size: 16384"),
@@ -40,9 +44,21 @@ BAD = [
     (dict(rounding_seed=2**32), ValueError, "Invalid rounding_seed: 4294967296"),
     (dict(stochastic_rounding="yes"), ValueError, "Invalid stochastic_rounding: 'yes'"),
     (dict(state_precision="8bit", amsgrad=True), ValueError, "state_precision='8bit' does not support amsgrad=True"),
-    (dict(state_precision="bf16", differentiable=True), ValueError, "state_precision='bf16' does not support differentiable"),
-    (dict(state_precision="8bit", differentiable=True), ValueError, "state_precision='8bit' does not support differentiable"),
-    (dict(stochastic_rounding=True, differentiable=True), ValueError, "stochastic_rounding=True does not support differentiable"),
+    (
+        dict(state_precision="bf16", differentiable=True),
+        ValueError,
+        "state_precision='bf16' does not support differentiable",
+    ),
+    (
+        dict(state_precision="8bit", differentiable=True),
+        ValueError,
+        "state_precision='8bit' does not support differentiable",
+    ),
+    (
+        dict(stochastic_rounding=True, differentiable=True),
+        ValueError,
+        "stochastic_rounding=True does not support differentiable",
+    ),
     (dict(fused=True, foreach=True), ValueError, "`fused` and `foreach` cannot be `True` together"),
     (dict(fused=True, foreach=True), RuntimeError, "`fused` and `foreach` cannot be `True` together"),
     (dict(fused=True, differentiable=True), RuntimeError, "`fused` does not support `differentiable`"),
@@ -182,7 +198,9 @@ def test_bad_param_group_values_are_caught_too(cls) -> None:
     with pytest.raises(ValueError, match="state_dtype was replaced by state_precision"):
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "state_dtype": torch.float32})
     with pytest.raises(ValueError, match=r"params'\]\[0\] has dtype torch.float64: state_precision='8bit'"):
-        opt.add_param_group({"params": [torch.zeros(1, dtype=torch.float64, requires_grad=True)], "state_precision": "8bit"})
+        opt.add_param_group(
+            {"params": [torch.zeros(1, dtype=torch.float64, requires_grad=True)], "state_precision": "8bit"}
+        )
     assert len(opt.param_groups) == 1
 
 

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {"Adam": "adamlab.optim", "Yogi": "adamlab.optim", "convert_state_dict": "adamlab.optim"}
 
-__all__ = ["Adam", "Yogi", "convert_state_dict", "__version__"]
+__all__ = ["Adam", "Yogi", "__version__", "convert_state_dict"]
 
 
 def __getattr__(name: str) -> Any:

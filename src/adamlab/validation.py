@@ -224,7 +224,8 @@ def _low_precision_options(group: Mapping[str, Any], at: str) -> None:
         or block_size & (block_size - 1)
     ):
         raise ValueError(
-            f"{at}Invalid block_size: {block_size!r} (expected a power of two from {BLOCK_SIZES[0]} to {BLOCK_SIZES[1]})"
+            f"{at}Invalid block_size: {block_size!r} "
+            f"(expected a power of two from {BLOCK_SIZES[0]} to {BLOCK_SIZES[1]})"
         )
     seed = group.get("rounding_seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
@@ -563,7 +564,12 @@ def _same_precision(where: str, group: Mapping[str, Any], saved: Mapping[str, An
 def _seed_value(name: str, value: Any) -> None:
     import torch
 
-    ok = isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() and not value.is_complex()
+    ok = (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and not value.is_floating_point()
+        and not value.is_complex()
+    )
     ok = ok and value.dtype is not torch.bool and value.device.type != "meta" and 0 <= int(value) < SEED_LIMIT
     if not ok:
         raise ValueError(
@@ -582,7 +588,11 @@ def _state_8bit(name: str, entry: Mapping[str, Any], p: Any, block_size: int) ->
         value = entry[k]
         what = f"state_dict entry {k!r} for {name}"
         if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.shape != p.shape:
-            shown = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else _show(value)
+            shown = (
+                f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+                if isinstance(value, torch.Tensor)
+                else _show(value)
+            )
             raise ValueError(
                 f"{what} is {shown}: state_precision='8bit' stores uint8 codes shaped like the parameter "
                 "(a state in another precision converts with adamlab.convert_state_dict)"
@@ -590,9 +600,11 @@ def _state_8bit(name: str, entry: Mapping[str, Any], p: Any, block_size: int) ->
         scale = entry[k + "_absmax"]
         what = f"state_dict entry {k + '_absmax'!r} for {name}"
         if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() or tuple(scale.shape) != (blocks,):
-            shown = f"a {scale.dtype} tensor of shape {tuple(scale.shape)}" if isinstance(scale, torch.Tensor) else _show(scale)
-            raise ValueError(
-                f"{what} is {shown}: expected float32 of shape ({blocks},), one per block of {block_size}"
+            shown = (
+                f"a {scale.dtype} tensor of shape {tuple(scale.shape)}"
+                if isinstance(scale, torch.Tensor)
+                else _show(scale)
             )
+            raise ValueError(f"{what} is {shown}: expected float32 of shape ({blocks},), one per block of {block_size}")
         if scale.device.type != "meta" and not bool((torch.isfinite(scale) & (scale >= 0)).all()):
             raise ValueError(f"{what} holds a negative, inf or NaN scale: expected finite values >= 0")

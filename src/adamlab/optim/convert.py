@@ -20,7 +20,9 @@ from adamlab.validation import validate_group
 _MOMENTS = (("exp_avg", True), ("exp_avg_sq", False), ("max_exp_avg_sq", False))
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], state_precision: str | None, *, block_size: int = 256) -> dict[str, Any]:
+def convert_state_dict(
+    state_dict: Mapping[str, Any], state_precision: str | None, *, block_size: int = 256
+) -> dict[str, Any]:
     """A copy of an optimizer ``state_dict`` with its moments stored in ``state_precision``.
 
     ``state_dict`` comes from :class:`adamlab.Adam`/:class:`adamlab.Yogi` (any precision) or
@@ -97,7 +99,9 @@ def _convert_entry(
         if stored.dtype == torch.uint8:
             absmax = entry.get(k + "_absmax")
             if absmax is None:
-                raise ValueError(f"convert_state_dict: state[{key!r}][{k!r}] holds 8-bit codes without {k + '_absmax'!r}")
+                raise ValueError(
+                    f"convert_state_dict: state[{key!r}][{k!r}] holds 8-bit codes without {k + '_absmax'!r}"
+                )
             values = lowp.decode(stored, absmax.to(device=stored.device, dtype=torch.float32), old_block, signed)
         elif stored.is_complex() or stored.dtype == torch.float64:
             values = stored
@@ -108,7 +112,8 @@ def _convert_entry(
             continue
         if values.is_complex():
             raise ValueError(
-                f"convert_state_dict: state[{key!r}][{k!r}] is complex: state_precision={new!r} takes real parameters only"
+                f"convert_state_dict: state[{key!r}][{k!r}] is complex: "
+                f"state_precision={new!r} takes real parameters only"
             )
         values = values.to(torch.float32)
         if new == "bf16":

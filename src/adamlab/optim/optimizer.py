@@ -197,7 +197,9 @@ class _AdamFamily(Optimizer):
                 if absmax is not None:
                     state[key + "_absmax"] = absmax
                 continue
-            moment = state[key] = torch.empty_like(p, dtype=_moment_dtype(group, p), memory_format=torch.preserve_format)
+            moment = state[key] = torch.empty_like(
+                p, dtype=_moment_dtype(group, p), memory_format=torch.preserve_format
+            )
             (torch.view_as_real(moment) if moment.is_complex() else moment).fill_(value)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
@@ -258,7 +260,9 @@ class _AdamFamily(Optimizer):
             )
         if not _needs_seed(group) or not params:
             return None
-        if not all(map(operator.contains, states, repeat(_SEED))):  # stochastic_rounding turned on later, a torch checkpoint
+        if not all(
+            map(operator.contains, states, repeat(_SEED))
+        ):  # stochastic_rounding turned on later, a torch checkpoint
             ordinals = self._ordinals()
             for p, state in zip(params, states):
                 if _SEED not in state:

@@ -202,9 +202,7 @@ def decode(stored: Tensor, absmax: Tensor | None, block_size: int, signed: bool)
     return out
 
 
-def encode_(
-    stored: Tensor, absmax: Tensor | None, values: Tensor, block_size: int, stream: int, key: Any
-) -> None:
+def encode_(stored: Tensor, absmax: Tensor | None, values: Tensor, block_size: int, stream: int, key: Any) -> None:
     """Write float32 ``values`` (shaped like ``stored``) into the stored moment: uint8 by
     blockwise quantization (its absmax too), bfloat16 by stochastic rounding with the bits
     of ``key`` (for stream ``stream``; ``key=None``: to nearest), any other dtype to nearest."""
@@ -219,7 +217,9 @@ def encode_(
         stored.copy_(values)
 
 
-def constant_state(like: Tensor, value: float, precision: str, block_size: int, signed: bool) -> tuple[Tensor, Tensor | None]:
+def constant_state(
+    like: Tensor, value: float, precision: str, block_size: int, signed: bool
+) -> tuple[Tensor, Tensor | None]:
     """A moment of ``precision`` holding ``value`` everywhere, shaped like ``like``: bf16 the
     nearest bfloat16 of float32(value); 8bit each block quantized (absmax |value|)."""
     if precision == "bf16":
@@ -274,39 +274,44 @@ def low_precision_update(
         work_p.append(p.to(torch.float32) if wide and p.dtype != torch.float32 else p)
         g = grads[i]
         work_g.append(g.to(torch.float32) if wide and g.dtype != torch.float32 else g)
-        work_v.append(decode(exp_avgs[i], v_absmax[i], block, True) if wide and exp_avgs[i].dtype != torch.float32 else exp_avgs[i])
-        work_s.append(decode(exp_avg_sqs[i], s_absmax[i], block, False) if wide and exp_avg_sqs[i].dtype != torch.float32 else exp_avg_sqs[i])
+        work_v.append(
+            decode(exp_avgs[i], v_absmax[i], block, True)
+            if wide and exp_avgs[i].dtype != torch.float32
+            else exp_avgs[i]
+        )
+        work_s.append(
+            decode(exp_avg_sqs[i], s_absmax[i], block, False)
+            if wide and exp_avg_sqs[i].dtype != torch.float32
+            else exp_avg_sqs[i]
+        )
         if amsgrad:
             m = max_exp_avg_sqs[i]
             work_m.append(decode(m, None, block, False) if wide and m.dtype != torch.float32 else m)
-    update(
-        rule, work_p, work_g, work_v, work_s, work_m, state_steps, capturable=capturable, amsgrad=amsgrad, **hyper
-    )
+    update(rule, work_p, work_g, work_v, work_s, work_m, state_steps, capturable=capturable, amsgrad=amsgrad, **hyper)
     for i, p in enumerate(params):
         seed = lp.seeds[i] if lp.seeds else 0
         # the key of the new t: a device tensor when capturable (no host sync), else an int
         t = state_steps[i] if capturable else int(state_steps[i].item())
-
-        def key(stream: int) -> Any:
-            return rounding_key(seed, t, stream)
-
-        # moments stored in their own dtype (precision None or "fp32") round to nearest
-        def moment_key(stream: int) -> Any:
-            return key(stream) if lp.precision == "bf16" else None
-
+        # moments stored in their own dtype (precision None or "fp32") round to nearest: no key
+        moment_seed = seed if lp.precision == "bf16" else None
         if work_v[i] is not exp_avgs[i]:
-            encode_(exp_avgs[i], v_absmax[i], work_v[i], block, STREAM_V, moment_key(STREAM_V))
+            encode_(exp_avgs[i], v_absmax[i], work_v[i], block, STREAM_V, _key(moment_seed, t, STREAM_V))
         if work_s[i] is not exp_avg_sqs[i]:
-            encode_(exp_avg_sqs[i], s_absmax[i], work_s[i], block, STREAM_S, moment_key(STREAM_S))
+            encode_(exp_avg_sqs[i], s_absmax[i], work_s[i], block, STREAM_S, _key(moment_seed, t, STREAM_S))
         if amsgrad and work_m[i] is not max_exp_avg_sqs[i]:
-            encode_(max_exp_avg_sqs[i], None, work_m[i], block, STREAM_S_MAX, moment_key(STREAM_S_MAX))
+            encode_(max_exp_avg_sqs[i], None, work_m[i], block, STREAM_S_MAX, _key(moment_seed, t, STREAM_S_MAX))
         if work_p[i] is not p:
             if lp.stochastic_rounding and p.dtype == torch.bfloat16:
                 source = flat(work_p[i])
-                rounded = round_bf16_stochastic(source, random_bits(key(STREAM_PARAM), source.numel(), source.device))
-                _write_like(p, work_p[i], rounded)
+                bits = random_bits(rounding_key(seed, t, STREAM_PARAM), source.numel(), source.device)
+                _write_like(p, work_p[i], round_bf16_stochastic(source, bits))
             else:
                 p.copy_(work_p[i])
+
+
+def _key(seed: int | None, t: Any, stream: int) -> Any:
+    """rounding_key, or None (round to nearest) without a seed."""
+    return None if seed is None else rounding_key(seed, t, stream)
 
 
 def _write_like(p: Tensor, work: Tensor, rounded_flat: Tensor) -> None:
