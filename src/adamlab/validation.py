@@ -232,8 +232,8 @@ def _low_precision_options(group: Mapping[str, Any], at: str) -> None:
         raise ValueError(f"{at}Invalid rounding_seed: {seed!r} (expected an integer with 0 <= seed < 2**32)")
     if precision == "8bit" and group.get("amsgrad", False):
         raise ValueError(
-            f"{at}state_precision='8bit' does not support amsgrad=True (a running maximum of s rounded "
-            "blockwise would drift); use state_precision='bf16' or 'fp32' with amsgrad"
+            f"{at}state_precision='8bit' does not support amsgrad=True (a running maximum of s re-quantized "
+            "blockwise can fall below a value it held); use state_precision='bf16' or 'fp32' with amsgrad"
         )
     if group.get("differentiable", False):
         if precision in LOW_PRECISIONS:
