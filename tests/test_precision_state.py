@@ -388,3 +388,24 @@ def test_initialize_moments_encodes_into_low_precision_state() -> None:
         assert torch.equal(_decoded(st, "exp_avg", 16), torch.full((40,), 3.0))
         p.grad = torch.ones(40)
         opt.step()
+
+
+@pytest.mark.parametrize("precision", [None, "fp32"])
+def test_stochastic_rounding_leaves_parameters_of_other_dtypes_alone(precision) -> None:
+    """Only bfloat16 parameters are rounded stochastically: fp32 and fp16 ones step exactly as without it."""
+    for dtype in (torch.float32, torch.float16):
+        a, b = _params(dtype), _params(dtype)
+        with_sr = adamlab.Adam(a, state_precision=precision, stochastic_rounding=True)
+        without = adamlab.Adam(b, state_precision=precision)
+        _train(with_sr, a, range(3))
+        _train(without, b, range(3))
+        assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+def test_group_options_take_numpy_integers() -> None:
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = adamlab.Adam([p], state_precision="bf16")
+    opt.add_param_group({"params": [q], "rounding_seed": np.int64(2**32 - 1), "block_size": np.int32(64)})
+    assert type(opt.param_groups[1]["rounding_seed"]) is int and type(opt.param_groups[1]["block_size"]) is int
+    _train(opt, [p, q], range(1))
+    assert int(opt.state[q]["rounding_seed"]) == reference.parameter_seed(2**32 - 1, 1)

@@ -160,6 +160,9 @@ class _AdamFamily(Optimizer):
         param_group["params"] = params  # checked, and a generator is read only once
         if "betas" in param_group:
             param_group["betas"] = _kept_betas(param_group["betas"])
+        for key in ("rounding_seed", "block_size"):  # a NumPy integer as a Python int (the hash wraps in int64)
+            if key in param_group:
+                param_group[key] = int(param_group[key])
         super().add_param_group(param_group)
 
     # ---- state ---------------------------------------------------------------------------
