@@ -348,7 +348,7 @@ def test_bf16_state_keeps_decaying_where_bf16_round_to_nearest_stalls() -> None:
     decays (0.999·s rounds back to s); bf16 state rounded stochastically decays like fp32 on average."""
     result = {}
     for precision in (None, "bf16", "fp32"):
-        p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))
+        p = torch.nn.Parameter(torch.ones(1024, dtype=torch.bfloat16))
         opt = adamlab.Adam([p], lr=1e-4, state_precision=precision, foreach=True)
         p.grad = torch.ones_like(p)
         opt.step()
