@@ -409,3 +409,24 @@ def test_group_options_take_numpy_integers() -> None:
     assert type(opt.param_groups[1]["rounding_seed"]) is int and type(opt.param_groups[1]["block_size"]) is int
     _train(opt, [p, q], range(1))
     assert int(opt.state[q]["rounding_seed"]) == reference.parameter_seed(2**32 - 1, 1)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+def test_complex_and_float64_parameters_are_refused_by_name(precision: str) -> None:
+    for dtype in (torch.complex64, torch.float64):
+        p = torch.zeros(3, dtype=dtype, requires_grad=True)
+        with pytest.raises(ValueError, match=rf"has dtype {dtype}: state_precision='{precision}' takes float32"):
+            adamlab.Yogi([torch.zeros(2, requires_grad=True), p], state_precision=precision)
+
+
+def test_a_torch_optim_adam_checkpoint_is_refused_by_low_precision_until_converted() -> None:
+    a = _params()
+    theirs = torch.optim.Adam(a)
+    _train(theirs, a, range(2))
+    ours = adamlab.Adam(a, state_precision="8bit", rounding_seed=4)
+    with pytest.raises(ValueError, match=r"state_precision=None.*state_precision='8bit'.*convert_state_dict"):
+        ours.load_state_dict(theirs.state_dict())
+    ours.load_state_dict(adamlab.convert_state_dict(theirs.state_dict(), "8bit"))
+    assert ours.param_groups[0]["rounding_seed"] == 4  # a checkpoint without it keeps the optimizer's
+    _train(ours, a, range(2, 3))
+    assert int(ours.state[a[1]]["rounding_seed"]) == reference.parameter_seed(4, 1)
