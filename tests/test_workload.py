@@ -80,12 +80,10 @@ def test_distributed_runs_match_the_single_process_run() -> None:
         modes=("single", "ddp", "fsdp2"),
         steps=8,
         eval_every=4,
-        optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused", "adamlab.Yogi 8bit fused"),
+        optimizers=("adamlab.Yogi foreach=True", "torch.optim.Adam fused", "adamlab.Yogi 8bit foreach"),
     )
     result = run(cfg)
-    optimizers = {"adamlab.Yogi foreach=True", "torch.optim.Adam fused=True"}
-    if "adamlab.Yogi 8bit fused=True" in result["optimizers"]:  # where adamlab has state_precision
-        optimizers.add("adamlab.Yogi 8bit fused=True")
+    optimizers = {"adamlab.Yogi foreach=True", "torch.optim.Adam fused=True", "adamlab.Yogi 8bit foreach=True"}
     matches = [c for c in result["checks"] if c["check"] == "matches single process"]
     assert {(c["mode"], c["optimizer"]) for c in matches} == {(m, o) for m in ("ddp", "fsdp2") for o in optimizers}
     assert all(c["ok"] for c in matches), matches
@@ -259,3 +257,18 @@ def test_a_low_precision_row_is_compared_with_its_fp32_row_seed_by_seed() -> Non
     assert (vs["mean"], vs["min"], vs["max"]) == pytest.approx((0.0025, -0.005, 0.01))
     assert vs_fp32(runs, "adamlab.Yogi foreach=True") is None  # an fp32 row
     assert vs_fp32(runs[2:], "adamlab.Adam bf16 fused=True") is None  # its fp32 row did not run
+
+
+def test_low_precision_rows_train_like_their_fp32_rows() -> None:
+    names = ["adamlab.Adam foreach=True", "adamlab.Adam bf16 foreach=True", "adamlab.Yogi foreach=True"]
+    names.append("adamlab.Yogi 8bit foreach=True")
+    result = run(replace(preset("quick"), optimizers=tuple(names)), names=names)
+    rows = {r["optimizer"]: r for r in result["summary"]["single"]}
+    n = result["model_params"]
+    assert 4 * n <= rows["adamlab.Adam bf16 foreach=True"]["state_bytes"] < 4 * n + 2048  # + a step, a seed per tensor
+    assert 2 * n < rows["adamlab.Yogi 8bit foreach=True"]["state_bytes"] < 2.2 * n  # + float32 block scales
+    for name, fp32 in (("adamlab.Adam bf16 foreach=True", names[0]), ("adamlab.Yogi 8bit foreach=True", names[2])):
+        vs = rows[name]["vs_fp32"]
+        assert vs["fp32"] == fp32 and len(vs["relative"]) == 1
+        assert 0 < abs(vs["mean"]) < 0.03, vs  # rounded state: another curve, close to fp32's
+    assert "vs_fp32" not in rows[names[0]]
