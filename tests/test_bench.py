@@ -15,7 +15,8 @@ from adamlab.bench.sets import PARAM_SETS, param_sets
 
 
 def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
-    args = ["--smoke", "--no-first-step", "--impl", "adamlab.Yogi fused", "--impl", "foreach=True"]
+    args = ["--smoke", "--no-first-step", "--impl", "adamlab.Yogi fused", "--impl", "Adam foreach=True"]
+    args += ["--impl", "Yogi foreach=True", "--impl", "Yogi 8bit fused"]
     result = CliRunner().invoke(command, [*args, "--out", str(tmp_path), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
@@ -32,9 +33,14 @@ def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
 
     # the fused row runs wherever the kernel builds; skipped (with its reason) only where it cannot
     assert "adamlab.Yogi fused=True" in (ran if fused_cpu.is_available() else skipped)
+    assert "adamlab.Yogi 8bit foreach=True" not in ran | skipped  # "Yogi foreach=True" names the fp32 row only
+    assert "adamlab.Yogi 8bit fused=True" in ran | skipped
     for s in doc["sets"]:
         for row in s["rows"]:
-            assert row["ms"] > 0 and len(row["samples_ms"]) == 3
+            assert row["ms"] > 0 and len(row["samples_ms"]) == 3 and row["first_step_ms"] > 0
+            # fp32: two moments; 8-bit: codes and block scales; per tensor a step, a seed, a short last block
+            low = 2 + 8 / 256 if " 8bit " in row["candidate"] else 8
+            assert low <= row["state_bytes_per_param"] <= low + 24 * s["n_tensors"] / s["n_params"]
             assert row["gb_s"] == pytest.approx(28 * s["n_params"] / row["ms"] / 1e6)
             assert row["bandwidth_share"] == pytest.approx(row["gb_s"] / doc["stream_bandwidth"]["gb_s"])
             if row["candidate"] == candidates.BASELINE:
