@@ -33,7 +33,7 @@ program of a tensor to finish (a per-tensor atomic counter, row 8) writes t + 1.
 step_size and bc2_sqrt are computed from t here (:func:`coefficients`), so no step needs a
 host sync. With ``found_inf`` set every program skips everything, the count included.
 
-Low-precision state (``MOMENTS``, ``PARAM_SR``; the formats are :mod:`adamlab.reference`'s
+Low-precision state (``MOMENTS``, ``PARAM_ROUND``; the formats are :mod:`adamlab.reference`'s
 "low-precision state", computed here bit for bit): the stored moments are decoded to
 float32, the update runs as above, the parameter is written from the new moments in
 float32, and only then are the moments encoded for storage::
@@ -42,7 +42,7 @@ float32, and only then are the moments encoded for storage::
     MOMENTS 1   bfloat16, rounded stochastically with the bits of (seed, t, stream, index)
     MOMENTS 2   8-bit blockwise: one program per block (BLOCK = the block size), absmax of
                 the new values by tl.max, codes by exact integer rounding (minifloat maps)
-    PARAM_SR    bfloat16 parameters rounded stochastically (stream 2)
+    PARAM_ROUND bfloat16 parameters rounded to nearest (1) or stochastically (2, stream 2)
 
 The random bits need no host work: each program computes its keys from the tensor's seed
 (row 9) and the new t it has just read from the device, and the element index is the
@@ -156,6 +156,17 @@ def round_bf16_stochastic(x, bits):
 
 
 @triton.jit
+def round_bf16_nearest(x):
+    """reference.round_bf16_nearest: float32 → bfloat16, ties to even, by bit operations (what
+    the GPU's conversion does; Triton's interpreter truncates instead, so the low-precision
+    kernels round here and agree with the reference in both)."""
+    u = x.to(tl.uint32, bitcast=True)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16  # an infinity stays, a finite max rounds to it
+    nan = ((u & 0x7F800000) == 0x7F800000) & ((u & 0x7FFFFF) != 0)
+    return tl.where(nan, ((u >> 16) & 0x8000) | 0x7FC0, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def encode_minifloat(m, MANTISSA: tl.constexpr, BIAS: tl.constexpr):
     """reference.encode_minifloat for finite m in [0, 1]: the code (int32) of the nearest value,
     ties to even, by integer operations on m's bits (exact; no rint, no division).
@@ -255,7 +266,7 @@ def adam_family_kernel(
     ALIGNED: tl.constexpr,  # every address is a multiple of 16 bytes: vector loads
     BLOCK: tl.constexpr,  # MOMENTS 2: the block size of the 8-bit state
     MOMENTS: tl.constexpr,  # 0: in S_DTYPE, 1: bfloat16 rounded stochastically, 2: 8-bit blockwise
-    PARAM_SR: tl.constexpr,  # bfloat16 parameters rounded stochastically
+    PARAM_ROUND: tl.constexpr,  # 0: cast to P_DTYPE; bfloat16 parameters: 1 to nearest, 2 stochastically
 ):
     pid = tl.program_id(0)
     skip = 0.0
@@ -333,11 +344,13 @@ def adam_family_kernel(
                 g = g + weight_decay * p
         p, v, s, s_max = update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI, AMSGRAD)
         # p is final; only now are the moments rounded for storage
-        if MOMENTS == 1 or PARAM_SR:  # the streams' keys from the seed and the new t
+        if MOMENTS == 1 or PARAM_ROUND == 2:  # the streams' keys from the seed and the new t
             seed_t = mix32(mix32(tl.load(table_ptr + 9 * width + i).to(tl.uint32)) ^ t.to(tl.uint32))
             hi = mix32((start >> 32).to(tl.uint32))
             lo = offs.to(tl.uint32)
-        if PARAM_SR:
+        if PARAM_ROUND == 1:
+            p = round_bf16_nearest(p)
+        if PARAM_ROUND == 2:
             p = round_bf16_stochastic(p, random_bits(stream_key(seed_t, SALT_PARAM), hi, lo))
         if MOMENTS == 1:
             v = round_bf16_stochastic(v, random_bits(stream_key(seed_t, SALT_V), hi, lo))
