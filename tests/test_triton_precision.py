@@ -493,3 +493,197 @@ def test_refusals_change_nothing():
     refused(run, RuntimeError, "uint8 state", exp_avgs=[torch.zeros(40), torch.zeros(7)])
     bf = Run("adam", "bf16", shapes=[(40,)])
     refused(bf, RuntimeError, "bfloat16 state", exp_avgs=[torch.zeros(40)])
+
+
+# ---- the kernel's functions, one by one, bit for bit on the same float32 inputs -----------
+
+
+K = None  # the interpreted kernel module, set by the fixture below
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """Small test kernels calling the interpreted kernel module's functions (decorated while
+    TRITON_INTERPRET=1, as :func:`triton_fused.kernel_module` does, so they run on CPU tensors)."""
+    import os
+
+    import triton
+    import triton.language as tl
+
+    from adamlab.optim import triton_fused
+
+    global K  # the interpreter runs a kernel's source in this module's globals
+    K = triton_fused.kernel_module(interpret=True)
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+
+        @triton.jit
+        def minifloat(m_ptr, out_ptr, n, MANTISSA: tl.constexpr, BIAS: tl.constexpr, N: tl.constexpr):
+            offs = tl.arange(0, N)
+            mask = offs < n
+            code = K.encode_minifloat(tl.load(m_ptr + offs, mask=mask, other=0.0), MANTISSA, BIAS)
+            tl.store(out_ptr + offs, code, mask=mask)
+            tl.store(out_ptr + N + offs, K.decode_minifloat(offs, MANTISSA, BIAS).to(tl.int32, bitcast=True))
+
+        @triton.jit
+        def rounding(x_ptr, bits_ptr, out_ptr, n, N: tl.constexpr):
+            offs = tl.arange(0, N)
+            mask = offs < n
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+            bits = tl.load(bits_ptr + offs, mask=mask, other=0).to(tl.uint32, bitcast=True)
+            sr = K.round_bf16_stochastic(x, bits).to(tl.int16, bitcast=True)
+            rn = K.round_bf16_nearest(x).to(tl.int16, bitcast=True)
+            tl.store(out_ptr + offs, sr, mask=mask)
+            tl.store(out_ptr + N + offs, rn, mask=mask)
+
+        @triton.jit
+        def hashes(seed_ptr, t_ptr, index_ptr, out_ptr, n, N: tl.constexpr):
+            """keys of the 4 streams for (seed, t) pairs, and random_bits(key of stream 0, index)."""
+            offs = tl.arange(0, N)
+            mask = offs < n
+            seed = tl.load(seed_ptr + offs, mask=mask, other=0).to(tl.uint32)
+            t = tl.load(t_ptr + offs, mask=mask, other=0.0)
+            seed_t = K.mix32(K.mix32(seed) ^ t.to(tl.uint32))
+            keys = (K.stream_key(seed_t, K.SALT_V), K.stream_key(seed_t, K.SALT_S),
+                    K.stream_key(seed_t, K.SALT_PARAM), K.stream_key(seed_t, K.SALT_S_MAX))  # fmt: skip
+            for j in tl.static_range(4):
+                tl.store(out_ptr + j * N + offs, keys[j].to(tl.int32, bitcast=True), mask=mask)
+            index = tl.load(index_ptr + offs, mask=mask, other=0)
+            hi, lo = K.index_words(index, index)  # one index per "block" here
+            bits = K.random_bits(keys[0], hi, lo)
+            tl.store(out_ptr + 4 * N + offs, bits.to(tl.int32, bitcast=True), mask=mask)
+
+        @triton.jit
+        def blocks(x_ptr, codes_ptr, absmax_ptr, decoded_ptr, n, SIGNED: tl.constexpr, B: tl.constexpr):
+            pid = tl.program_id(0)
+            offs = pid * B + tl.arange(0, B)
+            mask = offs < n
+            codes, absmax = K.quantize_block(tl.load(x_ptr + offs, mask=mask, other=0.0), mask, SIGNED)
+            tl.store(codes_ptr + offs, codes, mask=mask)
+            tl.store(absmax_ptr + pid, absmax)
+            tl.store(decoded_ptr + offs, K.dequantize_block(codes, absmax, SIGNED), mask=mask)
+
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+    return dict(minifloat=minifloat, rounding=rounding, hashes=hashes, blocks=blocks)
+
+
+def f32(values):
+    return np.asarray(values, dtype=np.float32)
+
+
+def u32_as_i32(values):
+    return torch.from_numpy(np.asarray(values, dtype=np.uint32).view(np.int32).copy())
+
+
+@pytest.mark.parametrize("fmt", [reference.SIGNED_FORMAT, reference.UNSIGNED_FORMAT], ids=["signed", "unsigned"])
+def test_minifloat_encode_and_decode_bit_for_bit(kernels, fmt):
+    """Every map value, every midpoint between neighbours (ties: to even), the float32 values
+    next to them, subnormal codes, float32 subnormals and random m in [0, 1]."""
+    e_bits, mantissa, bias = fmt
+    values = reference.decode_minifloat(np.arange(2 ** (e_bits + mantissa)), *fmt)
+    values = values[values <= 1.0]
+    mids = f32((values[1:].astype(np.float64) + values[:-1]) / 2)  # exact in float32
+    rng = np.random.default_rng(31)
+    m = np.concatenate([
+        values, mids, np.nextafter(mids, f32(0)), np.nextafter(mids, f32(1)),
+        f32([0.0, 1e-45, 1e-40, 2.0**-126, values[1] / 2, values[1] / 4]),
+        rng.random(2000, dtype=np.float32), rng.random(300, dtype=np.float32) * f32(values[8]),
+    ]).astype(np.float32)  # fmt: skip
+    m = m[m <= 1.0]
+    n, big = m.size, 1 << (max(m.size, 256) - 1).bit_length()
+    out = torch.empty(2 * big, dtype=torch.int32)
+    kernels["minifloat"][(1,)](torch.from_numpy(m), out, n, MANTISSA=mantissa, BIAS=bias, N=big)
+    np.testing.assert_array_equal(out[:n].numpy(), reference.encode_minifloat(m, *fmt))
+    codes = np.arange(2 ** (e_bits + mantissa))
+    got = out[big : big + codes.size].numpy().view(np.float32)
+    np.testing.assert_array_equal(got.view(np.uint32), reference.decode_minifloat(codes, *fmt).view(np.uint32))
+
+
+def test_bf16_rounding_bit_for_bit(kernels):
+    rng = np.random.default_rng(32)
+    specials = f32([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 3.4e38, -3.4e38, 1e-40, -1e-40, 1.0, 1.00390625])
+    payloads = np.asarray([0x7F800001, 0xFF800001, 0x7FBFFFFF, 0xFFFF0000], dtype=np.uint32).view(np.float32)
+    specials = np.concatenate([specials, payloads])  # NaNs whose top half would read as inf or keep a payload
+    x = np.concatenate([specials, (rng.standard_normal(900) * np.exp2(rng.integers(-60, 60, 900))).astype(np.float32)])
+    # ties for round-to-nearest: bfloat16 values plus exactly half a bfloat16 ulp
+    ties = ((x[20:120].view(np.uint32) & np.uint32(0xFFFF0000)) | np.uint32(0x8000)).view(np.float32)
+    x = np.concatenate([x, ties])
+    bits = rng.integers(0, 2**32, x.size, dtype=np.uint64).astype(np.uint32)
+    bits[: specials.size] = 0xFFFF  # the largest increment on the specials
+    n, big = x.size, 1 << (x.size - 1).bit_length()
+    out = torch.empty(2 * big, dtype=torch.int16)
+    kernels["rounding"][(1,)](torch.from_numpy(x), u32_as_i32(bits), out, n, N=big)
+    got = out.numpy().view(np.uint16)
+    np.testing.assert_array_equal(got[:n], reference.round_bf16_stochastic(x, bits))
+    np.testing.assert_array_equal(got[big : big + n], reference.round_bf16_nearest(x))
+
+
+def test_keys_and_random_bits_bit_for_bit(kernels):
+    """rounding_key for each stream from (seed, t) as the kernel gets them (t a float32 step
+    count), and random_bits at indices past 2^32 (the high word's own mix)."""
+    rng = np.random.default_rng(33)
+    n = 200
+    seeds = rng.integers(0, 2**32, n, dtype=np.uint64)
+    seeds[:3] = [0, 2**32 - 1, 1]
+    t = rng.integers(1, 2**24, n).astype(np.float32)  # exact in float32 up to 2^24
+    t[:3] = [1, 2**24, 7]
+    index = rng.integers(0, 2**40, n, dtype=np.int64)
+    index[:4] = [0, 2**32 - 1, 2**32, 2**33 + 5]
+    out = torch.empty(5 * 256, dtype=torch.int32)
+    kernels["hashes"][(1,)](torch.from_numpy(seeds.astype(np.int64)), torch.from_numpy(t), torch.from_numpy(index), out, n, N=256)
+    got = out.numpy().view(np.uint32).reshape(5, 256)[:, :n]
+    for stream in range(4):
+        want = [reference.rounding_key(int(s), int(tt), stream) for s, tt in zip(seeds, t)]
+        np.testing.assert_array_equal(got[stream], np.asarray(want, dtype=np.uint32), err_msg=f"stream {stream}")
+    want_bits = [reference.random_bits(int(key), np.asarray([i]))[0] for key, i in zip(got[0], index)]
+    np.testing.assert_array_equal(got[4], np.asarray(want_bits, dtype=np.uint32))
+
+
+def reciprocal_traps(rng, n, signed):
+    """n float32 values, the first the block's absmax, where encoding |x|·(1/absmax) and
+    |x|/absmax gives different codes (found by search near the map's midpoints)."""
+    fmt = reference.SIGNED_FORMAT if signed else reference.UNSIGNED_FORMAT
+    values = reference.decode_minifloat(np.arange(120), *fmt)
+    mids = (values[1:].astype(np.float64) + values[:-1]) / 2
+    while True:
+        absmax = np.float32(rng.uniform(0.5, 1.0))
+        x = (mids[rng.integers(40, 110, 4000)] * absmax).astype(np.float32)
+        x = np.nextafter(x, np.where(rng.random(x.size) < 0.5, np.float32(0), np.float32(1)))
+        exact = reference.encode_minifloat(x / absmax, *fmt)
+        approximate = reference.encode_minifloat(x * (np.float32(1) / absmax), *fmt)
+        traps = x[exact != approximate]
+        if traps.size >= n - 1:
+            return np.concatenate([[absmax], traps[: n - 1]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_quantize_blockwise_bit_for_bit(kernels, signed):
+    """Blocks: ordinary, all zero, holding inf or NaN, tiny (float32 subnormal) values, a tie
+    value, and a short last block."""
+    rng = np.random.default_rng(34)
+    b = 32
+    x = (rng.standard_normal(6 * b + 11) * 0.01).astype(np.float32)
+    if not signed:
+        x = np.abs(x)
+    x[b : 2 * b] = 0.0
+    x[2 * b + 3] = np.inf
+    x[3 * b + 5] = np.nan
+    x[4 * b : 5 * b] = (rng.random(b) * 1e-38).astype(np.float32)
+    x[5 * b] = 1.0
+    x[5 * b + 1] = 1.0625 / 2  # halfway between two map entries of the block's scale: ties to even
+    # the last block: values whose code differs when m = |x|/absmax is computed as |x|·(1/absmax)
+    # (what an approximate division may do): the encoder must divide exactly
+    x[6 * b :] = reciprocal_traps(rng, 11, signed)
+    blocks = -(-x.size // b)
+    codes, absmax, decoded = torch.empty(x.size, dtype=torch.uint8), torch.empty(blocks), torch.empty(x.size)
+    kernels["blocks"][(blocks,)](torch.from_numpy(x), codes, absmax, decoded, x.size, SIGNED=signed, B=b)
+    want_codes, want_absmax = reference.quantize_blockwise(x, b, signed)
+    np.testing.assert_array_equal(codes.numpy(), want_codes)
+    np.testing.assert_array_equal(absmax.numpy(), want_absmax)  # NaN where the reference has NaN
+    want_decoded = reference.dequantize_blockwise(want_codes, want_absmax, b, signed)
+    np.testing.assert_array_equal(decoded.numpy(), want_decoded)

@@ -137,9 +137,16 @@ def stream_key(seed_t, SALT: tl.constexpr):
 
 
 @triton.jit
+def index_words(start, offs):
+    """The element indices ``offs`` (int64, from ``start``, the first of a block of a power of
+    two elements) as reference.random_bits takes them: (mix(index >> 32), index mod 2^32). The
+    high word is mixed once per program: a block never straddles a multiple of 2^32."""
+    return mix32((start >> 32).to(tl.uint32)), offs.to(tl.uint32)
+
+
+@triton.jit
 def random_bits(key, hi, lo):
-    """reference.random_bits: ``hi`` = mix(index >> 32) (one per program: a block never
-    straddles 2^32), ``lo`` = index mod 2^32 (uint32)."""
+    """reference.random_bits from :func:`index_words`' (hi, lo)."""
     return mix32(key ^ hi ^ lo)
 
 
@@ -346,8 +353,7 @@ def adam_family_kernel(
         # p is final; only now are the moments rounded for storage
         if MOMENTS == 1 or PARAM_ROUND == 2:  # the streams' keys from the seed and the new t
             seed_t = mix32(mix32(tl.load(table_ptr + 9 * width + i).to(tl.uint32)) ^ t.to(tl.uint32))
-            hi = mix32((start >> 32).to(tl.uint32))
-            lo = offs.to(tl.uint32)
+            hi, lo = index_words(start, offs)
         if PARAM_ROUND == 1:
             p = round_bf16_nearest(p)
         if PARAM_ROUND == 2:
