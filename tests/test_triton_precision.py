@@ -687,3 +687,46 @@ def test_quantize_blockwise_bit_for_bit(kernels, signed):
     np.testing.assert_array_equal(absmax.numpy(), want_absmax)  # NaN where the reference has NaN
     want_decoded = reference.dequantize_blockwise(want_codes, want_absmax, b, signed)
     np.testing.assert_array_equal(decoded.numpy(), want_decoded)
+
+
+# ---- the compiled kernel: code generation for the GPU, checked without one ----------------
+
+
+def _has_nvidia_backend():
+    try:
+        from triton.backends import backends
+
+        return "nvidia" in backends
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="triton without its CUDA backend")
+@pytest.mark.parametrize(
+    "moments,param_round,s_dtype,amsgrad,block",
+    [(1, 2, "bfloat16", True, 1024), (2, 1, "uint8", False, 16), (2, 2, "uint8", False, 8192), (0, 2, "float32", False, 1024)],
+    ids=["bf16-sr-amsgrad", "8bit-16", "8bit-8192", "fp32-param-sr"],
+)
+def test_low_precision_kernels_compile_for_sm90(moments, param_round, s_dtype, amsgrad, block):
+    """The interpreter runs Python, not Triton's compiler: compile each kind of specialisation
+    to PTX for an H100/H200 (no GPU needed) so a type error in compiled code shows here, and
+    the 8-bit encoder divides with IEEE rounding (div.rn), never the approximate division."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from adamlab.optim import triton_fused, triton_kernel
+
+    signature = {"table_ptr": "*i64", "n": "i32", "lr": "fp32", "lr_ptr": "*fp32", "grad_scale_ptr": "*fp32",
+                 "found_inf_ptr": "*fp32", "w1": "fp32", "w2": "fp32", "eps": "fp32", "weight_decay": "fp32"}  # fmt: skip
+    constants = dict(
+        YOGI=True, BIAS_CORRECTION=True, AMSGRAD=amsgrad, MAXIMIZE=True, DECOUPLED=False, HAS_WEIGHT_DECAY=True,
+        LR_ON_DEVICE=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, P_DTYPE=tl.bfloat16, G_DTYPE=tl.float32,
+        S_DTYPE=getattr(tl, s_dtype), ALIGNED=True, BLOCK=block, MOMENTS=moments, PARAM_ROUND=param_round,
+    )  # fmt: skip
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    names = list(signature)
+    source = ASTSource(triton_kernel.adam_family_kernel, signature, constexprs={(names.index(c),): v for c, v in constants.items()})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=triton_fused._warps(block))).asm["ptx"]
+    assert ("div.rn.f32" in ptx) == (moments == 2)

@@ -247,6 +247,15 @@ def quantize_block(x, mask, SIGNED: tl.constexpr):
 
 
 @triton.jit
+def widen(x, MOMENTS: tl.constexpr):
+    """A loaded moment in float32 for the update; 8-bit codes stay codes (decoded with their
+    block's absmax once it is loaded)."""
+    if MOMENTS != 2:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def adam_family_kernel(
     table_ptr,  # int64 [9, n + 1]: see the module docstring
     n,  # number of tensors
@@ -313,22 +322,19 @@ def adam_family_kernel(
         if full:  # a full chunk: no mask, so loads and stores can be 16 bytes wide
             p = tl.load(p_ptr + offs).to(tl.float32)
             g = tl.load(g_ptr + offs).to(tl.float32)
-            v = tl.load(v_ptr + offs)
-            s = tl.load(s_ptr + offs)
+            v = widen(tl.load(v_ptr + offs), MOMENTS)
+            s = widen(tl.load(s_ptr + offs), MOMENTS)
         else:  # the tail of a tensor
             p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-            s = tl.load(s_ptr + offs, mask=mask, other=1.0)
+            v = widen(tl.load(v_ptr + offs, mask=mask, other=0.0), MOMENTS)
+            s = widen(tl.load(s_ptr + offs, mask=mask, other=1.0), MOMENTS)
         if MOMENTS == 2:  # 8-bit codes: this program's block is the tensor's block `chunk`
             has_block = start < numel  # an empty tensor has no block (its program only counts t)
             v_absmax_ptr = tl.load(table_ptr + 10 * width + i).to(tl.pointer_type(tl.float32))
             s_absmax_ptr = tl.load(table_ptr + 11 * width + i).to(tl.pointer_type(tl.float32))
             v = dequantize_block(v, tl.load(v_absmax_ptr + chunk, mask=has_block, other=0.0), True)
             s = dequantize_block(s, tl.load(s_absmax_ptr + chunk, mask=has_block, other=0.0), False)
-        else:
-            v = v.to(tl.float32)
-            s = s.to(tl.float32)
         s_max = s
         if AMSGRAD:
             if full:
