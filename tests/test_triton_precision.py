@@ -88,7 +88,12 @@ def bf16_bits(t):
 
 
 def bf16_tensor(bits, shape, device):
-    return torch.from_numpy(np.asarray(bits, dtype=np.uint16).view(np.int16).copy()).view(torch.bfloat16).reshape(shape).to(device)
+    return (
+        torch.from_numpy(np.asarray(bits, dtype=np.uint16).view(np.int16).copy())
+        .view(torch.bfloat16)
+        .reshape(shape)
+        .to(device)
+    )
 
 
 def rank(codes, kind):
@@ -114,7 +119,9 @@ def assert_mostly_equal(got, want, kind, what, fraction=FRACTION):
     far = np.flatnonzero(np.abs(diff) > 1)
     assert far.size == 0, f"{what}: {far.size} elements more than one unit away, e.g. at {far[:5]}"
     allowed = math.floor(fraction * diff.size)
-    assert np.count_nonzero(diff) <= allowed, f"{what}: {np.count_nonzero(diff)} of {diff.size} differ (allowed {allowed})"
+    assert np.count_nonzero(diff) <= allowed, (
+        f"{what}: {np.count_nonzero(diff)} of {diff.size} differ (allowed {allowed})"
+    )
 
 
 class Run:
@@ -166,7 +173,10 @@ class Run:
         if self.precision == "bf16":
             as_tensor = {name: bf16_tensor(enc["bits"], shape, self.device) for name, enc in stored.items()}
         else:
-            as_tensor = {name: torch.from_numpy(enc["codes"].copy()).reshape(shape).to(self.device) for name, enc in stored.items()}
+            as_tensor = {
+                name: torch.from_numpy(enc["codes"].copy()).reshape(shape).to(self.device)
+                for name, enc in stored.items()
+            }
             self.v_absmax.append(torch.from_numpy(stored["v"]["absmax"].copy()).to(self.device))
             self.s_absmax.append(torch.from_numpy(stored["s"]["absmax"].copy()).to(self.device))
         self.exp_avgs.append(as_tensor["v"])
@@ -186,7 +196,10 @@ class Run:
                 out[name] = {"bits": bf16_bits(tensors[i])}
             else:
                 absmax = (self.v_absmax if name == "v" else self.s_absmax)[i]
-                out[name] = {"codes": tensors[i].cpu().numpy().reshape(-1).copy(), "absmax": absmax.cpu().numpy().copy()}
+                out[name] = {
+                    "codes": tensors[i].cpu().numpy().reshape(-1).copy(),
+                    "absmax": absmax.cpu().numpy().copy(),
+                }
         return out
 
     def snapshot(self):
@@ -194,7 +207,10 @@ class Run:
         snap = []
         for i, p in enumerate(self.params):
             stored = self.stored(i)
-            decoded = {name: reference.decode_moment(enc, STREAMS[name], block_size=self.block_size) for name, enc in stored.items()}
+            decoded = {
+                name: reference.decode_moment(enc, STREAMS[name], block_size=self.block_size)
+                for name, enc in stored.items()
+            }
             state = reference.State(
                 t=int(self.steps[i].item()),
                 v=decoded["v"].astype(np.float64),
@@ -225,15 +241,27 @@ class Run:
         """reference.low_precision_step of every tensor: [(θ, State, stored)]."""
         return [
             reference.low_precision_step(
-                self.rule, theta, f64(grads[i]), state, precision=self.precision, seed=self.seeds[i],
-                block_size=self.block_size, round_param=self.round_param(), **self.hyper,
-            )  # fmt: skip
+                self.rule,
+                theta,
+                f64(grads[i]),
+                state,
+                precision=self.precision,
+                seed=self.seeds[i],
+                block_size=self.block_size,
+                round_param=self.round_param(),
+                **self.hyper,
+            )
             for i, (theta, state) in enumerate(before)
         ]
 
-    def check(self, before, grads, fraction=FRACTION):
+    def check(self, before, grads, fraction=FRACTION, exact_parameters=None):
         """Each tensor against one reference step from ``before``: at most ``fraction`` of the
-        codes/bits one unit off (0: bit for bit), decoded moments within one code step."""
+        codes/bits one unit off (0: bit for bit), decoded moments within one code step.
+        ``exact_parameters`` (default: ``fraction == 0``) compares parameters bit for bit; on a
+        GPU Triton's √ and ``/`` are approximate, so only the moments of exact inputs are exact
+        there (they need only products and sums)."""
+        if exact_parameters is None:
+            exact_parameters = fraction == 0
         for i, (want_theta, want, want_stored) in enumerate(self.expected(before, grads)):
             name = f"tensor {i} {tuple(self.params[i].shape)}"
             theta, old = before[i]
@@ -255,11 +283,17 @@ class Run:
                     padded[:n] = terms[moment]
                     tol = ABSMAX_ULPS * padded.reshape(-1, self.block_size).max(axis=1) * (fraction > 0)
                     with np.errstate(invalid="ignore"):
-                        close = (np.abs(got["absmax"] - enc["absmax"]) <= tol) | (np.isnan(got["absmax"]) & np.isnan(enc["absmax"]))
-                    assert close.all(), f"{what}: absmax {got['absmax']} vs the reference's {enc['absmax']} (bound {tol})"
+                        close = (np.abs(got["absmax"] - enc["absmax"]) <= tol) | (
+                            np.isnan(got["absmax"]) & np.isnan(enc["absmax"])
+                        )
+                    assert close.all(), (
+                        f"{what}: absmax {got['absmax']} vs the reference's {enc['absmax']} (bound {tol})"
+                    )
                     scale = np.repeat(enc["absmax"], self.block_size)[:n]
                     value = reference.decode_moment(enc, STREAMS[moment], block_size=self.block_size)
-                    step = 2.0**-3 * np.abs(value) + SUBNORMAL_STEP[moment] * scale + np.repeat(tol, self.block_size)[:n]
+                    step = (
+                        2.0**-3 * np.abs(value) + SUBNORMAL_STEP[moment] * scale + np.repeat(tol, self.block_size)[:n]
+                    )
                 got_value = reference.decode_moment(got, STREAMS[moment], block_size=self.block_size)
                 want_value = reference.decode_moment(enc, STREAMS[moment], block_size=self.block_size)
                 if fraction == 0:
@@ -272,11 +306,16 @@ class Run:
             got_theta = f64(self.params[i])
             if self.p_dtype == torch.bfloat16:
                 want_bits = reference.round_bf16_nearest(np.asarray(want_theta, dtype=np.float32).reshape(-1))
-                assert_mostly_equal(bf16_bits(self.params[i]), want_bits, "bits", f"{name}: parameter", fraction)
-            elif fraction == 0:
-                np.testing.assert_array_equal(got_theta, np.asarray(want_theta, dtype=np.float32).reshape(-1), err_msg=name)
+                allowed = 0 if exact_parameters else FRACTION
+                assert_mostly_equal(bf16_bits(self.params[i]), want_bits, "bits", f"{name}: parameter", allowed)
+            elif exact_parameters:
+                np.testing.assert_array_equal(
+                    got_theta, np.asarray(want_theta, dtype=np.float32).reshape(-1), err_msg=name
+                )
             else:
-                np.testing.assert_allclose(got_theta, np.reshape(want_theta, -1), **P32_TOL, err_msg=f"{name}: parameter")
+                np.testing.assert_allclose(
+                    got_theta, np.reshape(want_theta, -1), **P32_TOL, err_msg=f"{name}: parameter"
+                )
 
 
 def run_steps(run, steps=2, grad_scale=None):
@@ -285,7 +324,9 @@ def run_steps(run, steps=2, grad_scale=None):
         grads = run.grads()
         extra = {}
         if grad_scale is not None:
-            extra = dict(grad_scale=torch.tensor(grad_scale, device=run.device), found_inf=torch.tensor(0.0, device=run.device))
+            extra = dict(
+                grad_scale=torch.tensor(grad_scale, device=run.device), found_inf=torch.tensor(0.0, device=run.device)
+            )
             scaled = [g * grad_scale for g in grads]  # a power of two: unscaling is exact
             run.step(scaled, **extra)
         else:
@@ -383,7 +424,9 @@ def test_parameter_rounding_without_low_precision_moments():
     steps = [torch.tensor(float(t)) for t in start]
     seeds = [reference.parameter_seed(5, i) for i in range(len(shapes))]
     hyper = hyper_for("adam")
-    before = [(f64(p), reference.State(t=t, v=f64(v), s=f64(s))) for p, v, s, t in zip(params, exp_avgs, exp_avg_sqs, start)]
+    before = [
+        (f64(p), reference.State(t=t, v=f64(v), s=f64(s))) for p, v, s, t in zip(params, exp_avgs, exp_avg_sqs, start)
+    ]
     interpreted()(
         "adam", params, grads, exp_avgs, exp_avg_sqs, [], steps, capturable=False,
         low_precision=LowPrecision(None, 256, True, seeds, [], []), **hyper,
@@ -396,7 +439,9 @@ def test_parameter_rounding_without_low_precision_moments():
         theta32 = np.asarray(want_theta, dtype=np.float32)
         want_bits = reference.round_bf16_stochastic(theta32, reference.random_bits(key, np.arange(theta32.size)))
         assert_mostly_equal(bf16_bits(params[i]), want_bits, "bits", f"parameter {i}")
-        assert not np.array_equal(want_bits, reference.round_bf16_nearest(theta32)), "the test needs rounding that differs"
+        assert not np.array_equal(want_bits, reference.round_bf16_nearest(theta32)), (
+            "the test needs rounding that differs"
+        )
 
 
 # ---- exact inputs: bit for bit -----------------------------------------------------------
@@ -407,11 +452,20 @@ EXACT_HYPER = dict(
 )  # fmt: skip
 
 
-def exact_run(rule, precision, p_dtype, seed, **hyper):
+def exact_run(rule, precision, p_dtype, seed, backend=None, **hyper):
     """A run whose float32 math is exact: from v = s = 0 every step is θ ∓ lr (see the module
-    docstring). Parameters are multiples of 2^-12 (bfloat16 ones round first)."""
+    docstring). Parameters are multiples of 2^-12 (bfloat16 ones round first). ``backend``:
+    Run's ``update`` and ``device`` (default: the interpreter on the CPU)."""
     h = dict(EXACT_HYPER, **hyper)
-    run = Run(rule, precision, p_dtype=p_dtype, stochastic_rounding=p_dtype == torch.bfloat16, seed=seed, hyper=h)
+    run = Run(
+        rule,
+        precision,
+        p_dtype=p_dtype,
+        stochastic_rounding=p_dtype == torch.bfloat16,
+        seed=seed,
+        hyper=h,
+        **(backend or {}),
+    )
     run.params = [(torch.round(p.double() * 4096) / 4096).to(p_dtype) for p in run.params]
     run.exp_avgs, run.exp_avg_sqs, run.v_absmax, run.s_absmax = [], [], [], []
     for shape in run.shapes:
@@ -420,33 +474,27 @@ def exact_run(rule, precision, p_dtype, seed, **hyper):
     return run
 
 
-@pytest.mark.parametrize("p_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("precision", ["bf16", "8bit"])
-@pytest.mark.parametrize("rule", ["adam", "yogi"])
-def test_bit_for_bit_on_exact_inputs(rule, precision, p_dtype):
-    run = exact_run(rule, precision, p_dtype, seed=21)
+def exact_inputs(rule, precision, p_dtype, backend=None, exact_parameters=None):
+    run = exact_run(rule, precision, p_dtype, seed=21, backend=backend)
     before = run.snapshot()
     grads = run.grads()
     run.step(grads)
-    run.check(before, grads, fraction=0)
+    run.check(before, grads, fraction=0, exact_parameters=exact_parameters)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "8bit"])
-def test_bit_for_bit_with_grad_scale_and_maximize(precision):
-    run = exact_run("yogi", precision, torch.bfloat16, seed=22, maximize=True)
+def exact_with_grad_scale_and_maximize(precision, backend=None, exact_parameters=None):
+    run = exact_run("yogi", precision, torch.bfloat16, seed=22, backend=backend, maximize=True)
     before = run.snapshot()
     grads = run.grads()
     run.step([g * 8 for g in grads], grad_scale=torch.tensor(8.0), found_inf=torch.tensor(0.0))
-    run.check(before, grads, fraction=0)
+    run.check(before, grads, fraction=0, exact_parameters=exact_parameters)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "8bit"])
-@pytest.mark.parametrize("rule", ["adam", "yogi"])
-def test_bit_for_bit_from_a_decoded_state(rule, precision):
+def exact_from_a_decoded_state(rule, precision, backend=None, exact_parameters=None):
     """A nonzero stored state that the maps hold exactly: v = ±{1, 1.5}·2^e (a ±1 in every
     block, so absmax = 1), s = v², g = v. Then v and s come out unchanged and θ moves by
     ∓lr, exactly, so a decoder off by one bit anywhere changes a code or a parameter."""
-    run = exact_run(rule, precision, torch.float32, seed=23)
+    run = exact_run(rule, precision, torch.float32, seed=23, backend=backend)
     gen = np.random.default_rng(23)
     run.exp_avgs, run.exp_avg_sqs, run.v_absmax, run.s_absmax = [], [], [], []
     values = []
@@ -459,9 +507,29 @@ def test_bit_for_bit_from_a_decoded_state(rule, precision):
     before = run.snapshot()
     for (_, state), v in zip(before, values):
         np.testing.assert_array_equal(state.v.reshape(-1), v)  # the state holds v exactly
-    grads = [torch.from_numpy(v.astype(np.float32)).reshape(shape) for v, shape in zip(values, run.shapes)]
+    grads = [
+        torch.from_numpy(v.astype(np.float32)).reshape(shape).to(run.device) for v, shape in zip(values, run.shapes)
+    ]
     run.step(grads)
-    run.check(before, grads, fraction=0)
+    run.check(before, grads, fraction=0, exact_parameters=exact_parameters)
+
+
+@pytest.mark.parametrize("p_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+@pytest.mark.parametrize("rule", ["adam", "yogi"])
+def test_bit_for_bit_on_exact_inputs(rule, precision, p_dtype):
+    exact_inputs(rule, precision, p_dtype)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+def test_bit_for_bit_with_grad_scale_and_maximize(precision):
+    exact_with_grad_scale_and_maximize(precision)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+@pytest.mark.parametrize("rule", ["adam", "yogi"])
+def test_bit_for_bit_from_a_decoded_state(rule, precision):
+    exact_from_a_decoded_state(rule, precision)
 
 
 # ---- refused, with nothing changed -------------------------------------------------------
@@ -635,7 +703,9 @@ def test_keys_and_random_bits_bit_for_bit(kernels):
     index = rng.integers(0, 2**40, n, dtype=np.int64)
     index[:4] = [0, 2**32 - 1, 2**32, 2**33 + 5]
     out = torch.empty(5 * 256, dtype=torch.int32)
-    kernels["hashes"][(1,)](torch.from_numpy(seeds.astype(np.int64)), torch.from_numpy(t), torch.from_numpy(index), out, n, N=256)
+    kernels["hashes"][(1,)](
+        torch.from_numpy(seeds.astype(np.int64)), torch.from_numpy(t), torch.from_numpy(index), out, n, N=256
+    )
     got = out.numpy().view(np.uint32).reshape(5, 256)[:, :n]
     for stream in range(4):
         want = [reference.rounding_key(int(s), int(tt), stream) for s, tt in zip(seeds, t)]
@@ -704,7 +774,12 @@ def _has_nvidia_backend():
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="triton without its CUDA backend")
 @pytest.mark.parametrize(
     "moments,param_round,s_dtype,amsgrad,block",
-    [(1, 2, "bfloat16", True, 1024), (2, 1, "uint8", False, 16), (2, 2, "uint8", False, 8192), (0, 2, "float32", False, 1024)],
+    [
+        (1, 2, "bfloat16", True, 1024),
+        (2, 1, "uint8", False, 16),
+        (2, 2, "uint8", False, 8192),
+        (0, 2, "float32", False, 1024),
+    ],
     ids=["bf16-sr-amsgrad", "8bit-16", "8bit-8192", "fp32-param-sr"],
 )
 def test_low_precision_kernels_compile_for_sm90(moments, param_round, s_dtype, amsgrad, block):
@@ -718,8 +793,12 @@ def test_low_precision_kernels_compile_for_sm90(moments, param_round, s_dtype, a
 
     from adamlab.optim import triton_fused, triton_kernel
 
-    signature = {"table_ptr": "*i64", "n": "i32", "lr": "fp32", "lr_ptr": "*fp32", "grad_scale_ptr": "*fp32",
-                 "found_inf_ptr": "*fp32", "w1": "fp32", "w2": "fp32", "eps": "fp32", "weight_decay": "fp32"}  # fmt: skip
+    pointers = ("table_ptr", "lr_ptr", "grad_scale_ptr", "found_inf_ptr")
+    arguments = ("table_ptr", "n", "lr", "lr_ptr", "grad_scale_ptr", "found_inf_ptr", "w1", "w2", "eps", "weight_decay")
+    signature = {
+        a: "*i64" if a == "table_ptr" else "*fp32" if a in pointers else "i32" if a == "n" else "fp32"
+        for a in arguments
+    }
     constants = dict(
         YOGI=True, BIAS_CORRECTION=True, AMSGRAD=amsgrad, MAXIMIZE=True, DECOUPLED=False, HAS_WEIGHT_DECAY=True,
         LR_ON_DEVICE=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, P_DTYPE=tl.bfloat16, G_DTYPE=tl.float32,
@@ -727,6 +806,10 @@ def test_low_precision_kernels_compile_for_sm90(moments, param_round, s_dtype, a
     )  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = list(signature)
-    source = ASTSource(triton_kernel.adam_family_kernel, signature, constexprs={(names.index(c),): v for c, v in constants.items()})
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=triton_fused._warps(block))).asm["ptx"]
+    source = ASTSource(
+        triton_kernel.adam_family_kernel, signature, constexprs={(names.index(c),): v for c, v in constants.items()}
+    )
+    ptx = triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=triton_fused._warps(block))
+    ).asm["ptx"]
     assert ("div.rn.f32" in ptx) == (moments == 2)

@@ -50,6 +50,7 @@ MOMENTS = {None: 0, "bf16": 1, "8bit": 2}  # the kernel's MOMENTS for a LowPreci
 def _warps(block: int) -> int:
     return min(NUM_WARPS, max(1, block // 256))
 
+
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 _SUPPORTED_SET = set(_SUPPORTED)
 
@@ -130,7 +131,9 @@ def _check(lists: tuple[list[Tensor], ...], state_dtypes: set = _SUPPORTED_SET) 
             raise RuntimeError(f"fused_cuda does not support sparse gradients; {where} has a {grads[i].layout} one")
         p, g, v, s, m = (_real(t) for t in (p, grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i]))
         if p.dtype not in _SUPPORTED or g.dtype not in _SUPPORTED or v.dtype not in state_dtypes:
-            allowed = "float32, bfloat16 and float16" if state_dtypes is _SUPPORTED_SET else str(next(iter(state_dtypes)))
+            allowed = (
+                "float32, bfloat16 and float16" if state_dtypes is _SUPPORTED_SET else str(next(iter(state_dtypes)))
+            )
             raise RuntimeError(
                 f"fused_cuda supports float32, bfloat16 and float16 parameters and gradients and {allowed} "
                 f"state; {where} has gradient {g.dtype} and state {v.dtype} (use foreach=True)"
@@ -338,7 +341,10 @@ def _check_low_precision(
     b = lp.block_size
     if not (isinstance(b, int) and b.bit_length() - 1 in BLOCK_SIZES and b & (b - 1) == 0):
         raise ValueError(f"Invalid block_size: {b!r} (expected a power of two from 16 to 8192)")
-    for name, absmaxes, moments in (("exp_avg", lp.exp_avg_absmax, exp_avgs), ("exp_avg_sq", lp.exp_avg_sq_absmax, exp_avg_sqs)):
+    for name, absmaxes, moments in (
+        ("exp_avg", lp.exp_avg_absmax, exp_avgs),
+        ("exp_avg_sq", lp.exp_avg_sq_absmax, exp_avg_sqs),
+    ):
         if len(absmaxes) != len(params):
             raise ValueError(f"low_precision.{name}_absmax has {len(absmaxes)} tensors for {len(params)} parameters")
         for i, (a, m) in enumerate(zip(absmaxes, moments)):
