@@ -773,16 +773,16 @@ def _has_nvidia_backend():
 
 @pytest.mark.skipif(not _has_nvidia_backend(), reason="triton without its CUDA backend")
 @pytest.mark.parametrize(
-    "moments,param_round,s_dtype,amsgrad,block",
+    "moments,param_sr,s_dtype,amsgrad,block",
     [
-        (1, 2, "bfloat16", True, 1024),
-        (2, 1, "uint8", False, 16),
-        (2, 2, "uint8", False, 8192),
-        (0, 2, "float32", False, 1024),
+        (1, True, "bfloat16", True, 1024),
+        (2, False, "uint8", False, 16),
+        (2, True, "uint8", False, 8192),
+        (0, True, "float32", False, 1024),
     ],
-    ids=["bf16-sr-amsgrad", "8bit-16", "8bit-8192", "fp32-param-sr"],
+    ids=["bf16-sr-amsgrad", "8bit-16", "8bit-8192-sr", "fp32-param-sr"],
 )
-def test_low_precision_kernels_compile_for_sm90(moments, param_round, s_dtype, amsgrad, block):
+def test_low_precision_kernels_compile_for_sm90(moments, param_sr, s_dtype, amsgrad, block):
     """The interpreter runs Python, not Triton's compiler: compile each kind of specialisation
     to PTX for an H100/H200 (no GPU needed) so a type error in compiled code shows here, and
     the 8-bit encoder divides with IEEE rounding (div.rn), never the approximate division."""
@@ -802,7 +802,8 @@ def test_low_precision_kernels_compile_for_sm90(moments, param_round, s_dtype, a
     constants = dict(
         YOGI=True, BIAS_CORRECTION=True, AMSGRAD=amsgrad, MAXIMIZE=True, DECOUPLED=False, HAS_WEIGHT_DECAY=True,
         LR_ON_DEVICE=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, P_DTYPE=tl.bfloat16, G_DTYPE=tl.float32,
-        S_DTYPE=getattr(tl, s_dtype), ALIGNED=True, BLOCK=block, MOMENTS=moments, PARAM_ROUND=param_round,
+        S_DTYPE=getattr(tl, s_dtype), ALIGNED=True, BLOCK=block, MOMENTS=moments, PARAM_SR=param_sr,
+        BF16_BY_BITS=False,
     )  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = list(signature)

@@ -300,21 +300,14 @@ def _update(
             LR_ON_DEVICE=lr_on_device, HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
             P_DTYPE=_TL_DTYPES[p_dtype], G_DTYPE=_TL_DTYPES[g_dtype], S_DTYPE=_TL_DTYPES[s_dtype],
             ALIGNED=aligned, BLOCK=block, num_warps=_warps(block), MOMENTS=moments,
-            PARAM_ROUND=_param_round(low_precision, p_dtype),
+            PARAM_SR=low_precision is not None and low_precision.stochastic_rounding and p_dtype == torch.bfloat16,
+            BF16_BY_BITS=interpret,
         )  # fmt: skip
         if device.type == "cuda" and device.index != torch.cuda.current_device():
             with torch.cuda.device(device):  # Triton launches on the current device
                 launch(*arguments, **flags)
         else:
             launch(*arguments, **flags)
-
-
-def _param_round(lp: LowPrecision | None, p_dtype: torch.dtype) -> int:
-    """The kernel's PARAM_ROUND: with a LowPrecision record, bfloat16 parameters are rounded by
-    the reference's functions (stochastically with ``stochastic_rounding``); else a cast."""
-    if lp is None or p_dtype != torch.bfloat16:
-        return 0
-    return 2 if lp.stochastic_rounding else 1
 
 
 _STATE_DTYPES = {0: _SUPPORTED_SET, 1: {torch.bfloat16}, 2: {torch.uint8}}  # by MOMENTS

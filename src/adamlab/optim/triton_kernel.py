@@ -33,7 +33,7 @@ program of a tensor to finish (a per-tensor atomic counter, row 8) writes t + 1.
 step_size and bc2_sqrt are computed from t here (:func:`coefficients`), so no step needs a
 host sync. With ``found_inf`` set every program skips everything, the count included.
 
-Low-precision state (``MOMENTS``, ``PARAM_ROUND``; the formats are :mod:`adamlab.reference`'s
+Low-precision state (``MOMENTS``, ``PARAM_SR``; the formats are :mod:`adamlab.reference`'s
 "low-precision state", computed here bit for bit): the stored moments are decoded to
 float32, the update runs as above, the parameter is written from the new moments in
 float32, and only then are the moments encoded for storage::
@@ -42,7 +42,7 @@ float32, and only then are the moments encoded for storage::
     MOMENTS 1   bfloat16, rounded stochastically with the bits of (seed, t, stream, index)
     MOMENTS 2   8-bit blockwise: one program per block (BLOCK = the block size), absmax of
                 the new values by tl.max, codes by exact integer rounding (minifloat maps)
-    PARAM_ROUND bfloat16 parameters rounded to nearest (1) or stochastically (2, stream 2)
+    PARAM_SR    bfloat16 parameters rounded stochastically (stream 2)
 
 The random bits need no host work: each program computes its keys from the tensor's seed
 (row 9) and the new t it has just read from the device, and the element index is the
@@ -164,9 +164,9 @@ def round_bf16_stochastic(x, bits):
 
 @triton.jit
 def round_bf16_nearest(x):
-    """reference.round_bf16_nearest: float32 → bfloat16, ties to even, by bit operations (what
-    the GPU's conversion does; Triton's interpreter truncates instead, so the low-precision
-    kernels round here and agree with the reference in both)."""
+    """reference.round_bf16_nearest: float32 → bfloat16, ties to even, by bit operations: what
+    the GPU's conversion does. Triton's interpreter truncates its float32 → bfloat16 casts (and
+    its explicit "rtne" mode rounds ties away), so interpreted kernels (BF16_BY_BITS) round here."""
     u = x.to(tl.uint32, bitcast=True)
     rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16  # an infinity stays, a finite max rounds to it
     nan = ((u & 0x7F800000) == 0x7F800000) & ((u & 0x7FFFFF) != 0)
@@ -282,7 +282,8 @@ def adam_family_kernel(
     ALIGNED: tl.constexpr,  # every address is a multiple of 16 bytes: vector loads
     BLOCK: tl.constexpr,  # MOMENTS 2: the block size of the 8-bit state
     MOMENTS: tl.constexpr,  # 0: in S_DTYPE, 1: bfloat16 rounded stochastically, 2: 8-bit blockwise
-    PARAM_ROUND: tl.constexpr,  # 0: cast to P_DTYPE; bfloat16 parameters: 1 to nearest, 2 stochastically
+    PARAM_SR: tl.constexpr,  # bfloat16 parameters rounded stochastically
+    BF16_BY_BITS: tl.constexpr,  # the interpreter: round to bfloat16 by bit operations, not by a cast
 ):
     pid = tl.program_id(0)
     skip = 0.0
@@ -357,12 +358,10 @@ def adam_family_kernel(
                 g = g + weight_decay * p
         p, v, s, s_max = update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI, AMSGRAD)
         # p is final; only now are the moments rounded for storage
-        if MOMENTS == 1 or PARAM_ROUND == 2:  # the streams' keys from the seed and the new t
+        if MOMENTS == 1 or PARAM_SR:  # the streams' keys from the seed and the new t
             seed_t = mix32(mix32(tl.load(table_ptr + 9 * width + i).to(tl.uint32)) ^ t.to(tl.uint32))
             hi, lo = index_words(start, offs)
-        if PARAM_ROUND == 1:
-            p = round_bf16_nearest(p)
-        if PARAM_ROUND == 2:
+        if PARAM_SR:
             p = round_bf16_stochastic(p, random_bits(stream_key(seed_t, SALT_PARAM), hi, lo))
         if MOMENTS == 1:
             v = round_bf16_stochastic(v, random_bits(stream_key(seed_t, SALT_V), hi, lo))
@@ -374,6 +373,13 @@ def adam_family_kernel(
             s, s_absmax = quantize_block(s, mask, False)
             tl.store(v_absmax_ptr + chunk, v_absmax, mask=has_block)
             tl.store(s_absmax_ptr + chunk, s_absmax, mask=has_block)
+        if BF16_BY_BITS:  # interpreted: the casts below would truncate (see round_bf16_nearest)
+            if P_DTYPE == tl.bfloat16 and not PARAM_SR:
+                p = round_bf16_nearest(p)
+            if S_DTYPE == tl.bfloat16 and MOMENTS == 0:
+                v = round_bf16_nearest(v)
+                s = round_bf16_nearest(s)
+                s_max = round_bf16_nearest(s_max)
         if full:
             tl.store(p_ptr + offs, p.to(P_DTYPE))
             tl.store(v_ptr + offs, v.to(S_DTYPE))
