@@ -250,6 +250,7 @@ PRECISION_OPTIONS = {
     "bf16-sr": dict(state_precision="bf16", stochastic_rounding=True),
     "8bit-sr": dict(state_precision="8bit", stochastic_rounding=True),
     "fp32-sr": dict(state_precision="fp32", stochastic_rounding=True),
+    "bf16-amsgrad": dict(state_precision="bf16", amsgrad=True),
 }
 
 

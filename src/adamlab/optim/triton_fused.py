@@ -53,6 +53,8 @@ def _warps(block: int) -> int:
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 _SUPPORTED_SET = set(_SUPPORTED)
+_STATE_DTYPES = {0: _SUPPORTED_SET, 1: {torch.bfloat16}, 2: {torch.uint8}}  # the moments' dtypes, by MOMENTS
+_INT = {int}
 
 _modules: dict[bool, ModuleType] = {}
 _lock = threading.Lock()
@@ -310,21 +312,21 @@ def _update(
             launch(*arguments, **flags)
 
 
-_STATE_DTYPES = {0: _SUPPORTED_SET, 1: {torch.bfloat16}, 2: {torch.uint8}}  # by MOMENTS
-
-
 def _check_low_precision(
     lp: LowPrecision, params: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], amsgrad: bool
 ) -> None:
-    """What the low-precision kernel needs besides :func:`_check`'s checks; raises before any
-    launch (nothing changed). The tensors' dtypes are checked by :func:`_groups`."""
+    """What the low-precision kernel needs besides :func:`_groups`' checks (which check the
+    moments' dtypes); raises before any launch, so nothing changes. Checked on whole lists
+    (C-level maps, no statement per tensor) and searched tensor by tensor only to name a
+    culprit: this runs every step."""
     if lp.precision not in MOMENTS:
         raise ValueError(f"Invalid low_precision.precision: {lp.precision!r} (expected 'bf16', '8bit' or None)")
-    if len(lp.seeds) != len(params):
-        raise ValueError(f"low_precision.seeds has {len(lp.seeds)} seeds for {len(params)} parameters")
-    bad = [s for s in lp.seeds if not (isinstance(s, int) and 0 <= s < 2**32)]
-    if bad:
-        raise ValueError(f"Invalid rounding seed: {bad[0]!r} (expected an int in [0, 2**32))")
+    seeds = lp.seeds
+    if len(seeds) != len(params):
+        raise ValueError(f"low_precision.seeds has {len(seeds)} seeds for {len(params)} parameters")
+    if seeds and not (set(map(type, seeds)) <= _INT and min(seeds) >= 0 and max(seeds) < 2**32):
+        bad = next(s for s in seeds if not (type(s) in _INT and 0 <= s < 2**32))
+        raise ValueError(f"Invalid rounding seed: {bad!r} (expected an int in [0, 2**32))")
     if lp.precision is not None and any(map(Tensor.is_complex, params)):
         raise ValueError(f"state precision {lp.precision!r} does not take complex parameters")
     if lp.precision != "8bit":
@@ -332,7 +334,7 @@ def _check_low_precision(
     if amsgrad:
         raise ValueError("state precision '8bit' does not take amsgrad=True (use 'bf16' or 'fp32')")
     b = lp.block_size
-    if not (isinstance(b, int) and b.bit_length() - 1 in BLOCK_SIZES and b & (b - 1) == 0):
+    if not (type(b) in _INT and b.bit_length() - 1 in BLOCK_SIZES and b & (b - 1) == 0):
         raise ValueError(f"Invalid block_size: {b!r} (expected a power of two from 16 to 8192)")
     for name, absmaxes, moments in (
         ("exp_avg", lp.exp_avg_absmax, exp_avgs),
@@ -340,12 +342,19 @@ def _check_low_precision(
     ):
         if len(absmaxes) != len(params):
             raise ValueError(f"low_precision.{name}_absmax has {len(absmaxes)} tensors for {len(params)} parameters")
-        for i, (a, m) in enumerate(zip(absmaxes, moments)):
-            blocks = -(-m.numel() // b)
-            if a.dtype != torch.float32 or a.numel() != blocks or not a.is_contiguous() or a.device != m.device:
+        blocks = list(map(floordiv, map(add, map(_numel, moments), repeat(b - 1)), repeat(b)))
+        if (
+            set(map(_dtype, absmaxes)) <= _F32
+            and list(map(_numel, absmaxes)) == blocks
+            and all(map(_is_contiguous, absmaxes))
+            and list(map(_get_device, absmaxes)) == list(map(_get_device, moments))
+        ):
+            continue
+        for i, (a, m, n) in enumerate(zip(absmaxes, moments, blocks)):
+            if a.dtype != torch.float32 or a.numel() != n or not a.is_contiguous() or a.device != m.device:
                 raise RuntimeError(
                     f"fused_cuda: the {name} absmax of parameter {i} must be a contiguous float32 tensor of "
-                    f"{blocks} blocks on {m.device}; got {a.dtype}, {a.numel()} elements on {a.device}"
+                    f"{n} blocks on {m.device}; got {a.dtype}, {a.numel()} elements on {a.device}"
                 )
 
 
