@@ -41,14 +41,15 @@ from adamlab.optim.precision import LowPrecision
 # several times (see STYLE.md, lion-pytorch).
 BLOCK = 1024
 NUM_WARPS = 4
-# 8-bit state: a program per block of block_size elements (16..8192): a warp per 256 of them
-# keeps 8 elements per thread and the block's max within a few warps.
+# 8-bit state: a program per block of block_size elements (16..8192), a warp per 256 of them
+# (8 elements per thread, as BLOCK = 1024 with 4 warps), at most 16 warps: an 8192 block
+# would otherwise hold 64 elements of each of p, g, v and s per thread in registers.
 BLOCK_SIZES = range(4, 14)  # log2 of the block sizes the kernel takes
 MOMENTS = {None: 0, "bf16": 1, "8bit": 2}  # the kernel's MOMENTS for a LowPrecision.precision
 
 
 def _warps(block: int) -> int:
-    return min(NUM_WARPS, max(1, block // 256))
+    return min(16, max(1, block // 256))
 
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
