@@ -7,7 +7,7 @@ runs without Triton. The same source is also loaded a second time with
 One launch updates every tensor of a group. Program ``pid`` owns one chunk of ``BLOCK``
 elements of one tensor; it finds which by a binary search in the table's last row, the
 first chunk of every tensor. The table is built on the host each step and uploaded in one
-copy (int64, 9 rows of n + 1 columns)::
+copy (int64, 9 rows of n + 1 columns; 12 with low-precision state)::
 
     row 0..5   addresses of θ, g, v (exp_avg), s (exp_avg_sq), max s, step count t
     row 6      numel of each tensor
@@ -41,8 +41,12 @@ float32, and only then are the moments encoded for storage::
     MOMENTS 0   v, s stored in S_DTYPE, rounded to nearest (every specialisation before #14)
     MOMENTS 1   bfloat16, rounded stochastically with the bits of (seed, t, stream, index)
     MOMENTS 2   8-bit blockwise: one program per block (BLOCK = the block size), absmax of
-                the new values by tl.max, codes by exact integer rounding (minifloat maps)
+                the new values by a max over the block, m = |x|/absmax by IEEE division,
+                codes by exact integer rounding (the maps are minifloat formats)
     PARAM_SR    bfloat16 parameters rounded stochastically (stream 2)
+    BF16_BY_BITS  interpreted runs only: Triton's interpreter truncates float32 → bfloat16
+                casts, so there every bfloat16 store rounds to nearest by bit operations,
+                as the GPU's conversion does (compiled kernels keep the cast)
 
 The random bits need no host work: each program computes its keys from the tensor's seed
 (row 9) and the new t it has just read from the device, and the element index is the
@@ -360,14 +364,14 @@ def adam_family_kernel(
         # p is final; only now are the moments rounded for storage
         if MOMENTS == 1 or PARAM_SR:  # the streams' keys from the seed and the new t
             seed_t = mix32(mix32(tl.load(table_ptr + 9 * width + i).to(tl.uint32)) ^ t.to(tl.uint32))
-            hi, lo = index_words(start, offs)
+            index_hi, index_lo = index_words(start, offs)
         if PARAM_SR:
-            p = round_bf16_stochastic(p, random_bits(stream_key(seed_t, SALT_PARAM), hi, lo))
+            p = round_bf16_stochastic(p, random_bits(stream_key(seed_t, SALT_PARAM), index_hi, index_lo))
         if MOMENTS == 1:
-            v = round_bf16_stochastic(v, random_bits(stream_key(seed_t, SALT_V), hi, lo))
-            s = round_bf16_stochastic(s, random_bits(stream_key(seed_t, SALT_S), hi, lo))
+            v = round_bf16_stochastic(v, random_bits(stream_key(seed_t, SALT_V), index_hi, index_lo))
+            s = round_bf16_stochastic(s, random_bits(stream_key(seed_t, SALT_S), index_hi, index_lo))
             if AMSGRAD:
-                s_max = round_bf16_stochastic(s_max, random_bits(stream_key(seed_t, SALT_S_MAX), hi, lo))
+                s_max = round_bf16_stochastic(s_max, random_bits(stream_key(seed_t, SALT_S_MAX), index_hi, index_lo))
         if MOMENTS == 2:
             v, v_absmax = quantize_block(v, mask, True)
             s, s_absmax = quantize_block(s, mask, False)
