@@ -78,13 +78,26 @@ def hyper_for(rule, **case):
     return hyper
 
 
+def flat(t):
+    """A tensor's elements in memory order: the kernel's element index (and block membership)."""
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    return t.detach().permute(order).reshape(-1)
+
+
+def in_layout(t, like):
+    """``t``'s flat elements (memory order) as a tensor laid out like ``like``."""
+    out = torch.empty_like(like, dtype=t.dtype)
+    flat(out).copy_(t.reshape(-1))  # flat() of a dense tensor is a view: this writes its memory
+    return out
+
+
 def f64(t):
-    return t.detach().double().cpu().numpy().reshape(-1)
+    return flat(t).double().cpu().numpy()
 
 
 def bf16_bits(t):
     """The bit patterns (uint16, memory order) of a bfloat16 tensor."""
-    return t.detach().cpu().contiguous().view(torch.int16).numpy().reshape(-1).view(np.uint16)
+    return flat(t).cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
 
 
 def bf16_tensor(bits, shape, device):
@@ -143,6 +156,7 @@ class Run:
         update=None,
         device="cpu",
         hyper=None,
+        memory_format=torch.contiguous_format,
     ):
         self.rule, self.precision, self.block_size = rule, precision, block_size
         self.update, self.device, self.p_dtype = update or interpreted(), device, p_dtype
@@ -151,11 +165,16 @@ class Run:
         self.gen = torch.Generator().manual_seed(seed)
         self.seeds = [reference.parameter_seed(1000 + seed, i) for i in range(len(shapes))]
         self.shapes = shapes
-        self.params = [self.randn(s).to(p_dtype).to(device) for s in shapes]
+        # the layouts: every tensor of parameter i is laid out like layouts[i]
+        self.layouts = [
+            torch.empty(s, device=device, memory_format=memory_format if len(s) == 4 else torch.contiguous_format)
+            for s in shapes
+        ]
+        self.params = [in_layout(self.randn(s).to(p_dtype).to(device), like) for s, like in zip(shapes, self.layouts)]
         self.steps = [torch.tensor(float(start_steps[i % len(start_steps)]), device=device) for i in range(len(shapes))]
         self.exp_avgs, self.exp_avg_sqs, self.maxes = [], [], []
         self.v_absmax, self.s_absmax = [], []
-        for shape in shapes:
+        for shape in shapes:  # (values in memory order: the state is encoded as it is stored)
             v = self.randn(shape).numpy() * 0.1
             s = np.abs(self.randn(shape).numpy()) * 0.01
             self.set_state(shape, v, s, np.maximum(s, np.abs(self.randn(shape).numpy()) * 0.01))
@@ -179,13 +198,15 @@ class Run:
             }
             self.v_absmax.append(torch.from_numpy(stored["v"]["absmax"].copy()).to(self.device))
             self.s_absmax.append(torch.from_numpy(stored["s"]["absmax"].copy()).to(self.device))
+        like = self.layouts[len(self.exp_avgs)]
+        as_tensor = {name: in_layout(t, like) for name, t in as_tensor.items()}
         self.exp_avgs.append(as_tensor["v"])
         self.exp_avg_sqs.append(as_tensor["s"])
         if self.hyper["amsgrad"]:
             self.maxes.append(as_tensor["s_max"])
 
     def grads(self, scale=1.0):
-        return [self.randn(p.shape, scale).to(self.p_dtype).to(self.device) for p in self.params]
+        return [in_layout(self.randn(p.shape, scale).to(self.p_dtype).to(self.device), p) for p in self.params]
 
     def stored(self, i):
         """Tensor i's state as the reference stores it: {"v": {...}, "s": {...}[, "s_max"]}."""
@@ -197,7 +218,7 @@ class Run:
             else:
                 absmax = (self.v_absmax if name == "v" else self.s_absmax)[i]
                 out[name] = {
-                    "codes": tensors[i].cpu().numpy().reshape(-1).copy(),
+                    "codes": flat(tensors[i]).cpu().numpy().copy(),
                     "absmax": absmax.cpu().numpy().copy(),
                 }
         return out
@@ -354,6 +375,15 @@ def test_block_sizes(block_size):
     """One program per block: tensors shorter than, equal to and not a multiple of the block."""
     shapes = [(300,), (block_size,), (3, 7)]
     run_steps(Run("yogi", "8bit", shapes=shapes, block_size=block_size, seed=block_size), steps=1)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+def test_channels_last_parameters_in_memory_order(precision):
+    """A channels_last parameter and its state: element index and blocks follow memory order."""
+    shapes = [(2, 3, 4, 5), (3, 2, 3, 3)]
+    run = Run("adam", precision, shapes=shapes, block_size=16, memory_format=torch.channels_last, seed=9)
+    assert not run.params[0].is_contiguous() and run.exp_avgs[0].stride() == run.params[0].stride()
+    run_steps(run)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "8bit"])
