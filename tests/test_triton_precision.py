@@ -844,3 +844,46 @@ def test_low_precision_kernels_compile_for_sm90(moments, param_sr, s_dtype, amsg
         source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=triton_fused._warps(block))
     ).asm["ptx"]
     assert ("div.rn.f32" in ptx) == (moments == 2)
+
+
+# ---- the registry's precision cases (tests/test_precision.py) through this kernel ----------
+
+
+def _registry_cases():
+    """The registry's precision cases for the Triton path: every precision, both rules, the
+    default flags, and Yogi with maximize and decoupled weight decay for three of them (a
+    spread: all of them take ~4x as long under the interpreter)."""
+    try:
+        from tests import test_precision
+        from tests.registry import PRECISION_FLAG_CASES
+    except ImportError:
+        return None, []
+    spread = PRECISION_FLAG_CASES[4]
+    spread_names = ("bf16", "8bit", "bf16-bf16params-sr")
+    cases = [
+        (n, r, f) for n, r, f in test_precision.CASES if not f or (r, f, n in spread_names) == ("yogi", spread, True)
+    ]
+    return test_precision, cases
+
+
+_REGISTRY, REGISTRY_CASES = _registry_cases()
+
+
+@pytest.mark.skipif(_REGISTRY is None, reason="the registry has no precision cases (tests/test_precision.py)")
+@pytest.mark.parametrize(
+    "prec_name,rule,flags", REGISTRY_CASES, ids=[f"{n}-{r}-{'-'.join(f) or 'defaults'}" for n, r, f in REGISTRY_CASES]
+)
+def test_registry_cases_through_the_interpreted_kernel(monkeypatch, prec_name, rule, flags):
+    """adamlab.Adam/Yogi(fused=True, state_precision=...) step by step against the reference,
+    with the fused update of these CPU parameters routed to this kernel under the interpreter
+    (the optimizer itself would call fused_cpu): the whole path -- the optimizer's state
+    (channels_last, 0-dim and empty parameters included), its LowPrecision record, the kernel."""
+    from adamlab.optim import functional, triton_fused
+
+    original = functional.get_implementation
+    monkeypatch.setattr(
+        functional,
+        "get_implementation",
+        lambda name: triton_fused.interpreted_update if name == "fused_cpu" else original(name),
+    )
+    _REGISTRY.test_each_step_matches_the_reference("fused_cpu", prec_name, rule, flags)
