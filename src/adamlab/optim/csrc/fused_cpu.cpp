@@ -17,7 +17,8 @@
 // runtime (a hash-suffixed libgomp, LLVM's libomp, Intel's libiomp5) would leave the kernel
 // its own runtime, with its own threads.
 //
-// Portable builds: the element loop is compiled for AVX-512, AVX2 and baseline x86-64
+// Portable builds: the element loops are compiled for x86-64-v4 (AVX-512 with the BW and VL
+// extensions, which the 8- and 16-bit state loops need to stay in 512-bit registers), AVX2 and baseline x86-64
 // (`target_clones`, GCC/clang on x86-64 Linux); the loader picks one for this CPU.
 
 #include <math.h>
@@ -108,7 +109,7 @@ struct adamlab_options {
 }  // extern "C"
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(ADAMLAB_NO_CLONES)
-#define ADAMLAB_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define ADAMLAB_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define ADAMLAB_CLONES
 #endif
@@ -122,13 +123,14 @@ typedef adamlab_options Options;
 // The update of adamlab.reference.step, term by term, with the step's numbers taken once.
 template <typename M>
 struct Rule {
-  M grad_mul, decay, l2, w1, w2, keep2, c2_prev, adam_decay, step_size, bc2_sqrt, eps;
+  M grad_mul, decay, l2, w1, w2, keep2, c2_prev, adam_decay, step_size, bc2_sqrt, eps, inv_bc2_sqrt;
   Rule(const Coef& k, const Options& o)
       : grad_mul((M)(o.maximize ? -o.inv_grad_scale : o.inv_grad_scale)),  // unscale, then g ← -g
         decay((M)(o.decoupled ? 1.0 - o.lr * o.weight_decay : 1.0)),       // θ ← θ - ηλθ (AdamW)
         l2((M)(o.decoupled ? 0.0 : o.weight_decay)),                        // g ← g + λθ (L2)
         w1((M)k.w1), w2((M)k.w2), keep2((M)k.keep2), c2_prev((M)k.c2_prev),
-        adam_decay((M)(o.beta2 * k.keep2)), step_size((M)k.step_size), bc2_sqrt((M)k.bc2_sqrt), eps((M)o.eps) {}
+        adam_decay((M)(o.beta2 * k.keep2)), step_size((M)k.step_size), bc2_sqrt((M)k.bc2_sqrt), eps((M)o.eps),
+        inv_bc2_sqrt((M)(1.0 / k.bc2_sqrt)) {}
 
   inline M gradient(M g, M theta) const {
     g = g * grad_mul;
@@ -151,6 +153,13 @@ struct Rule {
   static inline M running_max(M m, M s) { return (m > s || m != m) ? m : s; }
   inline M parameter(M theta, M v, M s_used) const {
     M denom = sqrt(s_used) / bc2_sqrt + eps;  // ε after the square root
+    return theta - step_size * (v / denom);
+  }
+  // The same with √(1-β2^t) applied as a product: one division per element fewer, which the
+  // low-precision loops (bound by the divider) need; they are compared with the reference at a
+  // stated bound, never bit for bit with the fp32 loop.
+  inline M parameter_by_product(M theta, M v, M s_used) const {
+    M denom = sqrt(s_used) * inv_bc2_sqrt + eps;
     return theta - step_size * (v / denom);
   }
 };
@@ -251,29 +260,32 @@ inline uint32_t mix32(uint32_t x) {
 inline uint32_t rounding_key(uint32_t seed, uint32_t t, uint32_t stream) {
   return mix32(mix32(mix32(seed) ^ t) ^ (stream * 0x9e3779b9u));
 }
-// `hi` is mix32(index >> 32), the same for a whole chunk (kChunk divides 2^32)
-inline uint32_t random_bits(uint32_t key, uint32_t hi, int64_t index) { return mix32(key ^ hi ^ (uint32_t)index); }
+// random_bits(key, index) = mix32(key ^ mix32(index >> 32) ^ (index mod 2^32)). A chunk never
+// straddles a multiple of 2^32 (kChunk divides it), so the loops take key ^ mix32(index >> 32)
+// once per chunk (Keys) and count the low 32 bits in a 32-bit register.
+inline uint32_t random_bits(uint32_t chunk_key, uint32_t low) { return mix32(chunk_key ^ low); }
 
 // reference.round_bf16_stochastic: add 16 random bits below the kept half of the float32
-// pattern and truncate; non-finite values round to nearest (a NaN keeps its sign).
+// pattern and truncate. Non-finite values round to nearest: an infinity's low half is zero, so
+// the sum leaves it as it is; a NaN becomes the quiet NaN with its sign.
 inline uint16_t bf16_stochastic(float x, uint32_t bits) {
   uint32_t u = float_bits(x);
-  uint32_t rounded = (u + (bits & 0xffffu)) >> 16;
-  uint32_t special = (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) & 0x8000u) | 0x7fc0u : u >> 16;
-  return (uint16_t)((u & 0x7f800000u) == 0x7f800000u ? special : rounded);
+  return (uint16_t)(x != x ? ((u >> 16) & 0x8000u) | 0x7fc0u : (u + (bits & 0xffffu)) >> 16);
 }
 
 // reference.encode_minifloat for m in [0, 1]: e = max(⌊log2 m⌋, e_min) read from the exponent
-// field (0 and float32 subnormals fall below e_min), m·2^(MANT-e) scaled exactly, rint (half to
-// even) by adding 2^23, whose integer part then sits in the low mantissa bits.
+// field (0 and float32 subnormals fall below e_min), y = m·2^(MANT-e) scaled exactly, rint (half
+// to even) by adding 2^23, whose integer part then sits in the low mantissa bits. `near` gets
+// whether y lies within 2^-16 of a rounding midpoint (k + 1/2): see encode_block.
 template <int MANT, int BIAS>
-inline uint32_t encode_minifloat(float m) {
+inline uint32_t encode_minifloat(float m, uint32_t& near) {
   const int e_min = 1 - BIAS;
   int e = (int)(float_bits(m) >> 23) - 127;
   e = e > e_min ? e : e_min;
   float y = m * bits_float((uint32_t)(127 + MANT - e) << 23);  // <= 2^(MANT+1)
-  uint32_t n = float_bits(y + 8388608.0f) - 0x4b000000u;
-  return (uint32_t)(e - e_min) * (1u << MANT) + n;
+  float shifted = y + 8388608.0f;
+  near |= fabsf(y - (shifted - 8388608.0f)) > 0.5f - 0x1p-16f;
+  return (uint32_t)(e - e_min) * (1u << MANT) + (float_bits(shifted) - 0x4b000000u);
 }
 // reference.decode_minifloat: the code's exponent and mantissa fields placed where float32
 // keeps its own make the value times 2^(BIAS-127) (field 0 lands on float32 subnormals, as the
@@ -288,11 +300,24 @@ inline float decode_v(uint32_t code) {
 }
 inline float decode_s(uint32_t code) { return decode_minifloat<3, 31>(code); }
 
+template <bool SIGNED>
+inline uint8_t encode_code(float x, float m, uint32_t& near) {
+  return (uint8_t)(SIGNED ? encode_minifloat<3, 15>(m, near) | (x < 0.0f ? 0x80u : 0u) : encode_minifloat<3, 31>(m, near));
+}
+
 // reference.quantize_blockwise for one block whose values (n <= kMaxBlock) are in x and whose
 // max |x| as a bit pattern is maxbits (non-negative floats order like their patterns; any
 // non-finite value makes it >= +inf's): absmax NaN and codes 0 for a non-finite block.
+//
+// The reference divides, m = |x| / absmax (IEEE), and a division per element would cost more
+// than the rest of the step. m' = |x|·fl(1/absmax) is within 3 ulps of m (2^-22 relative), so it
+// rounds to the same code unless a rounding midpoint of the format lies between the two: the
+// code is monotone in m and continuous across binades (2^MANT·2 in one is 2^MANT in the next),
+// so only midpoints matter, and in y = m·2^(MANT-e) <= 16 those 3 ulps are < 2^-18. A block where
+// some y' comes within 2^-16 of a midpoint (about one element in 2^15), or whose absmax is so
+// small or large that 1/absmax loses precision, is encoded again with the division.
 template <bool SIGNED>
-inline void encode_block(const float* __restrict__ x, uint8_t* __restrict__ code, int64_t n, uint32_t maxbits,
+inline void encode_block(const float* __restrict__ x, uint8_t* __restrict__ code, int32_t n, uint32_t maxbits,
                          float* absmax) {
   if (maxbits >= 0x7f800000u) {
     *absmax = bits_float(0x7fc00000u);
@@ -301,11 +326,14 @@ inline void encode_block(const float* __restrict__ x, uint8_t* __restrict__ code
   }
   const float a = bits_float(maxbits);
   *absmax = a;
-  const float scale = a > 0.0f ? a : 1.0f;  // an all-zero block: codes 0
-  for (int64_t j = 0; j < n; ++j) {
-    float m = fabsf(x[j]) / scale;  // IEEE division, never a reciprocal
-    code[j] = (uint8_t)(SIGNED ? encode_minifloat<3, 15>(m) | (x[j] < 0.0f ? 0x80u : 0u) : encode_minifloat<3, 31>(m));
+  uint32_t near = 0;
+  if (a >= 0x1p-125f && a <= 0x1p125f) {
+    const float inverse = 1.0f / a;
+    for (int32_t j = 0; j < n; ++j) code[j] = encode_code<SIGNED>(x[j], fabsf(x[j]) * inverse, near);
+    if (!near) return;
   }
+  const float scale = a > 0.0f ? a : 1.0f;  // an all-zero block: codes 0
+  for (int32_t j = 0; j < n; ++j) code[j] = encode_code<SIGNED>(x[j], fabsf(x[j]) / scale, near);
 }
 
 }  // namespace
@@ -330,37 +358,34 @@ struct Tensors {
   float* s_absmax;
 };
 struct Keys {
-  uint32_t v, s, param, s_max, hi;  // rounding_key of each stream; mix32(index >> 32)
+  uint32_t v, s, param, s_max;  // rounding_key(seed, t, stream) ^ mix32(index >> 32), for one chunk
 };
 
+// Store x at p[i]: stochastically rounded to bfloat16 with the bits of element `low` (SR), or
+// as the plain loop does.
 template <typename P, typename M, bool SR>
-inline void store_param(P* p, int64_t i, M x, uint32_t key, uint32_t hi) {
+inline void store_rounded(P* p, int64_t i, M x, uint32_t key, uint32_t low) {
   if constexpr (SR)
-    p[i].bits = bf16_stochastic((float)x, random_bits(key, hi, i));
+    p[i].bits = bf16_stochastic((float)x, random_bits(key, low));
   else
     store<P, M>(p, i, x);
 }
-template <typename S, typename M, bool SR>
-inline void store_moment(S* p, int64_t i, M x, uint32_t key, uint32_t hi) {
-  if constexpr (SR)
-    p[i].bits = bf16_stochastic((float)x, random_bits(key, hi, i));
-  else
-    store<S, M>(p, i, x);
-}
 
 // Element by element: bfloat16 moments rounded stochastically (SR_STATE), or moments in their
-// own dtype with bfloat16 parameters rounded stochastically (SR_PARAM), or both.
+// own dtype with bfloat16 parameters rounded stochastically (SR_PARAM), or both. The pointers
+// start at `begin` and a 32-bit counter walks the chunk: it is also the low half of the index.
 template <typename P, typename S, typename M, bool SR_STATE, bool SR_PARAM, bool YOGI, bool AMSGRAD>
 ADAMLAB_CLONES void lp_range(const Tensors& x, int64_t begin, int64_t end, int64_t, const Keys& key, const Coef& k,
                              const Options& o) {
-  P* __restrict__ param = (P*)x.param;
-  const P* __restrict__ grad = (const P*)x.grad;
-  S* __restrict__ exp_avg = (S*)x.v;
-  S* __restrict__ exp_avg_sq = (S*)x.s;
-  S* __restrict__ max_exp_avg_sq = (S*)x.s_max;
+  P* __restrict__ param = (P*)x.param + begin;
+  const P* __restrict__ grad = (const P*)x.grad + begin;
+  S* __restrict__ exp_avg = (S*)x.v + begin;
+  S* __restrict__ exp_avg_sq = (S*)x.s + begin;
+  S* __restrict__ max_exp_avg_sq = AMSGRAD ? (S*)x.s_max + begin : nullptr;
   const Rule<M> r(k, o);
-  const uint32_t hi = key.hi;
-  for (int64_t i = begin; i < end; ++i) {
+  const uint32_t key_v = key.v, key_s = key.s, key_max = key.s_max, key_param = key.param, low = (uint32_t)begin;
+  const int32_t n = (int32_t)(end - begin);
+  for (int32_t i = 0; i < n; ++i) {
     M theta = load<P, M>(param, i) * r.decay;
     M g = r.gradient(load<P, M>(grad, i), theta);
     M v = r.first(load<S, M>(exp_avg, i), g);
@@ -368,13 +393,13 @@ ADAMLAB_CLONES void lp_range(const Tensors& x, int64_t begin, int64_t end, int64
     M s_used = s;
     if (AMSGRAD) {
       M m = Rule<M>::running_max(load<S, M>(max_exp_avg_sq, i), s);
-      store_moment<S, M, SR_STATE>(max_exp_avg_sq, i, m, key.s_max, hi);
+      store_rounded<S, M, SR_STATE>(max_exp_avg_sq, i, m, key_max, low + (uint32_t)i);
       s_used = (s != s) ? s : m;
     }
-    theta = r.parameter(theta, v, s_used);  // from the new moments, before they are rounded
-    store_moment<S, M, SR_STATE>(exp_avg, i, v, key.v, hi);
-    store_moment<S, M, SR_STATE>(exp_avg_sq, i, s, key.s, hi);
-    store_param<P, M, SR_PARAM>(param, i, theta, key.param, hi);
+    theta = r.parameter_by_product(theta, v, s_used);  // from the new moments, before they are rounded
+    store_rounded<S, M, SR_STATE>(exp_avg, i, v, key_v, low + (uint32_t)i);
+    store_rounded<S, M, SR_STATE>(exp_avg_sq, i, s, key_s, low + (uint32_t)i);
+    store_rounded<P, M, SR_PARAM>(param, i, theta, key_param, low + (uint32_t)i);
   }
 }
 
@@ -383,32 +408,33 @@ ADAMLAB_CLONES void lp_range(const Tensors& x, int64_t begin, int64_t end, int64
 template <typename P, bool SR_PARAM, bool YOGI>
 ADAMLAB_CLONES void block8_range(const Tensors& x, int64_t begin, int64_t end, int64_t block, const Keys& key,
                                  const Coef& k, const Options& o) {
-  P* __restrict__ param = (P*)x.param;
-  const P* __restrict__ grad = (const P*)x.grad;
-  uint8_t* __restrict__ code_v = (uint8_t*)x.v;
-  uint8_t* __restrict__ code_s = (uint8_t*)x.s;
   alignas(64) float new_v[kMaxBlock], new_s[kMaxBlock];
   const Rule<float> r(k, o);
-  const uint32_t hi = key.hi;
+  const uint32_t key_param = key.param;
   for (int64_t b0 = begin; b0 < end; b0 += block) {
-    const int64_t n = end - b0 < block ? end - b0 : block, q = b0 / block;
+    P* __restrict__ param = (P*)x.param + b0;
+    const P* __restrict__ grad = (const P*)x.grad + b0;
+    uint8_t* __restrict__ code_v = (uint8_t*)x.v + b0;
+    uint8_t* __restrict__ code_s = (uint8_t*)x.s + b0;
+    const int32_t n = (int32_t)(end - b0 < block ? end - b0 : block);
+    const int64_t q = b0 / block;
     const float absmax_v = x.v_absmax[q], absmax_s = x.s_absmax[q];
+    const uint32_t low = (uint32_t)b0;
     uint32_t max_v = 0, max_s = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t i = b0 + j;
+    for (int32_t i = 0; i < n; ++i) {
       float theta = load<P, float>(param, i) * r.decay;
       float g = r.gradient(load<P, float>(grad, i), theta);
       float v = r.first(decode_v(code_v[i]) * absmax_v, g);  // map[code]·absmax, one product
       float s = r.template second<YOGI>(decode_s(code_s[i]) * absmax_s, g);
-      store_param<P, float, SR_PARAM>(param, i, r.parameter(theta, v, s), key.param, hi);
-      new_v[j] = v;
-      new_s[j] = s;
+      store_rounded<P, float, SR_PARAM>(param, i, r.parameter_by_product(theta, v, s), key_param, low + (uint32_t)i);
+      new_v[i] = v;
+      new_s[i] = s;
       uint32_t bv = float_bits(v) & 0x7fffffffu, bs = float_bits(s) & 0x7fffffffu;
       max_v = bv > max_v ? bv : max_v;
       max_s = bs > max_s ? bs : max_s;
     }
-    encode_block<true>(new_v, code_v + b0, n, max_v, x.v_absmax + q);
-    encode_block<false>(new_s, code_s + b0, n, max_s, x.s_absmax + q);
+    encode_block<true>(new_v, code_v, n, max_v, x.v_absmax + q);
+    encode_block<false>(new_s, code_s, n, max_s, x.s_absmax + q);
   }
 }
 
@@ -526,8 +552,9 @@ int adamlab_fused_step(int64_t n, const int64_t* table, const adamlab_coefficien
       return;
     }
     const uint32_t seed = (uint32_t)extra[j], t = (uint32_t)extra[n + j];
-    const Keys keys = {rounding_key(seed, t, 0), rounding_key(seed, t, 1), rounding_key(seed, t, 2),
-                       rounding_key(seed, t, 3), mix32((uint32_t)((uint64_t)begin >> 32))};
+    const uint32_t hi = mix32((uint32_t)((uint64_t)begin >> 32));
+    const Keys keys = {rounding_key(seed, t, 0) ^ hi, rounding_key(seed, t, 1) ^ hi, rounding_key(seed, t, 2) ^ hi,
+                       rounding_key(seed, t, 3) ^ hi};
     const Tensors x = {params[j], grads[j], exp_avgs[j], exp_avg_sqs[j], s_max,
                        block ? (float*)extra[2 * n + j] : nullptr, block ? (float*)extra[3 * n + j] : nullptr};
     low(x, begin, end, block, keys, k, *o);
