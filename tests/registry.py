@@ -143,3 +143,57 @@ def state_of(opt: torch.optim.Optimizer, p: torch.Tensor) -> reference.State:
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str) -> None:
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+# ---- low-precision state (issue 14) ------------------------------------------------------------
+@dataclass(frozen=True)
+class Precision:
+    """One way of storing the state: the optimizer's options and the parameters' dtype."""
+
+    options: dict[str, Any]
+    param_dtype: torch.dtype = torch.float32
+
+    @property
+    def precision(self) -> str | None:
+        return self.options.get("state_precision")
+
+    @property
+    def stochastic_params(self) -> bool:
+        return bool(self.options.get("stochastic_rounding")) and self.param_dtype == torch.bfloat16
+
+
+# Every implementation in IMPLEMENTATIONS is tested with every one of these (tests/test_precision.py).
+PRECISIONS: dict[str, Precision] = {
+    "bf16": Precision(dict(state_precision="bf16")),
+    "8bit": Precision(dict(state_precision="8bit", block_size=16)),
+    "8bit-B256": Precision(dict(state_precision="8bit")),
+    "bf16-fp16params": Precision(dict(state_precision="bf16"), torch.float16),
+    "8bit-bf16params": Precision(dict(state_precision="8bit", block_size=32), torch.bfloat16),
+    "bf16-bf16params-sr": Precision(dict(state_precision="bf16", stochastic_rounding=True), torch.bfloat16),
+    "8bit-bf16params-sr": Precision(
+        dict(state_precision="8bit", block_size=16, stochastic_rounding=True), torch.bfloat16
+    ),
+    "fp32-bf16params-sr": Precision(dict(state_precision="fp32", stochastic_rounding=True), torch.bfloat16),
+    "none-bf16params-sr": Precision(dict(stochastic_rounding=True), torch.bfloat16),
+}
+
+# A spread of the flag combinations (each convention at least once with each other one).
+PRECISION_FLAG_CASES: list[dict[str, Any]] = [
+    {},
+    dict(amsgrad=True, maximize=True),
+    dict(bias_correction=False, **WEIGHT_DECAY_MODES["l2"]),
+    dict(bias_correction="recursive", **WEIGHT_DECAY_MODES["decoupled"]),
+    dict(maximize=True, **WEIGHT_DECAY_MODES["decoupled"]),
+    dict(amsgrad=True, bias_correction="recursive", **WEIGHT_DECAY_MODES["l2"]),
+]
+
+
+def precision_cases() -> list[tuple[str, str, dict[str, Any]]]:
+    """(precision name, rule, flags) for every case that applies: 8-bit refuses AMSGrad."""
+    return [
+        (name, rule, flags)
+        for name, prec in PRECISIONS.items()
+        for rule in OPTIMIZERS
+        for flags in PRECISION_FLAG_CASES
+        if not (prec.precision == "8bit" and flags.get("amsgrad"))
+    ]

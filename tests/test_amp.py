@@ -6,7 +6,7 @@
 * ``skip_nonfinite=True`` (no scaler) skips the group's step; the default lets non-finite
   gradients propagate, element by element, exactly as ``torch.optim.Adam`` does.
 * bf16/fp16 parameters work, and the three traps of ``docs/training.md`` happen as
-  described there -- and ``state_dtype=torch.float32`` is the fix for the dtype ones.
+  described there -- and ``state_precision="fp32"`` is the fix for the dtype ones.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_grad_scaler_with_fp16_parameters(impl: str) -> None:
     parameters with a scaler need an optimizer that unscales inside its step (fused)."""
     kwargs = impl_kwargs(impl)
     model = make_model(dtype=torch.float16)
-    opt = make_opt(adamlab.Adam, model, state_dtype=torch.float32, **kwargs)
+    opt = make_opt(adamlab.Adam, model, state_precision="fp32", **kwargs)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     opt.zero_grad()
     scaler.scale(loss_of(model, 0, torch.float16)).backward()
@@ -287,17 +287,18 @@ def test_default_propagation_matches_torch_adam() -> None:
 
 
 # ---- bf16 / fp16 parameters -------------------------------------------------------------------
-@pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["state_like_param", "state_fp32"])
+@pytest.mark.parametrize("state_precision", [None, "fp32"], ids=["state_like_param", "state_fp32"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))
-def test_low_precision_parameters_step_like_the_reference(rule, impl, dtype, state_dtype) -> None:
+def test_low_precision_parameters_step_like_the_reference(rule, impl, dtype, state_precision) -> None:
     """One step from identical values matches the float64 reference to the dtype's rounding;
-    parameters keep their dtype, the state has ``state_dtype`` (or the parameter's)."""
+    parameters keep their dtype, the state is float32 with ``state_precision="fp32"`` (else the parameter's)."""
     kwargs = impl_kwargs(impl)
     gen = torch.Generator().manual_seed(3)
     p = torch.nn.Parameter(torch.randn(4, 5, generator=gen).to(dtype))
-    opt = OPTIMIZERS[rule]([p], lr=0.01, eps=1e-3, state_dtype=state_dtype, **kwargs)
+    opt = OPTIMIZERS[rule]([p], lr=0.01, eps=1e-3, state_precision=state_precision, **kwargs)
+    moment_dtype = torch.float32 if state_precision == "fp32" else None
     hyper = dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-3)
     theta = p.detach().double().numpy()
     state = reference.init_state(theta, s0=opt.param_groups[0]["initial_accumulator_value"])
@@ -315,8 +316,8 @@ def test_low_precision_parameters_step_like_the_reference(rule, impl, dtype, sta
         st = opt.state[p]
         state = reference.State(t=state.t, v=st["exp_avg"].double().numpy(), s=st["exp_avg_sq"].double().numpy())
     assert p.dtype == dtype
-    assert opt.state[p]["exp_avg"].dtype == (state_dtype or dtype)
-    assert opt.state[p]["exp_avg_sq"].dtype == (state_dtype or dtype)
+    assert opt.state[p]["exp_avg"].dtype == (moment_dtype or dtype)
+    assert opt.state[p]["exp_avg_sq"].dtype == (moment_dtype or dtype)
 
 
 # ---- the traps of docs/training.md ------------------------------------------------------------
@@ -324,33 +325,33 @@ def test_low_precision_parameters_step_like_the_reference(rule, impl, dtype, sta
 def test_trap_bf16_beta2_rounds_to_one_and_the_second_moment_never_decays(impl: str) -> None:
     assert torch.tensor(0.999, dtype=torch.bfloat16).item() == 1.0
     decays = {}
-    for state_dtype in (None, torch.float32):
+    for state_precision in (None, "fp32"):
         p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
-        opt = adamlab.Adam([p], lr=1e-4, state_dtype=state_dtype, **IMPLS[impl])
+        opt = adamlab.Adam([p], lr=1e-4, state_precision=state_precision, **IMPLS[impl])
         p.grad = torch.ones(4, dtype=torch.bfloat16)  # one large gradient ...
         opt.step()
         s1 = opt.state[p]["exp_avg_sq"].float().clone()
         p.grad = torch.full((4,), 0.01, dtype=torch.bfloat16)  # ... then small ones
         for _ in range(1000):
             opt.step()
-        decays[state_dtype] = (opt.state[p]["exp_avg_sq"].float() / s1).max().item()
+        decays[state_precision] = (opt.state[p]["exp_avg_sq"].float() / s1).max().item()
     # exact: s ← 0.999·s rounds back to s in bf16, and (1-β2)·g² = 1e-7 is below half an ulp of s
     assert decays[None] == 1.0
     # fp32 state: s decays as 0.999^1000 ≈ 0.37 (plus the small gradients' 1e-4 share)
-    assert decays[torch.float32] == pytest.approx(0.999**1000 + (1 - 0.999**1000) * 1e-4 / 1e-3, rel=1e-3)
+    assert decays["fp32"] == pytest.approx(0.999**1000 + (1 - 0.999**1000) * 1e-4 / 1e-3, rel=1e-3)
 
 
 @pytest.mark.parametrize("impl", ["single_tensor", "foreach"])
 def test_trap_fp16_second_moment_underflows(impl: str) -> None:
     """(1-β2)·g² = 1e-9 for g = 1e-3: below fp16's smallest subnormal (6e-8), so s stays 0,
     the denominator is √0 + ε with ε = 1e-8 also rounded to 0 in fp16: the step is -inf."""
-    for state_dtype in (None, torch.float32):
+    for state_precision in (None, "fp32"):
         p = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
-        opt = adamlab.Adam([p], lr=0.01, state_dtype=state_dtype, **IMPLS[impl])
+        opt = adamlab.Adam([p], lr=0.01, state_precision=state_precision, **IMPLS[impl])
         p.grad = torch.full((3,), 1e-3, dtype=torch.float16)
         opt.step()
         s = opt.state[p]["exp_avg_sq"]
-        if state_dtype is None:
+        if state_precision is None:
             assert (s == 0).all()
             assert torch.isinf(p).all()
         else:
@@ -364,12 +365,12 @@ def test_trap_fp16_second_moment_underflows(impl: str) -> None:
 def test_trap_fp16_eps_rounds_to_zero_and_a_zero_gradient_gives_nan(impl: str) -> None:
     """ε = 1e-8 is 0 in fp16: an element whose gradient is exactly 0 computes 0/0."""
     assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
-    for state_dtype in (None, torch.float32):
+    for state_precision in (None, "fp32"):
         p = torch.nn.Parameter(torch.ones(2, dtype=torch.float16))
-        opt = adamlab.Adam([p], state_dtype=state_dtype, **IMPLS[impl])
+        opt = adamlab.Adam([p], state_precision=state_precision, **IMPLS[impl])
         p.grad = torch.tensor([0.0, 1.0], dtype=torch.float16)
         opt.step()
-        if state_dtype is None:
+        if state_precision is None:
             assert torch.isnan(p[0]) and torch.isfinite(p[1])
         else:
             assert p[0].item() == 1.0 and torch.isfinite(p).all()

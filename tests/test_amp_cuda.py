@@ -130,7 +130,7 @@ def test_cuda_fused_skip_nonfinite_does_not_synchronize(impl: str) -> None:
 def test_cuda_fp16_parameters_with_a_scaler(impl: str) -> None:
     kwargs = impl_kwargs(impl)
     model = make_model(torch.float16)
-    opt = adamlab.Adam(model.parameters(), state_dtype=torch.float32, **kwargs)
+    opt = adamlab.Adam(model.parameters(), state_precision="fp32", **kwargs)
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8)
     opt.zero_grad()
     scaler.scale(loss_of(model, 0, torch.float16)).backward()

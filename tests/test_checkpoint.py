@@ -146,14 +146,14 @@ def test_in_memory_state_dict_resume_is_bitwise(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", ["single_tensor", "foreach"])
-def test_resume_keeps_state_dtype(impl: str) -> None:
+def test_resume_keeps_state_precision_fp32(impl: str) -> None:
     dtype = torch.bfloat16
     straight, resumed = Net(seed=0, dtype=dtype), Net(seed=1, dtype=dtype)
-    opt = make_opt(adamlab.Adam, straight, state_dtype=torch.float32, **IMPLS[impl])
+    opt = make_opt(adamlab.Adam, straight, state_precision="fp32", **IMPLS[impl])
     train(straight, opt, 0, K, dtype)
     ckpt = roundtrip({"model": straight.state_dict(), "opt": opt.state_dict()})
     train(straight, opt, K, N, dtype)
-    opt2 = make_opt(adamlab.Adam, resumed, state_dtype=torch.float32, **IMPLS[impl])
+    opt2 = make_opt(adamlab.Adam, resumed, state_precision="fp32", **IMPLS[impl])
     resumed.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     assert opt2.state[resumed.body[0].weight]["exp_avg"].dtype == torch.float32
@@ -252,7 +252,7 @@ def test_torch_adam_state_dict_gets_adamlab_defaults() -> None:
     ours = adamlab.Adam(model.parameters())
     ours.load_state_dict(roundtrip(torch_opt.state_dict()))
     group = ours.param_groups[0]
-    assert group["bias_correction"] is True and group["state_dtype"] is None and group["skip_nonfinite"] is False
+    assert group["bias_correction"] is True and group["state_precision"] is None and group["skip_nonfinite"] is False
     assert group["initial_accumulator_value"] == 0.0
     ours.step()
     assert ours.state[model.weight]["step"].item() == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,6 +35,9 @@ worker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(worker)
 
 WORLD = 2
+# low-precision state (issue 14): the readable path and the fused one
+LOW_IMPLS = ("foreach", "fused_cpu")
+LOW_SCENARIOS = ("ddp_bf16", "ddp_8bit", "fsdp2_bf16", "fsdp2_8bit")
 
 
 def launch(out_dir: Path, only: list[str], timeout: float = 240.0) -> dict[str, Any]:
@@ -72,6 +76,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """
     impls = worker.available_impls()
     todo = [f"{name}/{impl}" for impl in impls for name in ("ddp", "zero", "fsdp2", "fsdp2_skip")]
+    todo += [f"{name}/{impl}" for impl in LOW_IMPLS if impl in impls for name in LOW_SCENARIOS]
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run_id is None:
         run = launch(tmp_path_factory.mktemp("dist"), todo)
@@ -187,3 +192,38 @@ def test_fsdp2_skip_nonfinite_skips_on_every_rank(runs, impl: str) -> None:
     assert r0["steps"] == r1["steps"] == [float(worker.RESUME_AT - 1)] * 4
     assert_equal_params(r0["params"], r1["params"])
     assert all(torch.isfinite(p).all() for p in r0["params"].values())
+
+
+# ---- low-precision state (issue 14) ------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+@pytest.mark.parametrize("impl", LOW_IMPLS)
+def test_ddp_replicas_with_low_precision_state_stay_identical(runs, impl: str, precision: str) -> None:
+    """Same seeds on every rank: parameters and every stored state tensor equal bit for bit,
+    and the run follows the single-process one within the state's precision."""
+    r0, r1 = scenario(runs, f"ddp_{precision}", impl)
+    assert_equal_params(r0["params"], r1["params"])
+    assert_equal_params(r0["state"], r1["state"])
+    dtype = {"bf16": torch.bfloat16, "8bit": torch.uint8}[precision]
+    assert r0["state"]["0.exp_avg"].dtype == dtype
+    model, _ = single_process(impl)
+    for name, p in model.named_parameters():  # fp32 state vs low precision: a few % of 6 steps of ~lr
+        torch.testing.assert_close(r0["params"][name], p.detach(), rtol=0, atol=0.2 * worker.LR, msg=name)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+@pytest.mark.parametrize("impl", LOW_IMPLS)
+def test_fsdp2_low_precision_state_is_per_local_shard(runs, impl: str, precision: str) -> None:
+    r0, r1 = scenario(runs, f"fsdp2_{precision}", impl)
+    assert_equal_params(r0["params"], r1["params"])
+    block = worker.LOW_PRECISION[precision].get("block_size")
+    for r in (r0, r1):
+        for i, numel in enumerate(r["local_numels"]):
+            kind, dtype, shape = r["layout"][f"{i}.exp_avg"]
+            assert kind == "DTensor" and dtype == ("torch.bfloat16" if precision == "bf16" else "torch.uint8")
+            assert math.prod(shape) == numel  # the state's local shard is the parameter's
+            if precision == "8bit":  # blocks over the local shard only: they never straddle two ranks
+                assert r["layout"][f"{i}.exp_avg_absmax"] == ("Tensor", "torch.float32", (-(-numel // block),))
+            assert r["layout"][f"{i}.rounding_seed"] == ("Tensor", "torch.int64", ())
+    model, _ = single_process(impl)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(r0["params"][name], p.detach(), rtol=0, atol=0.2 * worker.LR, msg=name)

@@ -135,28 +135,29 @@ def test_float64_trajectory_matches_reference(rule: str, flags: dict) -> None:
 RTOL = {torch.float32: 4e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 # (the float64 trajectories above cover every flag combination; here the dtype is under test)
 LOW_PRECISION_CASES = [(torch.float32, None, f) for f in FLAGS[::6]] + [
-    (dtype, state_dtype, f)
+    (dtype, state_precision, f)
     for dtype in (torch.bfloat16, torch.float16)
-    for state_dtype in (None, torch.float32)
+    for state_precision in (None, "fp32")
     for f in FEW_FLAGS
 ]
 
 
 @pytest.mark.parametrize(
-    "dtype,state_dtype,flags",
+    "dtype,state_precision,flags",
     LOW_PRECISION_CASES,
-    ids=[f"{str(d)[6:]}-state={str(s)[6:]}-{flag_id(f)}" for d, s, f in LOW_PRECISION_CASES],
+    ids=[f"{str(d)[6:]}-state={s}-{flag_id(f)}" for d, s, f in LOW_PRECISION_CASES],
 )
 @pytest.mark.parametrize("rule", list(OPTIMIZERS))
-def test_each_step_matches_reference(rule: str, dtype: torch.dtype, state_dtype, flags: dict) -> None:
+def test_each_step_matches_reference(rule: str, dtype: torch.dtype, state_precision, flags: dict) -> None:
     """Each step from the kernel's own values equals one exact step, to the storage dtype's rounding."""
-    params, opt, gen = make(rule, dtype, SHAPES, seed=2, lr=0.01, state_dtype=state_dtype, **flags)
+    params, opt, gen = make(rule, dtype, SHAPES, seed=2, lr=0.01, state_precision=state_precision, **flags)
+    moment_dtype = torch.float32 if state_precision == "fp32" else None
     group = opt.param_groups[0]
     hyper = hyper_of(group)
     p_rtol = RTOL[dtype]
-    s_rtol = RTOL[state_dtype or dtype]
+    s_rtol = RTOL[moment_dtype or dtype]
     # below the smallest normal number a value keeps only absolute precision
-    p_tiny, s_tiny = (torch.finfo(d).tiny * torch.finfo(d).eps for d in (dtype, state_dtype or dtype))
+    p_tiny, s_tiny = (torch.finfo(d).tiny * torch.finfo(d).eps for d in (dtype, moment_dtype or dtype))
     for k in range(STEPS):
         before = []
         for p in params:

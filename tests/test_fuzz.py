@@ -79,7 +79,7 @@ def cases(draw: Any) -> dict[str, Any]:
         rule=draw(st.sampled_from(list(OPTIMIZERS))),
         impl=draw(st.sampled_from(AVAILABLE)),
         dtype=dtype,
-        state_dtype=draw(st.sampled_from([None, torch.float32])) if dtype in LOW else None,
+        state_precision=draw(st.sampled_from([None, "fp32"])) if dtype in LOW else None,
         shapes=draw(st.lists(shapes, min_size=1, max_size=3)),
         patterns=draw(st.lists(st.sampled_from(PATTERNS), min_size=3, max_size=3)),
         steps=draw(st.integers(1, 3)),
@@ -98,11 +98,11 @@ def cases(draw: Any) -> dict[str, Any]:
     )
 
 
-def compute_dtype(impl: str, dtype: torch.dtype, state_dtype: torch.dtype | None) -> torch.dtype:
+def compute_dtype(impl: str, dtype: torch.dtype, state_precision: str | None) -> torch.dtype:
     """The dtype the implementation does its arithmetic in (docs: fused kernels use fp32 math)."""
     if impl.startswith("fused"):
         return torch.float64 if dtype == torch.float64 else torch.float32
-    return state_dtype or dtype
+    return torch.float32 if state_precision == "fp32" else dtype
 
 
 def out_of_range(
@@ -146,10 +146,12 @@ def run_case(case: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match="recursive"):
             OPTIMIZERS[case["rule"]](params, **fl, **IMPLEMENTATIONS[impl].kwargs)
         return
-    opt = OPTIMIZERS[case["rule"]](params, state_dtype=case["state_dtype"], **fl, **IMPLEMENTATIONS[impl].kwargs)
+    opt = OPTIMIZERS[case["rule"]](
+        params, state_precision=case["state_precision"], **fl, **IMPLEMENTATIONS[impl].kwargs
+    )
     group = opt.param_groups[0]
-    sd = case["state_dtype"] or dtype
-    cd = compute_dtype(impl, dtype, case["state_dtype"])
+    sd = torch.float32 if case["state_precision"] == "fp32" else dtype
+    cd = compute_dtype(impl, dtype, case["state_precision"])
     rtol, atol = DTYPES[cd if cd in LOW else (torch.float32 if torch.float32 in (cd, sd, dtype) else cd)]
     if dtype in LOW or sd in LOW:
         rtol, atol = max(rtol, DTYPES[dtype][0], DTYPES[sd][0]), max(atol, DTYPES[dtype][1], DTYPES[sd][1])
@@ -205,7 +207,7 @@ def run_case(case: dict[str, Any]) -> None:
 def _state64(opt: torch.optim.Optimizer, p: torch.Tensor, group: dict[str, Any]) -> reference.State:
     st = opt.state[p]
     if not st:  # before the first step: the documented initial state, in the state's dtype
-        dtype = group["state_dtype"] or p.dtype
+        dtype = torch.float32 if group["state_precision"] == "fp32" else p.dtype
         s0 = to64(torch.full(p.shape, group["initial_accumulator_value"], dtype=dtype))
         return reference.State(t=0, v=np.zeros(p.shape), s=s0, s_max=s0.copy() if group["amsgrad"] else None)
     return reference.State(
@@ -292,7 +294,15 @@ BAD_HYPER = {
         "beta parameter at index",
     ),
     "bias_correction": (st.sampled_from(["yes", 1.5, None, "Recursive"]), "bias_correction"),
-    "state_dtype": (st.sampled_from([torch.int32, torch.bool, "float32", 32]), "state_dtype"),
+    "state_precision": (st.sampled_from([torch.float32, "int8", "FP32", "float32", 8, True]), "state_precision"),
+    "block_size": (
+        st.one_of(st.integers(-4, 15), st.integers(8193, 2**20), st.sampled_from([24, 100, 256.0])),
+        "block_size",
+    ),
+    "rounding_seed": (
+        st.one_of(st.integers(max_value=-1), st.integers(min_value=2**32), st.just(1.5)),
+        "rounding_seed",
+    ),
 }
 
 

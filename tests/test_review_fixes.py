@@ -2,7 +2,8 @@
 
 * a step that fails part-way through a group kept the parameters it had already updated but
   dropped their state, so the next step started them again from t = 1;
-* ``load_state_dict`` with a real ``state_dtype`` made a complex parameter's moments real;
+* ``load_state_dict`` with float32 state (then ``state_dtype``, now ``state_precision="fp32"``) made a
+  complex parameter's moments real;
 * a one-element, not 0-dim, tensor lr (torch squeezes it) broke 0-dim parameters.
 """
 
@@ -41,16 +42,16 @@ def test_a_step_failing_mid_group_keeps_the_state_of_what_it_updated(monkeypatch
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_load_state_dict_keeps_complex_moments_with_a_real_state_dtype(foreach: bool) -> None:
+def test_load_state_dict_keeps_complex_moments_with_fp32_state(foreach: bool) -> None:
     torch.manual_seed(0)
     p = torch.randn(4, dtype=torch.complex64, requires_grad=True)
-    opt = adamlab.Adam([p], lr=0.1, state_dtype=torch.float32, foreach=foreach)
+    opt = adamlab.Adam([p], lr=0.1, state_precision="fp32", foreach=foreach)
     p.grad = torch.randn_like(p)
     opt.step()
     assert opt.state[p]["exp_avg"].dtype == torch.complex64
     saved = opt.state_dict()
     twin_p = p.detach().clone().requires_grad_()
-    twin = adamlab.Adam([twin_p], lr=0.1, state_dtype=torch.float32, foreach=foreach)
+    twin = adamlab.Adam([twin_p], lr=0.1, state_precision="fp32", foreach=foreach)
     twin.load_state_dict(saved)
     assert twin.state[twin_p]["exp_avg"].dtype == torch.complex64
     assert torch.equal(twin.state[twin_p]["exp_avg_sq"], opt.state[p]["exp_avg_sq"])

@@ -81,7 +81,7 @@ def test_fused_matches_foreach(rule, flags):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_with_fp32_state(dtype):
     a = make_model(dtype=dtype)
-    opt = adamlab.Yogi(a.parameters(), lr=0.01, fused=True, state_dtype=torch.float32)
+    opt = adamlab.Yogi(a.parameters(), lr=0.01, fused=True, state_precision="fp32")
     train(a, opt, 3, dtype=dtype)
     for p in a.parameters():
         assert p.dtype == dtype and torch.isfinite(p).all()

@@ -30,7 +30,35 @@ BAD = [
     (dict(initial_accumulator_value=-1.0), ValueError, "Invalid initial_accumulator_value (s0): -1.0"),
     (dict(bias_correction="yes"), ValueError, "Invalid bias_correction: 'yes'"),
     (dict(bias_correction=1), ValueError, "Invalid bias_correction: 1"),
-    (dict(state_dtype=torch.int32), ValueError, "Invalid state_dtype: torch.int32"),
+    (dict(state_precision=torch.float32), ValueError, "Invalid state_precision: torch.float32"),
+    (
+        dict(state_precision="int8"),
+        ValueError,
+        "Invalid state_precision: 'int8' (expected None, 'fp32', 'bf16' or '8bit')",
+    ),
+    (dict(block_size=100), ValueError, "Invalid block_size: 100 (expected a power of two from 16 to 8192)"),
+    (dict(block_size=8), ValueError, "Invalid block_size: 8"),
+    (dict(block_size=16384), ValueError, "Invalid block_size: 16384"),
+    (dict(block_size=256.0), ValueError, "Invalid block_size: 256.0"),
+    (dict(rounding_seed=-1), ValueError, "Invalid rounding_seed: -1 (expected an integer with 0 <= seed < 2**32)"),
+    (dict(rounding_seed=2**32), ValueError, "Invalid rounding_seed: 4294967296"),
+    (dict(stochastic_rounding="yes"), ValueError, "Invalid stochastic_rounding: 'yes'"),
+    (dict(state_precision="8bit", amsgrad=True), ValueError, "state_precision='8bit' does not support amsgrad=True"),
+    (
+        dict(state_precision="bf16", differentiable=True),
+        ValueError,
+        "state_precision='bf16' does not support differentiable",
+    ),
+    (
+        dict(state_precision="8bit", differentiable=True),
+        ValueError,
+        "state_precision='8bit' does not support differentiable",
+    ),
+    (
+        dict(stochastic_rounding=True, differentiable=True),
+        ValueError,
+        "stochastic_rounding=True does not support differentiable",
+    ),
     (dict(fused=True, foreach=True), ValueError, "`fused` and `foreach` cannot be `True` together"),
     (dict(fused=True, foreach=True), RuntimeError, "`fused` and `foreach` cannot be `True` together"),
     (dict(fused=True, differentiable=True), RuntimeError, "`fused` does not support `differentiable`"),
@@ -165,8 +193,15 @@ def test_bad_param_group_values_are_caught_too(cls) -> None:
     with pytest.raises(ValueError, match="Invalid learning rate: -1"):
         opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "lr": -1})
     assert len(opt.param_groups) == 1  # nothing half-added
-    with pytest.raises(ValueError, match="Invalid state_dtype: 'float32'"):
-        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "state_dtype": "float32"})
+    with pytest.raises(ValueError, match="Invalid state_precision: 'float32'"):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "state_precision": "float32"})
+    with pytest.raises(ValueError, match="state_dtype was replaced by state_precision"):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)], "state_dtype": torch.float32})
+    with pytest.raises(ValueError, match=r"params'\]\[0\] has dtype torch.float64: state_precision='8bit'"):
+        opt.add_param_group(
+            {"params": [torch.zeros(1, dtype=torch.float64, requires_grad=True)], "state_precision": "8bit"}
+        )
+    assert len(opt.param_groups) == 1
 
 
 def test_fused_where_no_kernel_exists_fails_at_first_step_with_a_clear_error() -> None:

@@ -68,7 +68,22 @@ class OptionConflict(ValueError, RuntimeError):
     """
 
 
-_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay", "skip_nonfinite")
+_FLAGS = (
+    "amsgrad",
+    "maximize",
+    "capturable",
+    "differentiable",
+    "decoupled_weight_decay",
+    "skip_nonfinite",
+    "stochastic_rounding",
+)
+# state_precision (adamlab.optim.precision.PRECISIONS; repeated here: this module imports no torch)
+STATE_PRECISIONS: tuple[Any, ...] = (None, "fp32", "bf16", "8bit")
+LOW_PRECISIONS = ("bf16", "8bit")
+LOW_PRECISION_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
+LOW_PRECISION_DEVICES = ("cpu", "cuda", "meta")
+BLOCK_SIZES = (16, 8192)  # 8bit: a power of two in this range
+SEED_LIMIT = 2**32
 _NONNEGATIVE = (
     ("eps", "epsilon value"),
     ("weight_decay", "weight_decay value"),
@@ -172,9 +187,7 @@ def validate_group(group: Mapping[str, Any], where: str = "") -> None:
     bias_correction = group.get("bias_correction", True)
     if not any(bias_correction is c or (isinstance(c, str) and bias_correction == c) for c in BIAS_CORRECTIONS):
         raise ValueError(f"{at}Invalid bias_correction: {bias_correction!r} (expected True, False or 'recursive')")
-    state_dtype = group.get("state_dtype")
-    if state_dtype is not None and getattr(state_dtype, "is_floating_point", None) is not True:
-        raise ValueError(f"{at}Invalid state_dtype: {state_dtype!r} (expected None or a floating torch.dtype)")
+    _low_precision_options(group, at)
 
     fused, differentiable = group.get("fused"), group.get("differentiable", False)
     if fused and foreach:
@@ -191,6 +204,47 @@ def validate_group(group: Mapping[str, Any], where: str = "") -> None:
             f"{at}differentiable=True runs the single-tensor implementation; foreach=True cannot be set with it "
             "(torch.optim.Adam fails at its first step: _foreach ops don't support autograd)"
         )
+
+
+def _low_precision_options(group: Mapping[str, Any], at: str) -> None:
+    """state_precision, block_size, rounding_seed and the options they cannot go with."""
+    if "state_dtype" in group:
+        raise ValueError(
+            f"{at}state_dtype was replaced by state_precision: use state_precision='fp32' for "
+            f"state_dtype=torch.float32, or None (got state_dtype={group['state_dtype']!r})"
+        )
+    precision = group.get("state_precision")
+    if not any(precision is p or (isinstance(precision, str) and precision == p) for p in STATE_PRECISIONS):
+        raise ValueError(f"{at}Invalid state_precision: {precision!r} (expected None, 'fp32', 'bf16' or '8bit')")
+    block_size = group.get("block_size", 256)
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, numbers.Integral)
+        or not BLOCK_SIZES[0] <= block_size <= BLOCK_SIZES[1]
+        or block_size & (block_size - 1)
+    ):
+        raise ValueError(
+            f"{at}Invalid block_size: {block_size!r} "
+            f"(expected a power of two from {BLOCK_SIZES[0]} to {BLOCK_SIZES[1]})"
+        )
+    seed = group.get("rounding_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{at}Invalid rounding_seed: {seed!r} (expected an integer with 0 <= seed < 2**32)")
+    if precision == "8bit" and group.get("amsgrad", False):
+        raise ValueError(
+            f"{at}state_precision='8bit' does not support amsgrad=True (a running maximum of s re-quantized "
+            "blockwise can fall below a value it held); use state_precision='bf16' or 'fp32' with amsgrad"
+        )
+    if group.get("differentiable", False):
+        if precision in LOW_PRECISIONS:
+            raise ValueError(
+                f"{at}state_precision={precision!r} does not support differentiable=True (rounding the stored "
+                "state has no gradient); use state_precision=None or 'fp32'"
+            )
+        if group.get("stochastic_rounding", False):
+            raise ValueError(
+                f"{at}stochastic_rounding=True does not support differentiable=True (rounding has no gradient)"
+            )
 
 
 def validate_params(params: Any, where: str) -> list[Any]:
@@ -293,6 +347,21 @@ def validate_group_params(
                 f"some parameters appear in more than one parameter group: {where}['params'][{i}] is {seen[id(tensor)]}"
             )
         mine[id(tensor)] = i
+    precision = group.get("state_precision", None if defaults is None else defaults.get("state_precision"))
+    if isinstance(precision, str) and precision in LOW_PRECISIONS:
+        for i, entry in enumerate(listed):
+            tensor = entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry
+            if str(tensor.dtype) not in LOW_PRECISION_DTYPES:
+                raise ValueError(
+                    f"{where}['params'][{i}] has dtype {tensor.dtype}: state_precision={precision!r} takes "
+                    "float32, bfloat16 and float16 parameters (float64 and complex ones keep full-precision "
+                    "state: use state_precision=None or 'fp32' for their group)"
+                )
+            if tensor.device.type not in LOW_PRECISION_DEVICES:
+                raise ValueError(
+                    f"{where}['params'][{i}] is on {tensor.device.type}: state_precision={precision!r} runs on "
+                    f"{' and '.join(LOW_PRECISION_DEVICES[:2])} tensors"
+                )
     fused = group.get("fused", None if defaults is None else defaults.get("fused"))
     if _is_true(fused):
         _refuse_overlaps(
@@ -437,7 +506,7 @@ def validate_state_dict(
             if key in ids:
                 raise ValueError(f"{where}['params'][{pi}] repeats parameter id {key!r} of {ids[key]}")
             ids[key] = f"param_groups[{gi}]['params'][{pi}]"
-        ignored = ("params", "param_names")
+        ignored = ("params", "param_names", "state_dtype")  # state_dtype: a legacy key, dropped on load
         loaded = {
             **{k: v for k, v in group.items() if k not in ignored},
             **{k: v for k, v in saved.items() if k not in ignored},
@@ -448,7 +517,10 @@ def validate_state_dict(
                 {**loaded, **{k: group[k] for k in keep if k in group}},
                 where + " (with this optimizer's " + ", ".join(keep) + ")",
             )
+        precision, block_size = _same_precision(where, group, saved)
         needed = tuple(required) + (("max_exp_avg_sq",) if loaded.get("amsgrad") else ())
+        if precision == "8bit":
+            needed += ("exp_avg_absmax", "exp_avg_sq_absmax")
         for pi, (p, key) in enumerate(zip(group["params"], keys)):
             entry = state.get(key)
             if not entry:
@@ -461,6 +533,78 @@ def validate_state_dict(
                 raise ValueError(f"state_dict entry for {name} is missing {missing}")
             if "step" in entry:
                 _step_value(name, entry["step"])
+            if "rounding_seed" in entry:
+                _seed_value(name, entry["rounding_seed"])
+            if precision == "8bit":
+                _state_8bit(name, entry, p, block_size)
+                continue
             for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 if k in entry:
                     _state_tensor(name, k, entry[k], p)
+
+
+def _same_precision(where: str, group: Mapping[str, Any], saved: Mapping[str, Any]) -> tuple[Any, int]:
+    """The optimizer group's (state_precision, block_size), or ``ValueError`` when the saved
+    group's state is stored in another precision (None and "fp32" are both plain floating
+    state: the moments are recast on load, as ``torch.optim`` does)."""
+    mine, block = group.get("state_precision"), group.get("block_size", 256)
+    theirs, their_block = saved.get("state_precision"), saved.get("block_size", 256)
+    plain = (None, "fp32")
+    if (mine in plain and theirs in plain) or (mine == theirs and (mine != "8bit" or block == their_block)):
+        return mine, block
+    size = f", block_size={block}" if mine == "8bit" else ""
+    held = f"state_precision={theirs!r}" + (f" (block_size={their_block})" if theirs == "8bit" else "")
+    raise ValueError(
+        f"{where} holds optimizer state in {held}, but this optimizer's group has "
+        f"state_precision={mine!r}{f' (block_size={block})' if mine == '8bit' else ''}: convert it first with "
+        f"adamlab.convert_state_dict(state_dict, {mine!r}{size})"
+    )
+
+
+def _seed_value(name: str, value: Any) -> None:
+    import torch
+
+    ok = (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and not value.is_floating_point()
+        and not value.is_complex()
+    )
+    ok = ok and value.dtype is not torch.bool and value.device.type != "meta" and 0 <= int(value) < SEED_LIMIT
+    if not ok:
+        raise ValueError(
+            f"state_dict entry 'rounding_seed' for {name} is {_show(value)}: expected a 0-dim integer tensor "
+            "with 0 <= seed < 2**32"
+        )
+
+
+def _state_8bit(name: str, entry: Mapping[str, Any], p: Any, block_size: int) -> None:
+    """An 8-bit state: uint8 codes shaped like p, float32 absmax per block, finite and >= 0."""
+    import torch
+
+    local = p.to_local() if type(p).__name__ == "DTensor" else p
+    blocks = -(-local.numel() // block_size)
+    for k in ("exp_avg", "exp_avg_sq"):
+        value = entry[k]
+        what = f"state_dict entry {k!r} for {name}"
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.shape != p.shape:
+            shown = (
+                f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+                if isinstance(value, torch.Tensor)
+                else _show(value)
+            )
+            raise ValueError(
+                f"{what} is {shown}: state_precision='8bit' stores uint8 codes shaped like the parameter "
+                "(a state in another precision converts with adamlab.convert_state_dict)"
+            )
+        scale = entry[k + "_absmax"]
+        what = f"state_dict entry {k + '_absmax'!r} for {name}"
+        if not isinstance(scale, torch.Tensor) or not scale.is_floating_point() or tuple(scale.shape) != (blocks,):
+            shown = (
+                f"a {scale.dtype} tensor of shape {tuple(scale.shape)}"
+                if isinstance(scale, torch.Tensor)
+                else _show(scale)
+            )
+            raise ValueError(f"{what} is {shown}: expected float32 of shape ({blocks},), one per block of {block_size}")
+        if scale.device.type != "meta" and not bool((torch.isfinite(scale) & (scale >= 0)).all()):
+            raise ValueError(f"{what} holds a negative, inf or NaN scale: expected finite values >= 0")

@@ -193,6 +193,43 @@ def run_fsdp2_skip(rank: int, world: int, impl: str) -> dict[str, Any]:
     return {"steps": steps, "params": full_params(model)}
 
 
+# low-precision state (issue 14): the same seeds on every rank
+LOW_PRECISION = {"bf16": dict(state_precision="bf16"), "8bit": dict(state_precision="8bit", block_size=16)}
+
+
+def run_ddp_low(rank: int, world: int, impl: str, precision: str) -> dict[str, Any]:
+    """DDP with low-precision state: every rank draws the same stochastic-rounding bits, so
+    the replicas, parameters and stored state alike, stay identical."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import adamlab
+
+    model = DDP(make_model())
+    opt = adamlab.Yogi(model.parameters(), lr=LR, rounding_seed=5, **LOW_PRECISION[precision], **IMPLS[impl])
+    for i in range(STEPS):
+        step(model, opt, i, rank, world)
+    state = {f"{i}.{k}": v.clone() for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items()}
+    return {"params": full_params(model), "state": state}
+
+
+def run_fsdp2_low(rank: int, world: int, impl: str, precision: str) -> dict[str, Any]:
+    """FSDP2 with low-precision state: each rank's state is its local shard's (8-bit blocks
+    over the local shard, plain local absmax tensors)."""
+    import adamlab
+
+    model = _fsdp_model()
+    opt = adamlab.Yogi(model.parameters(), lr=LR, **LOW_PRECISION[precision], **IMPLS[impl])
+    for i in range(STEPS):
+        step(model, opt, i, rank, world)
+    layout = {}
+    for i, p in enumerate(model.parameters()):
+        for k, v in opt.state[p].items():
+            local = v.to_local() if hasattr(v, "to_local") else v
+            layout[f"{i}.{k}"] = (type(v).__name__, str(local.dtype), tuple(local.shape))
+    local_numels = [p.to_local().numel() for p in model.parameters()]
+    return {"params": full_params(model), "layout": layout, "local_numels": local_numels}
+
+
 def main(rank: int, world: int, init_file: str, out_dir: Path, only: list[str]) -> None:
     """Run the named scenarios (``name/impl``, in that order; all if none are named).
 
@@ -207,6 +244,10 @@ def main(rank: int, world: int, init_file: str, out_dir: Path, only: list[str]) 
         "zero": run_zero,
         "fsdp2": lambda r, w, i: run_fsdp2(r, w, i, out_dir),
         "fsdp2_skip": run_fsdp2_skip,
+        "ddp_bf16": lambda r, w, i: run_ddp_low(r, w, i, "bf16"),
+        "ddp_8bit": lambda r, w, i: run_ddp_low(r, w, i, "8bit"),
+        "fsdp2_bf16": lambda r, w, i: run_fsdp2_low(r, w, i, "bf16"),
+        "fsdp2_8bit": lambda r, w, i: run_fsdp2_low(r, w, i, "8bit"),
     }
     todo = only or [f"{name}/{impl}" for impl in available_impls() for name in runners]
     for item in todo:

@@ -274,3 +274,13 @@ def test_a_differing_field_is_named(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--epochs", "1", "--lr", "0.02", "--resume", "--out", str(out)])
     assert result.exit_code == 2
     assert "belongs to another configuration: lr 0.01 there, 0.02 here" in result.stderr, result.stderr
+
+
+def test_resume_without_checkpoint_every_saves_the_finished_run(tmp_path):
+    path = tmp_path / "scratch.ckpt"
+    middle = _mid_run_checkpoint(SCRATCH, path)
+    finished = run(SCRATCH, checkpoint=path, resume=True)  # no checkpoint_every
+    assert finished.resumed_at_step == middle["step"]
+    assert ckpt.load(path)["step"] == finished.steps  # not left at the old step
+    again = run(SCRATCH, checkpoint=path, resume=True)
+    assert again.resumed_at_step == again.steps and again.parameters == finished.parameters

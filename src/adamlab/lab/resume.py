@@ -30,7 +30,8 @@ def checkpoint_path(folder: str | Path, config: RunConfig) -> Path:
 
 class Checkpointing:
     """Save ``config``'s run to ``path`` every ``every`` steps (and at the end); with
-    ``resume``, continue from the checkpoint there if one exists. ``factory``: the run's
+    ``resume``, continue from the checkpoint there if one exists, and save at the end (also
+    when ``every`` is 0). ``factory``: the run's
     optimizer factory when it is not looked up by name (as :func:`adamlab.lab.loop.train`'s)."""
 
     def __init__(
@@ -80,7 +81,10 @@ class Checkpointing:
         )
 
     def after_step(self, session: Any, progress: Progress, total_steps: int) -> None:
-        if self.every and (progress.step % self.every == 0 or progress.step == total_steps):
+        # --resume alone keeps the checkpoint current at the end of the run (it was the run's
+        # way back in; left at its old step, the next --resume would redo the same work)
+        final = progress.step == total_steps and (self.every or self.resume)
+        if final or (self.every and progress.step % self.every == 0):
             payload = {
                 "config": asdict(self.config),
                 "data_sha1": self.data.sha1,

@@ -5,7 +5,8 @@ Every implementation of the update is a function with the signature of
 
     update(rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
            lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad,
-           maximize, bias_correction, capturable, grad_scale=None, found_inf=None)
+           maximize, bias_correction, capturable, grad_scale=None, found_inf=None,
+           low_precision=None)
 
 ``rule`` is ``"adam"`` or ``"yogi"``. The fused kernels are imported on first use, so a
 machine that cannot run them still runs everything else; where ``fused=True`` asks for a
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from adamlab.optim._dtensor import is_dtensor, local_shards
+from adamlab.optim.precision import LowPrecision
 
 IMPLEMENTATIONS = ("single_tensor", "differentiable", "foreach", "fused_cpu", "fused_cuda")
 
@@ -108,8 +110,13 @@ def adam_family_update(
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    low_precision: LowPrecision | None = None,
 ) -> None:
-    """Run one step of ``rule`` over the given tensors with the named implementation."""
+    """Run one step of ``rule`` over the given tensors with the named implementation.
+
+    ``low_precision`` (:class:`~adamlab.optim.precision.LowPrecision`) is passed on only when
+    given: the moments are stored in bf16 or 8 bits, or bfloat16 parameters are rounded
+    stochastically."""
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
     if bias_correction == "recursive" and implementation.startswith("fused"):
@@ -121,9 +128,11 @@ def adam_family_update(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     update = get_implementation(implementation)
+    extra = {} if low_precision is None else {"low_precision": low_precision}
     update(
         rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
         bias_correction=bias_correction, capturable=capturable, grad_scale=grad_scale, found_inf=found_inf,
+        **extra,
     )  # fmt: skip

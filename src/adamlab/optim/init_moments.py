@@ -167,15 +167,28 @@ def initialize_moments(optimizer: Optimizer, batches: Iterable[Batch], *, first_
         if counts[i] == 0:
             continue
         state = optimizer.state[p] if optimizer.state.get(p) else _new_state(optimizer, p, group)
-        _fill(state["exp_avg_sq"], sq_sums[i] / counts[i])
+        block = group.get("block_size", 256)
+        _fill(state, "exp_avg_sq", sq_sums[i] / counts[i], block)
         if "max_exp_avg_sq" in state:
-            _fill(state["max_exp_avg_sq"], sq_sums[i] / counts[i])
+            _fill(state, "max_exp_avg_sq", sq_sums[i] / counts[i], block)
         if first_moment:
-            _fill(state["exp_avg"], sums[i] / counts[i])
+            _fill(state, "exp_avg", sums[i] / counts[i], block)
     return k
 
 
-def _fill(target: Tensor, value: Tensor) -> None:
+def _fill(state: dict[str, Any], key: str, value: Tensor, block_size: int) -> None:
+    """Store ``value`` as the moment ``key``: in its dtype (to nearest), or as 8-bit codes and
+    block scales (``state_precision="8bit"``; blocks over the moment's memory order)."""
+    target = state[key]
+    if target.dtype == torch.uint8:
+        from adamlab.optim.precision import flat, quantize_blockwise, write_flat
+
+        values = torch.empty_like(target, dtype=torch.float32)
+        values.copy_(value.to(device=target.device, dtype=torch.float32).view(target.shape))
+        codes, absmax = quantize_blockwise(flat(values), block_size, signed=key == "exp_avg")
+        write_flat(target, codes)
+        state[key + "_absmax"].copy_(absmax)
+        return
     view = torch.view_as_real(target) if target.is_complex() else target
     view.copy_(value.to(device=view.device, dtype=view.dtype))
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from adamlab._moments import coefficients
+from adamlab.optim.precision import LowPrecision, low_precision_update
 
 
 def _times(a: Any, b: Any) -> Any:
@@ -121,16 +122,27 @@ def multi_tensor_update(
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    low_precision: LowPrecision | None = None,
 ) -> None:
+    """One step over every tensor at once (see the module docstring); ``low_precision``: the
+    moments decoded to float32, this same update, the moments encoded back
+    (:func:`adamlab.optim.precision.low_precision_update`)."""
     if grad_scale is not None or found_inf is not None:
         raise RuntimeError("the foreach implementation does not take grad_scale/found_inf")
+    if low_precision is not None:
+        return low_precision_update(
+            multi_tensor_update, rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+            low_precision=low_precision, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
+            bias_correction=bias_correction, capturable=capturable,
+        )  # fmt: skip
     if not params:
         return
     tensorlists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps]
     grouped = Optimizer._group_tensors_by_device_and_dtype(tensorlists)
     for (g_params, g_grads, g_exp_avgs, g_exp_avg_sqs, g_max, g_steps), _ in grouped.values():
         owned = g_params
-        if g_exp_avgs[0].dtype != g_params[0].dtype:  # state_dtype: math in the state's dtype
+        if g_exp_avgs[0].dtype != g_params[0].dtype:  # state_precision='fp32': math in the state's dtype
             g_params = [p.to(g_exp_avgs[0].dtype) for p in g_params]
             g_grads = [g.to(g_exp_avgs[0].dtype) for g in g_grads]
         if maximize:

@@ -22,12 +22,19 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
+from adamlab.optim import precision as lowp
 from adamlab.optim.functional import adam_family_update, choose
 from adamlab.validation import validate_group, validate_group_params, validate_params, validate_state_dict
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
-_RUN_KEYS = ("foreach", "fused", "capturable", "state_dtype")
+# and how the state is stored: a checkpoint in another precision is refused (convert_state_dict)
+_RUN_KEYS = ("foreach", "fused", "capturable", "state_precision", "block_size")
+# per-parameter state tensors that are not moments (kept in their own dtype on load)
+_ABSMAX_KEYS = ("exp_avg_absmax", "exp_avg_sq_absmax")
+_SEED = "rounding_seed"
+# hyperparameters loaded from a checkpoint, or kept where it lacks them (an older or torch one)
+_KEPT_IF_MISSING = ("stochastic_rounding", "rounding_seed")
 
 _grad = Tensor.grad.__get__
 _is_sparse = operator.attrgetter("is_sparse")
@@ -36,6 +43,21 @@ _exp_avg = operator.itemgetter("exp_avg")
 _exp_avg_sq = operator.itemgetter("exp_avg_sq")
 _max_exp_avg_sq = operator.itemgetter("max_exp_avg_sq")
 _step = operator.itemgetter("step")
+_seed = operator.itemgetter(_SEED)
+_v_absmax = operator.itemgetter("exp_avg_absmax")
+_s_absmax = operator.itemgetter("exp_avg_sq_absmax")
+_dtype = Tensor.dtype.__get__
+
+
+_BOOL_KEYS = (
+    "amsgrad",
+    "maximize",
+    "capturable",
+    "differentiable",
+    "decoupled_weight_decay",
+    "skip_nonfinite",
+    "stochastic_rounding",
+)
 
 
 class _AdamFamily(Optimizer):
@@ -62,7 +84,10 @@ class _AdamFamily(Optimizer):
         bias_correction: bool | str,
         initial_accumulator_value: float | None,
         initial_exp_avg_value: float,
-        state_dtype: torch.dtype | None,
+        state_precision: str | None,
+        stochastic_rounding: bool,
+        rounding_seed: int,
+        block_size: int,
         skip_nonfinite: bool,
     ) -> None:
         if initial_accumulator_value is None:
@@ -82,12 +107,16 @@ class _AdamFamily(Optimizer):
             bias_correction=bias_correction,
             initial_accumulator_value=initial_accumulator_value,
             initial_exp_avg_value=initial_exp_avg_value,
-            state_dtype=state_dtype,
+            state_precision=state_precision,
+            stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed,
+            block_size=block_size,
             skip_nonfinite=skip_nonfinite,
         )
         validate_group(defaults)  # all of it, before anything is converted or created
-        for key in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay", "skip_nonfinite"):
+        for key in _BOOL_KEYS:
             defaults[key] = bool(defaults[key])
+        defaults["rounding_seed"], defaults["block_size"] = int(rounding_seed), int(block_size)
         for key in ("eps", "weight_decay", "initial_accumulator_value", "initial_exp_avg_value"):
             defaults[key] = float(defaults[key])
         defaults["betas"] = _kept_betas(betas)
@@ -101,21 +130,17 @@ class _AdamFamily(Optimizer):
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in (
-                "amsgrad",
-                "maximize",
-                "capturable",
-                "differentiable",
-                "decoupled_weight_decay",
-                "skip_nonfinite",
-            ):
+            for key in _BOOL_KEYS:
                 group.setdefault(key, False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("bias_correction", True)
             group.setdefault("initial_accumulator_value", self._default_initial_accumulator_value)
             group.setdefault("initial_exp_avg_value", 0.0)
-            group.setdefault("state_dtype", None)
+            group.pop("state_dtype", None)  # replaced by state_precision
+            group.setdefault("state_precision", None)
+            group.setdefault("rounding_seed", 0)
+            group.setdefault("block_size", 256)
             for p in group["params"]:
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
@@ -135,10 +160,13 @@ class _AdamFamily(Optimizer):
         param_group["params"] = params  # checked, and a generator is read only once
         if "betas" in param_group:
             param_group["betas"] = _kept_betas(param_group["betas"])
+        for key in ("rounding_seed", "block_size"):  # a NumPy integer as a Python int (the hash wraps in int64)
+            if key in param_group:
+                param_group[key] = int(param_group[key])
         super().add_param_group(param_group)
 
     # ---- state ---------------------------------------------------------------------------
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+    def _init_state(self, p: Tensor, group: dict[str, Any], ordinal: int | None = None) -> dict[str, Tensor]:
         """The one function that creates a parameter's state (lazily, at its first step).
 
         Keys, shapes and dtypes follow ``torch.optim.Adam``: ``step`` is a 0-dim tensor,
@@ -148,26 +176,53 @@ class _AdamFamily(Optimizer):
         ``initial_exp_avg_value`` (v0, default 0) like p; ``exp_avg_sq`` (s) with
         ``initial_accumulator_value`` (s0) — both parts of a complex moment, since the
         update treats a complex parameter as its real view; ``max_exp_avg_sq`` (AMSGrad)
-        starts equal to s. The moments have p's dtype unless the group's ``state_dtype``
-        names another.
+        starts equal to s. The moments have p's dtype, or float32 with
+        ``state_precision="fp32"``.
+
+        ``state_precision="bf16"``: the moments are bfloat16 (v0 and s0 rounded to nearest);
+        ``"8bit"``: ``exp_avg``/``exp_avg_sq`` are uint8 codes shaped like p and
+        ``exp_avg_absmax``/``exp_avg_sq_absmax`` float32 scales, one per block of
+        ``block_size`` elements of p's memory order (of its local shard for a DTensor).
+        With either, or ``stochastic_rounding``, ``rounding_seed`` holds the parameter's own
+        seed (a 0-dim int64 CPU tensor): ``reference.parameter_seed(group seed, ordinal)``,
+        the ordinal being p's position in the state_dict's numbering.
         """
         state = self.state[p]
         on_device = group["capturable"] or group["fused"]
-        dtype = _moment_dtype(group, p)
+        precision = group["state_precision"]
         state["step"] = torch.zeros((), dtype=_step_dtype(group), device=p.device if on_device else "cpu")
-        for key, value in (
-            ("exp_avg", group["initial_exp_avg_value"]),
-            ("exp_avg_sq", group["initial_accumulator_value"]),
+        for key, value, signed in (
+            ("exp_avg", group["initial_exp_avg_value"], True),
+            ("exp_avg_sq", group["initial_accumulator_value"], False),
         ):
-            moment = state[key] = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+            if precision in lowp.LOW_PRECISIONS:
+                state[key], absmax = lowp.constant_state(p, value, precision, group["block_size"], signed)
+                if absmax is not None:
+                    state[key + "_absmax"] = absmax
+                continue
+            moment = state[key] = torch.empty_like(
+                p, dtype=_moment_dtype(group, p), memory_format=torch.preserve_format
+            )
             (torch.view_as_real(moment) if moment.is_complex() else moment).fill_(value)
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone(memory_format=torch.preserve_format)
+        if _needs_seed(group):
+            state[_SEED] = self._new_seed(p, group, ordinal)
         return state
 
-    def _gather(self, group: dict[str, Any]) -> tuple[tuple[list[Any], ...], list[Tensor]]:
+    def _ordinals(self) -> dict[int, int]:
+        """id(p) -> p's position in the state_dict numbering (across groups, in order)."""
+        return {id(q): i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
+
+    def _new_seed(self, p: Tensor, group: dict[str, Any], ordinal: int | None = None) -> Tensor:
+        if ordinal is None:
+            ordinal = self._ordinals()[id(p)]
+        return torch.tensor(lowp.parameter_seed(group["rounding_seed"], ordinal), dtype=torch.int64)
+
+    def _gather(self, group: dict[str, Any]) -> tuple[tuple[list[Any], ...], list[Tensor], lowp.LowPrecision | None]:
         """The group's parameters that have a gradient, their gradients and their state, as
-        parallel lists; and the parameters whose state this call created (their first step).
+        parallel lists; the parameters whose state this call created (their first step); and
+        the group's :class:`~adamlab.optim.precision.LowPrecision` record (None: plain state).
 
         Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
         params = group["params"]
@@ -181,12 +236,49 @@ class _AdamFamily(Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         states = list(map(self.state.__getitem__, params))  # a defaultdict: {} where new
         new = [] if all(states) else [p for p, s in zip(params, states) if not s]
-        for p in new:
-            self._init_state(p, group)
+        if new:
+            ordinals = self._ordinals() if _needs_seed(group) else {}
+            for p in new:
+                self._init_state(p, group, ordinals.get(id(p)))
         exp_avgs = list(map(_exp_avg, states))
         exp_avg_sqs = list(map(_exp_avg_sq, states))
         maxes = list(map(_max_exp_avg_sq, states)) if group["amsgrad"] else []
-        return (params, grads, exp_avgs, exp_avg_sqs, maxes, list(map(_step, states))), new
+        tensors = (params, grads, exp_avgs, exp_avg_sqs, maxes, list(map(_step, states)))
+        return tensors, new, self._low_precision(group, params, states, exp_avgs)
+
+    def _low_precision(
+        self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]], exp_avgs: list[Tensor]
+    ) -> lowp.LowPrecision | None:
+        """The record an implementation needs for a group with low-precision state or
+        stochastic rounding (None otherwise); refuses a state stored in another precision
+        than the group's (its ``state_precision`` changed after the state was created)."""
+        precision = group["state_precision"]
+        dtypes = set(map(_dtype, exp_avgs))
+        expected = {"8bit": torch.uint8, "bf16": torch.bfloat16}.get(precision)
+        if (expected is not None and dtypes - {expected}) or (expected is None and torch.uint8 in dtypes):
+            raise ValueError(
+                f"the state of some parameters is stored as {sorted(map(str, dtypes))}, not as the group's "
+                f"state_precision={precision!r}: state_precision cannot change after the first step; convert a "
+                f"state_dict with adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
+            )
+        if not _needs_seed(group) or not params:
+            return None
+        if not all(
+            map(operator.contains, states, repeat(_SEED))
+        ):  # stochastic_rounding turned on later, a torch checkpoint
+            ordinals = self._ordinals()
+            for p, state in zip(params, states):
+                if _SEED not in state:
+                    state[_SEED] = self._new_seed(p, group, ordinals[id(p)])
+        eight = precision == "8bit"
+        return lowp.LowPrecision(
+            precision=precision if precision in lowp.LOW_PRECISIONS else None,
+            block_size=group["block_size"],
+            stochastic_rounding=group["stochastic_rounding"],
+            seeds=list(map(int, map(_seed, states))),
+            exp_avg_absmax=list(map(_v_absmax, states)) if eight else [],
+            exp_avg_sq_absmax=list(map(_s_absmax, states)) if eight else [],
+        )
 
     # ---- the step ------------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -198,9 +290,9 @@ class _AdamFamily(Optimizer):
         # as torch: autograd records the update only with differentiable=True
         with torch.set_grad_enabled(self.defaults["differentiable"]):
             for group in self.param_groups:
-                tensors, new = self._gather(group)
+                tensors, new, low_precision = self._gather(group)
                 try:
-                    self._step_group(group, tensors, new)
+                    self._step_group(group, tensors, new, low_precision)
                 except BaseException:
                     # a group that cannot step (fused=True on meta tensors, ...) keeps no state
                     # created for it that never stepped: those parameters are as if this step
@@ -212,7 +304,13 @@ class _AdamFamily(Optimizer):
                     raise
         return loss
 
-    def _step_group(self, group: dict[str, Any], tensors: tuple[Any, ...], new: list[Tensor]) -> None:
+    def _step_group(
+        self,
+        group: dict[str, Any],
+        tensors: tuple[Any, ...],
+        new: list[Tensor],
+        low_precision: lowp.LowPrecision | None = None,
+    ) -> None:
         """One step of one group over its gathered tensors: pick the implementation, call it."""
         if not tensors[0]:
             return
@@ -268,6 +366,7 @@ class _AdamFamily(Optimizer):
             maximize=group["maximize"],
             bias_correction=group["bias_correction"],
             capturable=group["capturable"],
+            low_precision=low_precision,
         )
 
     def initialize_moments(self, batches: Iterable[Any], *, first_moment: bool = False) -> int:
@@ -289,15 +388,21 @@ class _AdamFamily(Optimizer):
         anything is changed (structure, group and parameter counts, every group's
         hyperparameters by the constructor's rules, each state's keys, a step that is a
         count, finite moments shaped like their parameter, second moments >= 0): the first
-        problem raises ``ValueError`` naming the group and parameter; nothing is half-loaded. Unlike
+        problem raises ``ValueError`` naming the group and parameter; nothing is half-loaded. A
+        state stored in another ``state_precision`` (or 8-bit ``block_size``) is refused, naming
+        both and :func:`adamlab.convert_state_dict`, which converts it (None and ``"fp32"``
+        are both plain floating state and load into each other, recast). Unlike
         ``torch.optim.Optimizer``, the loaded state never aliases the tensors of the
         ``state_dict`` passed in (stepping does not write into the caller's dict).
         """
         validate_state_dict(self, state_dict, keep=_RUN_KEYS, required=_STATE_KEYS)
-        ours = [{k: group[k] for k in _RUN_KEYS} for group in self.param_groups]
+        ours = [{k: group[k] for k in _RUN_KEYS + _KEPT_IF_MISSING} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
             group.update(keep)
+            for k in _KEPT_IF_MISSING:  # a checkpoint without them (torch.optim.Adam's) keeps ours
+                if k not in saved_group:
+                    group[k] = keep[k]
             for p, key in zip(group["params"], saved_group["params"]):
                 state, saved = self.state.get(p), state_dict["state"].get(key)
                 if not state or saved is None:
@@ -309,12 +414,18 @@ class _AdamFamily(Optimizer):
                     state["step"] = step.to(
                         device="cpu", dtype=step.dtype if step.is_floating_point() else _step_dtype(group)
                     )
-                if group["state_dtype"] is not None:
-                    # torch cast the moments to p's dtype: recast from the saved values, not the
-                    # cast ones, by the rule that created them (a complex p keeps complex moments)
+                if group["state_precision"] is not None:
+                    # torch cast every floating tensor to p's dtype: recast from the saved values,
+                    # not the cast ones, by the rule that created them (a complex p keeps complex
+                    # moments; 8-bit codes are not floating and kept their dtype)
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                         if k in saved:
                             state[k] = saved[k].to(device=p.device, dtype=_moment_dtype(group, p))
+                    for k in _ABSMAX_KEYS:
+                        if k in saved:
+                            state[k] = saved[k].to(device=lowp._local(p).device, dtype=torch.float32)
+                if _SEED in saved:  # torch moved it to p's device
+                    state[_SEED] = saved[_SEED].to(device="cpu", dtype=torch.int64)
                 for k, value in state.items():
                     # torch's .to() returns the caller's own tensor when nothing changes: stepping
                     # would then write into the state_dict the caller passed in. Own our state.
@@ -331,10 +442,17 @@ def _has_stepped(state: dict[str, Any] | None) -> bool:
 
 
 def _moment_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
-    """The dtype of p's moments: the group's ``state_dtype``, else p's; a complex p keeps its
-    complex dtype when ``state_dtype`` is real (the update treats it as its real view)."""
-    dtype = group["state_dtype"] or p.dtype
-    return p.dtype if p.is_complex() and not dtype.is_complex else dtype
+    """The dtype of p's moments: bfloat16 (``"bf16"``), uint8 codes (``"8bit"``), float32
+    (``"fp32"``) or p's (None); a complex p keeps its complex dtype (the update treats it as
+    its real view; low precisions refuse it)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "8bit": torch.uint8}.get(group["state_precision"], p.dtype)
+    return p.dtype if p.is_complex() else dtype
+
+
+def _needs_seed(group: dict[str, Any]) -> bool:
+    """Whether the group's states hold a ``rounding_seed``: low-precision moments, or
+    stochastic rounding of bfloat16 parameters."""
+    return group["state_precision"] in lowp.LOW_PRECISIONS or bool(group["stochastic_rounding"])
 
 
 def _step_dtype(group: dict[str, Any]) -> torch.dtype:
@@ -391,8 +509,28 @@ _ARGS = """
         initial_accumulator_value: s0, the value s starts from (default: {s0}).
         initial_exp_avg_value: v0, the value v starts from (default: 0.0; optax's and
             TF-Addons' Yogi start both moments at 1e-6). A finite number >= 0.
-        state_dtype: dtype of v and s (default: None, the parameter's). ``torch.float32``
-            for bf16/fp16 parameters keeps the moments, and the math, in fp32.
+        state_precision: how v and s are stored (default: None). ``None``: in the
+            parameter's dtype; ``"fp32"``: float32, the math in float32 too (for bf16/fp16
+            parameters); ``"bf16"``: bfloat16 (4 B per parameter), rounded stochastically at
+            every step so that the stored moments stay unbiased; ``"8bit"``: 8-bit codes in
+            blocks of ``block_size`` elements, each block scaled by its absmax (2 + 8/B B per
+            parameter: 2.03 B at B = 256), a signed map for v and an unsigned one for s. With
+            ``"bf16"``/``"8bit"`` the update runs in float32 on the decoded moments, for
+            float32, bfloat16 and float16 parameters (float64 and complex ones are refused),
+            not with ``differentiable=True``; ``"8bit"`` not with ``amsgrad=True``. The
+            formats: :mod:`adamlab.reference` and docs/precision.md.
+        stochastic_rounding: write bfloat16 *parameters* back with stochastic rounding
+            (the update in float32; no fp32 master copy needed): a change smaller than
+            half a bfloat16 ulp still moves the parameter on average. Parameters of other
+            dtypes are unaffected (default: False).
+        rounding_seed: seed of the counter-based random bits of stochastic rounding,
+            0 <= seed < 2**32 (default: 0). Parameter i (state_dict numbering) draws with
+            ``reference.parameter_seed(rounding_seed, i)``, kept in its state as
+            ``rounding_seed``: the same on every DDP rank, and a resumed run continues bit
+            for bit.
+        block_size: elements per 8-bit block, a power of two from 16 to 8192 (default:
+            256); blocks run over each parameter's memory order (its local shard's under
+            FSDP2) and never straddle two parameters.
         skip_nonfinite: skip the whole step of a group (parameters, state and step
             count unchanged) when any gradient holds inf or NaN (default: False: like
             torch, non-finite gradients then propagate into the parameters).
@@ -402,7 +540,12 @@ _ARGS = """
 
     State per parameter (as ``torch.optim.Adam``): ``step`` (0-dim tensor, float32, or
     float64 under a float64 default dtype unless fused; a loaded step keeps its dtype),
-    ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad).
+    ``exp_avg`` (v), ``exp_avg_sq`` (s), ``max_exp_avg_sq`` (with amsgrad); with
+    ``state_precision="8bit"`` v and s are uint8 codes and ``exp_avg_absmax``,
+    ``exp_avg_sq_absmax`` their float32 block scales; with ``"bf16"``/``"8bit"`` or
+    ``stochastic_rounding``, ``rounding_seed`` (0-dim int64). A checkpoint loads only into
+    the same precision: :func:`adamlab.convert_state_dict` converts between precisions and
+    to and from ``torch.optim.Adam``'s fp32 state.
 """
 
 
@@ -442,7 +585,10 @@ class Adam(_AdamFamily):
         bias_correction: bool | str = True,
         initial_accumulator_value: float = 0.0,
         initial_exp_avg_value: float = 0.0,
-        state_dtype: torch.dtype | None = None,
+        state_precision: str | None = None,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
+        block_size: int = 256,
         skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(
@@ -450,7 +596,8 @@ class Adam(_AdamFamily):
             capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
             initial_accumulator_value=initial_accumulator_value, initial_exp_avg_value=initial_exp_avg_value,
-            state_dtype=state_dtype, skip_nonfinite=skip_nonfinite,
+            state_precision=state_precision, stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed, block_size=block_size, skip_nonfinite=skip_nonfinite,
         )  # fmt: skip
 
 
@@ -492,7 +639,10 @@ class Yogi(_AdamFamily):
         bias_correction: bool | str = True,
         initial_accumulator_value: float = 1e-6,
         initial_exp_avg_value: float = 0.0,
-        state_dtype: torch.dtype | None = None,
+        state_precision: str | None = None,
+        stochastic_rounding: bool = False,
+        rounding_seed: int = 0,
+        block_size: int = 256,
         skip_nonfinite: bool = False,
     ) -> None:
         super().__init__(
@@ -500,5 +650,6 @@ class Yogi(_AdamFamily):
             capturable=capturable, differentiable=differentiable, fused=fused,
             decoupled_weight_decay=decoupled_weight_decay, bias_correction=bias_correction,
             initial_accumulator_value=initial_accumulator_value, initial_exp_avg_value=initial_exp_avg_value,
-            state_dtype=state_dtype, skip_nonfinite=skip_nonfinite,
+            state_precision=state_precision, stochastic_rounding=stochastic_rounding,
+            rounding_seed=rounding_seed, block_size=block_size, skip_nonfinite=skip_nonfinite,
         )  # fmt: skip
