@@ -137,6 +137,14 @@ struct Rule {
     if (l2 != (M)0) g += l2 * theta;  // as the reference: no term at all when λ = 0 (0·NaN is NaN)
     return g;
   }
+  // The same with λ ≠ 0 known at compile time (L2): loops instantiated for both skip the
+  // per-element select that the vectorized test above becomes.
+  template <bool L2>
+  inline M gradient(M g, M theta) const {
+    g = g * grad_mul;
+    if (L2) g += l2 * theta;
+    return g;
+  }
   inline M first(M v, M g) const { return v + w1 * (g - v); }  // v ← β1 v + (1-β1) g, as torch's lerp
   template <bool YOGI>
   inline M second(M s, M g) const {
@@ -374,20 +382,19 @@ inline void store_rounded(P* p, int64_t i, M x, uint32_t key, uint32_t low) {
 // Element by element: bfloat16 moments rounded stochastically (SR_STATE), or moments in their
 // own dtype with bfloat16 parameters rounded stochastically (SR_PARAM), or both. The pointers
 // start at `begin` and a 32-bit counter walks the chunk: it is also the low half of the index.
-template <typename P, typename S, typename M, bool SR_STATE, bool SR_PARAM, bool YOGI, bool AMSGRAD>
-ADAMLAB_CLONES void lp_range(const Tensors& x, int64_t begin, int64_t end, int64_t, const Keys& key, const Coef& k,
-                             const Options& o) {
+template <typename P, typename S, typename M, bool SR_STATE, bool SR_PARAM, bool YOGI, bool AMSGRAD, bool L2>
+__attribute__((always_inline)) inline void lp_loop(const Tensors& x, int64_t begin, int64_t end, const Keys& key,
+                                                   const Rule<M>& r) {
   P* __restrict__ param = (P*)x.param + begin;
   const P* __restrict__ grad = (const P*)x.grad + begin;
   S* __restrict__ exp_avg = (S*)x.v + begin;
   S* __restrict__ exp_avg_sq = (S*)x.s + begin;
   S* __restrict__ max_exp_avg_sq = AMSGRAD ? (S*)x.s_max + begin : nullptr;
-  const Rule<M> r(k, o);
   const uint32_t key_v = key.v, key_s = key.s, key_max = key.s_max, key_param = key.param, low = (uint32_t)begin;
   const int32_t n = (int32_t)(end - begin);
   for (int32_t i = 0; i < n; ++i) {
     M theta = load<P, M>(param, i) * r.decay;
-    M g = r.gradient(load<P, M>(grad, i), theta);
+    M g = r.template gradient<L2>(load<P, M>(grad, i), theta);
     M v = r.first(load<S, M>(exp_avg, i), g);
     M s = r.template second<YOGI>(load<S, M>(exp_avg_sq, i), g);
     M s_used = s;
@@ -403,13 +410,22 @@ ADAMLAB_CLONES void lp_range(const Tensors& x, int64_t begin, int64_t end, int64
   }
 }
 
+template <typename P, typename S, typename M, bool SR_STATE, bool SR_PARAM, bool YOGI, bool AMSGRAD>
+ADAMLAB_CLONES void lp_range(const Tensors& x, int64_t begin, int64_t end, int64_t, const Keys& key, const Coef& k,
+                             const Options& o) {
+  const Rule<M> r(k, o);
+  if (r.l2 != (M)0)
+    lp_loop<P, S, M, SR_STATE, SR_PARAM, YOGI, AMSGRAD, true>(x, begin, end, key, r);
+  else
+    lp_loop<P, S, M, SR_STATE, SR_PARAM, YOGI, AMSGRAD, false>(x, begin, end, key, r);
+}
+
 // 8-bit blockwise moments, block by block: decode, update, keep the new values and their
 // absmax; then encode them (the absmax is only known once the whole block is updated).
-template <typename P, bool SR_PARAM, bool YOGI>
-ADAMLAB_CLONES void block8_range(const Tensors& x, int64_t begin, int64_t end, int64_t block, const Keys& key,
-                                 const Coef& k, const Options& o) {
+template <typename P, bool SR_PARAM, bool YOGI, bool L2>
+__attribute__((always_inline)) inline void block8_loop(const Tensors& x, int64_t begin, int64_t end, int64_t block,
+                                                       const Keys& key, const Rule<float>& r) {
   alignas(64) float new_v[kMaxBlock], new_s[kMaxBlock];
-  const Rule<float> r(k, o);
   const uint32_t key_param = key.param;
   for (int64_t b0 = begin; b0 < end; b0 += block) {
     P* __restrict__ param = (P*)x.param + b0;
@@ -423,7 +439,7 @@ ADAMLAB_CLONES void block8_range(const Tensors& x, int64_t begin, int64_t end, i
     uint32_t max_v = 0, max_s = 0;
     for (int32_t i = 0; i < n; ++i) {
       float theta = load<P, float>(param, i) * r.decay;
-      float g = r.gradient(load<P, float>(grad, i), theta);
+      float g = r.template gradient<L2>(load<P, float>(grad, i), theta);
       float v = r.first(decode_v(code_v[i]) * absmax_v, g);  // map[code]·absmax, one product
       float s = r.template second<YOGI>(decode_s(code_s[i]) * absmax_s, g);
       store_rounded<P, float, SR_PARAM>(param, i, r.parameter_by_product(theta, v, s), key_param, low + (uint32_t)i);
@@ -436,6 +452,16 @@ ADAMLAB_CLONES void block8_range(const Tensors& x, int64_t begin, int64_t end, i
     encode_block<true>(new_v, code_v, n, max_v, x.v_absmax + q);
     encode_block<false>(new_s, code_s, n, max_s, x.s_absmax + q);
   }
+}
+
+template <typename P, bool SR_PARAM, bool YOGI>
+ADAMLAB_CLONES void block8_range(const Tensors& x, int64_t begin, int64_t end, int64_t block, const Keys& key,
+                                 const Coef& k, const Options& o) {
+  const Rule<float> r(k, o);
+  if (r.l2 != 0.0f)
+    block8_loop<P, SR_PARAM, YOGI, true>(x, begin, end, block, key, r);
+  else
+    block8_loop<P, SR_PARAM, YOGI, false>(x, begin, end, block, key, r);
 }
 
 typedef void (*LowFn)(const Tensors&, int64_t, int64_t, int64_t, const Keys&, const Coef&, const Options&);
