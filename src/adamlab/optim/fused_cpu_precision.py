@@ -113,12 +113,16 @@ def _check_record(lp: LowPrecision, n: int, amsgrad: bool) -> None:
 def _prepare(lists: list[list[Tensor]], steps: list[Tensor], lp: LowPrecision, ordinals: list[int]) -> dict:
     """Check the tensors of the low-precision call and lay them out for the kernel; nothing is
     written. Returns the calls by (parameter dtype, state dtype): which tensors (positions in
-    ``lists`` and ``ordinals``, their positions in the record's lists), their tensors (possibly
-    memory-order copies) row by row, and the copies to write back."""
+    ``lists``; ``ordinals``: their positions in the record's lists), the tensors of each kind
+    (θ, g, v, s, max s, then 8-bit's absmax; possibly memory-order copies) as columns, and the
+    copies to write back."""
     if not lists[0]:
         return {}
-    fused_cpu._check_sizes(lists)
     fused_cpu._check_steps(lists[0], steps)
+    common = _common(lists, lp, ordinals)
+    if common is not None:
+        return common
+    fused_cpu._check_sizes(lists)
     params, exp_avgs = lists[0], lists[2]
     want = _STATE_DTYPES.get(lp.precision)
     calls: dict[tuple[torch.dtype, torch.dtype], dict[str, list]] = {}
@@ -135,20 +139,59 @@ def _prepare(lists: list[list[Tensor]], steps: list[Tensor], lp: LowPrecision, o
             )
         if lp.precision is None and v.dtype not in fused_cpu._DTYPE_CODES:
             raise RuntimeError(f"the fused CPU implementation does not support {p.dtype} parameters with {v.dtype} state")
-        call = calls.setdefault((p.dtype, v.dtype), {"where": [], "ordinals": [], "rows": [], "back": []})
         tensors, back = _in_memory_order([lst[i] for lst in lists])
         if lp.precision == "8bit":
             tensors += [_absmax(lst[ordinals[i]], p, lp.block_size, name, ordinals[i]) for lst, name in (
                 (lp.exp_avg_absmax, "exp_avg_absmax"), (lp.exp_avg_sq_absmax, "exp_avg_sq_absmax"))]  # fmt: skip
+        if any(x.data_ptr() == 0 for x in tensors) and p.numel():
+            raise RuntimeError(f"the fused CPU implementation needs tensors with storage, got a {type(p).__name__}")
+        call = calls.setdefault((p.dtype, v.dtype), {"where": [], "ordinals": [], "columns": [], "back": []})
+        if not call["columns"]:
+            call["columns"] = [[] for _ in tensors]
+        for column, x in zip(call["columns"], tensors):
+            column.append(x)
         call["where"].append(i)
         call["ordinals"].append(ordinals[i])
-        call["rows"].append(tensors)
         call["back"].extend(back)
-    for call in calls.values():
-        for tensors in call["rows"]:
-            if any(x.data_ptr() == 0 for x in tensors) and tensors[0].numel():
-                raise RuntimeError("the fused CPU implementation needs tensors with storage")
     return calls
+
+
+def _common(lists: list[list[Tensor]], lp: LowPrecision, ordinals: list[int]) -> dict | None:
+    """The usual call -- one parameter dtype that the precision takes, its gradients in it, the
+    state in the precision's dtype, everything contiguous on the CPU with storage, of the right
+    sizes -- checked on whole lists (one C-level call per property, no Python statement per
+    tensor) and returned as one call; None for anything else (checked tensor by tensor)."""
+    params, grads, exp_avgs = lists[0], lists[1], lists[2]
+    state = [x for lst in lists[2:] for x in lst]
+    p_dtypes, s_dtypes = set(map(fused_cpu._dtype, params + grads)), set(map(fused_cpu._dtype, state))
+    if len(p_dtypes) != 1 or len(s_dtypes) != 1:
+        return None
+    (p_dtype,), (s_dtype,) = p_dtypes, s_dtypes
+    want = _STATE_DTYPES.get(lp.precision)
+    if (lp.precision is not None and p_dtype not in _PARAM_DTYPES) or (want is not None and s_dtype != want):
+        return None
+    if lp.precision is None and s_dtype not in fused_cpu._DTYPE_CODES:
+        return None
+    numels = list(map(fused_cpu._numel, params))
+    flat = params + grads + state
+    if list(map(fused_cpu._numel, flat[len(params) :])) != numels * (len(lists) - 1):
+        return None
+    columns = list(lists)
+    if lp.precision == "8bit":
+        absmax = [pick(lp.exp_avg_absmax, ordinals), pick(lp.exp_avg_sq_absmax, ordinals)]
+        blocks = [-(-n // lp.block_size) for n in numels]
+        if any(list(map(fused_cpu._numel, lst)) != blocks for lst in absmax):
+            return None
+        if set(map(fused_cpu._dtype, absmax[0] + absmax[1])) != {torch.float32}:
+            return None
+        flat = flat + absmax[0] + absmax[1]
+        columns += absmax
+    if not (all(map(fused_cpu._is_cpu, flat)) and all(map(fused_cpu._is_contiguous, flat))):
+        return None
+    if 0 in map(fused_cpu._data_ptr, flat):
+        return None  # empty tensors, or one without storage: the checks tensor by tensor
+    return {(p_dtype, s_dtype): {"where": list(range(len(params))), "ordinals": ordinals, "columns": columns,
+                                 "back": []}}  # fmt: skip
 
 
 def _absmax(x: Tensor, p: Tensor, block_size: int, name: str, ordinal: int) -> Tensor:
@@ -197,18 +240,18 @@ def _run(rule: str, calls: dict, steps: list[Tensor], lp: LowPrecision, *, amsgr
         lib, steps, lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"], bias_correction=hyper["bias_correction"]
     )
     for (p_dtype, s_dtype), call in calls.items():
-        where, rows = call["where"], call["rows"]
+        where, columns = call["where"], call["columns"]
         options[6], options[7] = fused_cpu._DTYPE_CODES[p_dtype], _U8 if s_dtype == torch.uint8 else fused_cpu._DTYPE_CODES[s_dtype]
         # the kernel's table: sizes; addresses of θ, g, v, s (, max s); seeds; new step
         # counts; for 8-bit the addresses of v's and s's absmax
-        columns = 5 if amsgrad else 4
-        table = array("q", (row[0].numel() for row in rows))
-        for k in range(columns):
-            table.extend(row[k].data_ptr() for row in rows)
-        table.extend(lp.seeds[ordinal] for ordinal in call["ordinals"])
+        state_columns = 5 if amsgrad else 4
+        table = array("q", map(fused_cpu._numel, columns[0]))
+        for column in columns[:state_columns]:
+            table.extend(map(fused_cpu._data_ptr, column))
+        table.extend(map(lp.seeds.__getitem__, call["ordinals"]))
         table.extend(int(t[i]) for i in where)
-        for k in range(columns, len(rows[0])):
-            table.extend(row[k].data_ptr() for row in rows)
+        for column in columns[state_columns:]:
+            table.extend(map(fused_cpu._data_ptr, column))
         sub = None if index is None else array("q", map(index.__getitem__, where))
         fused_cpu._call(lib, table, len(where), coefs, sub, fused_cpu._OPTIONS.pack(*options), low)
         for dst, copy in call["back"]:
