@@ -20,6 +20,11 @@ which checks the file first. Where the library is missing or damaged, :func:`loa
 ``RuntimeError`` saying why (the dispatcher then warns once and runs the foreach path).
 Nothing here runs a compiler.
 
+Low-precision state (``low_precision=``, a :class:`~adamlab.optim.precision.LowPrecision`
+record: bfloat16 or 8-bit moments, stochastically rounded bfloat16 parameters) takes the same
+kernel call with more table rows; see :mod:`adamlab.optim.fused_cpu_precision`. Without the
+record this module's path is unchanged.
+
 AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never written); a
 nonzero ``found_inf`` skips the whole step, step counts included, as torch's fused Adam does.
 """

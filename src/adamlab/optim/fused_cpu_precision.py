@@ -138,7 +138,9 @@ def _prepare(lists: list[list[Tensor]], steps: list[Tensor], lp: LowPrecision, o
                 f"{ordinals[i]} is {v.dtype}"
             )
         if lp.precision is None and v.dtype not in fused_cpu._DTYPE_CODES:
-            raise RuntimeError(f"the fused CPU implementation does not support {p.dtype} parameters with {v.dtype} state")
+            raise RuntimeError(
+                f"the fused CPU implementation does not support {p.dtype} parameters with {v.dtype} state"
+            )
         tensors, back = _in_memory_order([lst[i] for lst in lists])
         if lp.precision == "8bit":
             tensors += [_absmax(lst[ordinals[i]], p, lp.block_size, name, ordinals[i]) for lst, name in (
@@ -161,7 +163,7 @@ def _common(lists: list[list[Tensor]], lp: LowPrecision, ordinals: list[int]) ->
     state in the precision's dtype, everything contiguous on the CPU with storage, of the right
     sizes -- checked on whole lists (one C-level call per property, no Python statement per
     tensor) and returned as one call; None for anything else (checked tensor by tensor)."""
-    params, grads, exp_avgs = lists[0], lists[1], lists[2]
+    params, grads = lists[0], lists[1]
     state = [x for lst in lists[2:] for x in lst]
     p_dtypes, s_dtypes = set(map(fused_cpu._dtype, params + grads)), set(map(fused_cpu._dtype, state))
     if len(p_dtypes) != 1 or len(s_dtypes) != 1:
@@ -241,7 +243,8 @@ def _run(rule: str, calls: dict, steps: list[Tensor], lp: LowPrecision, *, amsgr
     )
     for (p_dtype, s_dtype), call in calls.items():
         where, columns = call["where"], call["columns"]
-        options[6], options[7] = fused_cpu._DTYPE_CODES[p_dtype], _U8 if s_dtype == torch.uint8 else fused_cpu._DTYPE_CODES[s_dtype]
+        options[6] = fused_cpu._DTYPE_CODES[p_dtype]
+        options[7] = _U8 if s_dtype == torch.uint8 else fused_cpu._DTYPE_CODES[s_dtype]
         # the kernel's table: sizes; addresses of θ, g, v, s (, max s); seeds; new step
         # counts; for 8-bit the addresses of v's and s's absmax
         state_columns = 5 if amsgrad else 4

@@ -5,6 +5,11 @@
 // write θ, v, s. Work is split into fixed-size chunks *across* tensors, so many small
 // tensors cost one parallel region, not one dispatch each.
 //
+// Low-precision state (adamlab.reference, "low-precision state"): the same walk, decoding
+// bfloat16 or 8-bit blockwise moments to fp32 and encoding the new ones (stochastic rounding
+// from counter-based random bits; blocks of B elements, B dividing a chunk, so a block never
+// straddles two tensors or two threads); see the section of that name below.
+//
 // The math is adamlab.reference.step, term for term. The per-step numbers arrive as
 // `adamlab_coefficients` records, computed in Python by adamlab._moments.coefficients
 // (the same field names): this file never computes 1-β^t.
