@@ -9,6 +9,12 @@ runs everything else without it.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
+
+Low-precision state (``low_precision=``, a :class:`adamlab.optim.precision.LowPrecision`)
+uses the same kernel, specialised: bfloat16 moments rounded stochastically, 8-bit blockwise
+moments (one program per block of ``block_size`` elements, so the table's chunks are the
+blocks and a block never straddles two tensors), and stochastically rounded bfloat16
+parameters. The table then carries three more rows: the seeds and the absmax addresses.
 """
 
 from __future__ import annotations
@@ -28,15 +34,28 @@ import torch
 from torch import Tensor
 
 from adamlab._moments import coefficients
+from adamlab.optim.precision import LowPrecision
 
 # One program per BLOCK elements; 4 warps move 16 bytes per load per thread in float32.
 # Fixed on purpose: an autotuner would re-run this in-place kernel and apply the update
 # several times (see STYLE.md, lion-pytorch).
 BLOCK = 1024
 NUM_WARPS = 4
+# 8-bit state: a program per block of block_size elements (16..8192), a warp per 256 of them
+# (8 elements per thread, as BLOCK = 1024 with 4 warps), at most 16 warps: an 8192 block
+# would otherwise hold 64 elements of each of p, g, v and s per thread in registers.
+BLOCK_SIZES = range(4, 14)  # log2 of the block sizes the kernel takes
+MOMENTS = {None: 0, "bf16": 1, "8bit": 2}  # the kernel's MOMENTS for a LowPrecision.precision
+
+
+def _warps(block: int) -> int:
+    return min(16, max(1, block // 256))
+
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
 _SUPPORTED_SET = set(_SUPPORTED)
+_STATE_DTYPES = {0: _SUPPORTED_SET, 1: {torch.bfloat16}, 2: {torch.uint8}}  # the moments' dtypes, by MOMENTS
+_INT = {int}
 
 _modules: dict[bool, ModuleType] = {}
 _lock = threading.Lock()
@@ -75,6 +94,7 @@ def kernel_module(interpret: bool) -> ModuleType:
                     os.environ["TRITON_INTERPRET"] = previous
         _modules[interpret] = module
         _TL_DTYPES.update({dtype: getattr(module.tl, str(dtype).removeprefix("torch.")) for dtype in _SUPPORTED})
+        _TL_DTYPES[torch.uint8] = module.tl.uint8  # 8-bit state codes
     return module
 
 
@@ -98,8 +118,9 @@ def _same_dense_layout(tensors: list[Tensor]) -> bool:
     return True
 
 
-def _check(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int]]:
-    """Check every tensor; the positions of the tensors, by (device, dtypes) of one launch."""
+def _check(lists: tuple[list[Tensor], ...], state_dtypes: set = _SUPPORTED_SET) -> dict[tuple, list[int]]:
+    """Check every tensor; the positions of the tensors, by (device, dtypes) of one launch.
+    ``state_dtypes``: what the moments may be (low-precision state: bfloat16 or uint8 only)."""
     params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
@@ -112,10 +133,13 @@ def _check(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int]]:
         if grads[i].layout != torch.strided:
             raise RuntimeError(f"fused_cuda does not support sparse gradients; {where} has a {grads[i].layout} one")
         p, g, v, s, m = (_real(t) for t in (p, grads[i], exp_avgs[i], exp_avg_sqs[i], maxes[i]))
-        if p.dtype not in _SUPPORTED or g.dtype not in _SUPPORTED or v.dtype not in _SUPPORTED:
+        if p.dtype not in _SUPPORTED or g.dtype not in _SUPPORTED or v.dtype not in state_dtypes:
+            allowed = (
+                "float32, bfloat16 and float16" if state_dtypes is _SUPPORTED_SET else str(next(iter(state_dtypes)))
+            )
             raise RuntimeError(
-                f"fused_cuda supports float32, bfloat16 and float16 parameters, gradients and state; "
-                f"{where} has gradient {g.dtype} and state {v.dtype} (use foreach=True)"
+                f"fused_cuda supports float32, bfloat16 and float16 parameters and gradients and {allowed} "
+                f"state; {where} has gradient {g.dtype} and state {v.dtype} (use foreach=True)"
             )
         if not (v.dtype == s.dtype == m.dtype):
             raise RuntimeError(f"fused_cuda: the state of {where} mixes dtypes {v.dtype}, {s.dtype}, {m.dtype}")
@@ -143,7 +167,7 @@ _F32 = {torch.float32}
 _ONE = {1}
 
 
-def _groups(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int] | range]:
+def _groups(lists: tuple[list[Tensor], ...], state_dtypes: set = _SUPPORTED_SET) -> dict[tuple, list[int] | range]:
     """The launches of this step. The common case (one device, one dtype each for
     parameters, gradients and state, everything contiguous, real and of matching size) is
     checked on the concatenated lists, one C-level call per property and no Python statement
@@ -160,7 +184,8 @@ def _groups(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int] | range]:
         common = (
             len(p_dtypes) == len(g_dtypes) == len(s_dtypes) == 1
             and devices == {params[0].get_device()}
-            and (p_dtypes | g_dtypes | s_dtypes) <= _SUPPORTED_SET
+            and (p_dtypes | g_dtypes) <= _SUPPORTED_SET
+            and s_dtypes <= state_dtypes
             and set(map(_dtype, steps)) == _F32
             and set(map(_numel, steps)) == _ONE
             and all(map(_is_contiguous, flat))
@@ -170,13 +195,19 @@ def _groups(lists: tuple[list[Tensor], ...]) -> dict[tuple, list[int] | range]:
         common = False
     if common:
         return {(params[0].device, p_dtypes.pop(), g_dtypes.pop(), s_dtypes.pop()): range(n)}
-    return _check(lists)
+    return _check(lists, state_dtypes)
 
 
-def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[array, int, bool]:
+def _table(
+    lists: tuple[list[Tensor], ...],
+    index: list[int] | range,
+    block: int = BLOCK,
+    low_precision: LowPrecision | None = None,
+) -> tuple[array, int, bool]:
     """The step's int64 table [9, n + 1] (flat) for the tensors at ``index``, the number of
-    chunks, and whether every address is 16-byte aligned. Read from the tensors now, kept by
-    no one after the upload."""
+    chunks of ``block`` elements, and whether every address is 16-byte aligned. With
+    ``low_precision``, rows 9..11: the seeds, and the absmax addresses (8-bit; else 0). Read
+    from the tensors now, kept by no one after the upload."""
     n = len(index)
     whole = n == len(lists[0])
     tensors = [lst if whole else [lst[i] for i in index] for lst in lists]
@@ -195,10 +226,18 @@ def _table(lists: tuple[list[Tensor], ...], index: list[int] | range) -> tuple[a
     table.append(0)
     # row 7: first chunks, a running sum of ceil(numel / BLOCK); an empty tensor still gets
     # one program (it advances the tensor's step count). C-level maps, no per-tensor statement.
-    chunks = map(max, map(floordiv, map(add, numels, repeat(BLOCK - 1)), repeat(BLOCK)), repeat(1))
+    chunks = map(max, map(floordiv, map(add, numels, repeat(block - 1)), repeat(block)), repeat(1))
     table.extend(accumulate(chunks, initial=0))
+    n_chunks = table[-1]
     table.frombytes(bytes(8 * (n + 1)))  # row 8: the counters, zeros
-    return table, table[8 * (n + 1) - 1], aligned
+    if low_precision is not None:
+        lp = low_precision
+        table.extend(lp.seeds if whole else [lp.seeds[i] for i in index])  # row 9
+        table.append(0)
+        for absmax in (lp.exp_avg_absmax, lp.exp_avg_sq_absmax):  # rows 10, 11
+            table.extend(map(_data_ptr, absmax if whole else [absmax[i] for i in index]) if absmax else repeat(0, n))
+            table.append(0)
+    return table, n_chunks, aligned
 
 
 def _update(
@@ -223,11 +262,14 @@ def _update(
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    low_precision: LowPrecision | None = None,
 ) -> None:
     if not params:
         return
     if bias_correction == "recursive":
         raise ValueError("bias_correction='recursive' is not supported by the fused kernels; use foreach=True")
+    if low_precision is not None:
+        _check_low_precision(low_precision, params, exp_avgs, exp_avg_sqs, amsgrad)
     if interpret:
         if params[0].is_cuda:
             raise RuntimeError(f"interpreted_update runs on CPU tensors; got {params[0].device}")
@@ -235,13 +277,15 @@ def _update(
         raise RuntimeError(f"fused_cuda updates CUDA tensors; got {params[0].device} (use foreach=True)")
     module = kernel_module(interpret)
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
-    groups = _groups(lists)
+    moments = 0 if low_precision is None else MOMENTS[low_precision.precision]
+    block = low_precision.block_size if moments == 2 else BLOCK
+    groups = _groups(lists, _STATE_DTYPES[moments])
     lr_on_device = isinstance(lr, Tensor)
     # w1 = 1-β1 and w2 = 1-β2 do not depend on t (no "recursive" here): computed once, in
     # float64, so that 1-β2 keeps its digits; the kernel derives step_size and bc2_sqrt from t.
     k = coefficients(1.0, lr=1.0, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
     for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
-        table, n_chunks, aligned = _table(lists, index)
+        table, n_chunks, aligned = _table(lists, index, block, low_precision)
         table = torch.frombuffer(table, dtype=torch.int64).to(device)
         dummy = table  # stands in for absent pointer arguments; never read
         lr_t = _on(lr, device) if lr_on_device else None
@@ -258,13 +302,61 @@ def _update(
             MAXIMIZE=bool(maximize), DECOUPLED=bool(decoupled_weight_decay), HAS_WEIGHT_DECAY=weight_decay != 0,
             LR_ON_DEVICE=lr_on_device, HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
             P_DTYPE=_TL_DTYPES[p_dtype], G_DTYPE=_TL_DTYPES[g_dtype], S_DTYPE=_TL_DTYPES[s_dtype],
-            ALIGNED=aligned, BLOCK=BLOCK, num_warps=NUM_WARPS,
+            ALIGNED=aligned, BLOCK=block, num_warps=_warps(block), MOMENTS=moments,
+            PARAM_SR=low_precision is not None and low_precision.stochastic_rounding and p_dtype == torch.bfloat16,
+            BF16_BY_BITS=interpret,
         )  # fmt: skip
         if device.type == "cuda" and device.index != torch.cuda.current_device():
             with torch.cuda.device(device):  # Triton launches on the current device
                 launch(*arguments, **flags)
         else:
             launch(*arguments, **flags)
+
+
+def _check_low_precision(
+    lp: LowPrecision, params: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], amsgrad: bool
+) -> None:
+    """What the low-precision kernel needs besides :func:`_groups`' checks (which check the
+    moments' dtypes); raises before any launch, so nothing changes. Checked on whole lists
+    (C-level maps, no statement per tensor) and searched tensor by tensor only to name a
+    culprit: this runs every step."""
+    if lp.precision not in MOMENTS:
+        raise ValueError(f"Invalid low_precision.precision: {lp.precision!r} (expected 'bf16', '8bit' or None)")
+    seeds = lp.seeds
+    if len(seeds) != len(params):
+        raise ValueError(f"low_precision.seeds has {len(seeds)} seeds for {len(params)} parameters")
+    if seeds and not (set(map(type, seeds)) <= _INT and min(seeds) >= 0 and max(seeds) < 2**32):
+        bad = next(s for s in seeds if not (type(s) in _INT and 0 <= s < 2**32))
+        raise ValueError(f"Invalid rounding seed: {bad!r} (expected an int in [0, 2**32))")
+    if lp.precision is not None and any(map(Tensor.is_complex, params)):
+        raise ValueError(f"state precision {lp.precision!r} does not take complex parameters")
+    if lp.precision != "8bit":
+        return
+    if amsgrad:
+        raise ValueError("state precision '8bit' does not take amsgrad=True (use 'bf16' or 'fp32')")
+    b = lp.block_size
+    if not (type(b) in _INT and b.bit_length() - 1 in BLOCK_SIZES and b & (b - 1) == 0):
+        raise ValueError(f"Invalid block_size: {b!r} (expected a power of two from 16 to 8192)")
+    for name, absmaxes, moments in (
+        ("exp_avg", lp.exp_avg_absmax, exp_avgs),
+        ("exp_avg_sq", lp.exp_avg_sq_absmax, exp_avg_sqs),
+    ):
+        if len(absmaxes) != len(params):
+            raise ValueError(f"low_precision.{name}_absmax has {len(absmaxes)} tensors for {len(params)} parameters")
+        blocks = list(map(floordiv, map(add, map(_numel, moments), repeat(b - 1)), repeat(b)))
+        if (
+            set(map(_dtype, absmaxes)) <= _F32
+            and list(map(_numel, absmaxes)) == blocks
+            and all(map(_is_contiguous, absmaxes))
+            and list(map(_get_device, absmaxes)) == list(map(_get_device, moments))
+        ):
+            continue
+        for i, (a, m, n) in enumerate(zip(absmaxes, moments, blocks)):
+            if a.dtype != torch.float32 or a.numel() != n or not a.is_contiguous() or a.device != m.device:
+                raise RuntimeError(
+                    f"fused_cuda: the {name} absmax of parameter {i} must be a contiguous float32 tensor of "
+                    f"{n} blocks on {m.device}; got {a.dtype}, {a.numel()} elements on {a.device}"
+                )
 
 
 def _on(t: Tensor | None, device: torch.device) -> Tensor | None:
