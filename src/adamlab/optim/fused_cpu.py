@@ -20,6 +20,11 @@ which checks the file first. Where the library is missing or damaged, :func:`loa
 ``RuntimeError`` saying why (the dispatcher then warns once and runs the foreach path).
 Nothing here runs a compiler.
 
+Low-precision state (``low_precision=``, a :class:`~adamlab.optim.precision.LowPrecision`
+record: bfloat16 or 8-bit moments, stochastically rounded bfloat16 parameters) takes the same
+kernel call with more table rows; see :mod:`adamlab.optim.fused_cpu_precision`. Without the
+record this module's path is unchanged.
+
 AMP: ``grad_scale`` divides the gradient inside the kernel (``p.grad`` is never written); a
 nonzero ``found_inf`` skips the whole step, step counts included, as torch's fused Adam does.
 """
@@ -36,9 +41,10 @@ from torch import Tensor
 
 from adamlab import _library
 from adamlab._moments import Coefficients, coefficients
+from adamlab.optim.precision import LowPrecision
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 # The C records, packed from plain Python values in one call each (no ctypes Structure to
 # build per step): ``adamlab_coefficients`` is the fields of :class:`Coefficients` as C
@@ -56,8 +62,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.adamlab_advance_steps.argtypes = [ctypes.c_int64, p, p]  # n, float* steps[n], double t[n]
     lib.adamlab_advance_steps.restype = ctypes.c_int
     # n, int64 table[5 or 6][n] (numel, then the addresses of θ, g, v, s, max s),
-    # double coefs[k][7], int64 coef_index[n] (or NULL), options
-    lib.adamlab_fused_step.argtypes = [ctypes.c_int64, p, p, p, ctypes.c_char_p]
+    # double coefs[k][7], int64 coef_index[n] (or NULL), options, low precision (or NULL)
+    lib.adamlab_fused_step.argtypes = [ctypes.c_int64, p, p, p, ctypes.c_char_p, ctypes.c_char_p]
     lib.adamlab_fused_step.restype = ctypes.c_int
 
 
@@ -112,7 +118,17 @@ def _fused_cpu_update(
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
+    low_precision: LowPrecision | None = None,
 ) -> None:
+    if low_precision is not None:
+        from adamlab.optim import fused_cpu_precision
+
+        return fused_cpu_precision.update(
+            rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr, beta1=beta1,
+            beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+            amsgrad=amsgrad, maximize=maximize, bias_correction=bias_correction, capturable=capturable,
+            grad_scale=grad_scale, found_inf=found_inf, low_precision=low_precision,
+        )  # fmt: skip
     if not params:
         return
     lib = _lib or load()
@@ -153,7 +169,7 @@ def _fused_cpu_update(
             flat = list(map(torch.view_as_real, flat))
             numels = [2 * n for n in numels]
         table = _table(flat, numels)
-        coefs, index = _step_coefficients(lib, state_steps, **hyper)
+        coefs, index, _ = _step_coefficients(lib, state_steps, **hyper)
         _call(lib, table, len(numels), coefs, index, packed)
         return
     # the rare case: one call per (parameter dtype, state dtype) for the tensors the kernel
@@ -176,7 +192,7 @@ def _fused_cpu_update(
             chosen = list(map(torch.view_as_real, chosen))
         sizes = list(map(_numel, chosen[: len(where)]))
         calls.append((_table(chosen, sizes), where, packed))
-    coefs, index = _step_coefficients(lib, state_steps, **hyper)
+    coefs, index, _ = _step_coefficients(lib, state_steps, **hyper)
     for i, tensors, copies, table, packed in odd:
         _update_odd(lib, tensors, copies, table, coefs, None if index is None else index[i], packed)
     for table, where, packed in calls:
@@ -235,10 +251,11 @@ def _check_steps(params: list[Tensor], steps: list[Tensor]) -> None:
             )
 
 
-def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[array, array | None]:
+def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[array, array | None, array]:
     """Advance every step count by one (one C call); the coefficient records (C doubles) for
     the distinct new counts, each computed once by :func:`adamlab._moments.coefficients`,
-    and which record each tensor uses (None: the first, for all; the usual case).
+    which record each tensor uses (None: the first, for all; the usual case), and the new
+    counts (C doubles, one per tensor).
 
     The steps were checked (:func:`_check_steps`); if computing the coefficients fails (a
     negative count), the counts are put back before the error propagates."""
@@ -272,9 +289,9 @@ def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> t
             for step, value in zip(steps, new):
                 step.copy_(value)
     if same:
-        return coefs, None
+        return coefs, None, t
     position = {v: i for i, v in enumerate(values)}
-    return coefs, array("q", map(position.__getitem__, t))
+    return coefs, array("q", map(position.__getitem__, t)), t
 
 
 def _check_sizes(lists: list[list[Tensor]]) -> None:
@@ -315,10 +332,13 @@ def _table(flat: list[Tensor], numels: list[int]) -> array:
     return table
 
 
-def _call(lib, table: array, n: int, coefs: array, index: array | None, options: bytes) -> None:
-    """One kernel call over the n tensors of a table built by :func:`_table`."""
+def _call(
+    lib, table: array, n: int, coefs: array, index: array | None, options: bytes, low_precision: bytes | None = None
+) -> None:
+    """One kernel call over the n tensors of a table built by :func:`_table` (with the rows of
+    ``adamlab_low_precision`` when ``low_precision`` is given)."""
     rc = lib.adamlab_fused_step(
-        n, table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options
+        n, table.buffer_info()[0], coefs.buffer_info()[0], index and index.buffer_info()[0], options, low_precision
     )
     if rc != 0:
         raise RuntimeError(f"adamlab fused CPU kernel failed with code {rc}")
