@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: correctness on CUDA, then the benchmark, in one call of about 5 minutes.
+# The GPU check: correctness on CUDA, then the benchmarks, in one call of about 8 minutes.
 #
 #   bash benchmarks/gpu_check.sh                # on a machine with a CUDA GPU
 #   bash benchmarks/gpu_check.sh --cpu-dry-run  # the same steps on a CPU: interpreter, tiny sizes
@@ -13,7 +13,10 @@
 # 3. python -m adamlab.bench.gpu: issue 6's table, with copy bandwidth measured in the same
 #    process and the first fused step in a new process;
 # 4. the host work of an eager step, launch stubbed (benchmarks/gpu/host_time_cpu.py);
-# 5. the lab's own command, adamlab bench --device cuda, on two of its sets.
+# 5. the lab's own command, adamlab bench --device cuda, on two of its sets;
+# 6. issue 14: the low-precision states (bf16, 8-bit) of the fused path against torch's fused
+#    fp32 Adam on the H200 sets (goal <= 0.65x), with bitsandbytes' and torchao's 8-bit Adams
+#    where installed (pip install 'adamlab[bench]'), state bytes per parameter per row.
 # Logs and JSON go to $OUT (default: /tmp/adamlab-gpu-check); a short summary is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,12 +59,18 @@ if [[ $DRY == 0 ]]; then
   timeout 120 "$PY" -m adamlab.bench --device cuda --set many-small --set linear-2 --repeats 5 \
     --no-first-step --out "$OUT/lab-bench" 2>&1 | tee "$OUT/lab_bench.log"
   LAB_RC=${PIPESTATUS[0]}
+  echo "== 6. state precision (issue 14): bf16 and 8bit fused vs torch fused fp32, H200 sets"
+  timeout 240 "$PY" -m adamlab.bench --device cuda --set one-large --set gpt-like --set many-small \
+    --impl "fused=True" --impl bitsandbytes --impl torchao --warmup 2 --repeats 5 --no-first-step \
+    --out "$OUT/precision-bench" 2>&1 | tee "$OUT/precision_bench.log"
+  PREC_RC=${PIPESTATUS[0]}
 fi
 
 echo
 echo "== summary"
 tail -n 1 "$OUT/pytest.log" | sed "s/^/pytest (rc $TEST_RC): /"
 grep -E "^(PASS|FAIL)" "$OUT/fsdp2.log" | sed "s/(.*)//" | sort | uniq -c
-echo "bench rc $BENCH_RC${LAB_RC:+, adamlab bench --device cuda rc $LAB_RC}"
+echo "bench rc $BENCH_RC${LAB_RC:+, adamlab bench --device cuda rc $LAB_RC}${PREC_RC:+, precision bench rc $PREC_RC}"
 [[ -f "$OUT/host_time.log" ]] && cat "$OUT/host_time.log"
 sed -n '/^| parameter set/,$p' "$OUT/bench.log"
+[[ -f "$OUT/precision_bench.log" ]] && grep -E "^\| (--set|one-large|gpt-like|many-small) " "$OUT/precision_bench.log"

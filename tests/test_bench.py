@@ -15,7 +15,8 @@ from adamlab.bench.sets import PARAM_SETS, param_sets
 
 
 def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
-    args = ["--smoke", "--no-first-step", "--impl", "adamlab.Yogi fused", "--impl", "foreach=True"]
+    args = ["--smoke", "--no-first-step", "--impl", "adamlab.Yogi fused", "--impl", "Adam foreach=True"]
+    args += ["--impl", "Yogi foreach=True", "--impl", "Yogi 8bit fused"]
     result = CliRunner().invoke(command, [*args, "--out", str(tmp_path), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
@@ -32,9 +33,14 @@ def test_smoke_run_writes_json_and_chart(tmp_path) -> None:
 
     # the fused row runs wherever the kernel builds; skipped (with its reason) only where it cannot
     assert "adamlab.Yogi fused=True" in (ran if fused_cpu.is_available() else skipped)
+    assert "adamlab.Yogi 8bit foreach=True" not in ran | skipped  # "Yogi foreach=True" names the fp32 row only
+    assert "adamlab.Yogi 8bit fused=True" in ran | skipped
     for s in doc["sets"]:
         for row in s["rows"]:
-            assert row["ms"] > 0 and len(row["samples_ms"]) == 3
+            assert row["ms"] > 0 and len(row["samples_ms"]) == 3 and row["first_step_ms"] > 0
+            # fp32: two moments; 8-bit: codes and block scales; per tensor a step, a seed, a short last block
+            low = 2 + 8 / 256 if " 8bit " in row["candidate"] else 8
+            assert low <= row["state_bytes_per_param"] <= low + 24 * s["n_tensors"] / s["n_params"]
             assert row["gb_s"] == pytest.approx(28 * s["n_params"] / row["ms"] / 1e6)
             assert row["bandwidth_share"] == pytest.approx(row["gb_s"] / doc["stream_bandwidth"]["gb_s"])
             if row["candidate"] == candidates.BASELINE:
@@ -224,3 +230,61 @@ def test_first_step_timeout_is_a_row_error(monkeypatch) -> None:
 
     monkeypatch.setattr(measure.subprocess, "run", slow)
     assert measure.first_fused_step("cpu", cold=False) == {"cold": False, "error": "timed out after 600 s"}
+
+
+def test_the_default_run_leaves_out_the_slow_8bit_adams_and_a_pattern_picks_every_8bit_row() -> None:
+    default = {c.name for c in candidates.select(None)}
+    assert "bitsandbytes Adam8bit" not in default and "torchao AdamW8bit weight_decay=0" not in default
+    assert {"adamlab.Adam bf16 fused=True", "adamlab.Yogi 8bit fused=True"} <= default  # the precision rows
+    assert "adamlab.Yogi 8bit foreach=True" not in default  # seconds per step: only when named
+    eight = [c.name for c in candidates.select(("8bit",))]
+    assert eight == [
+        candidates.BASELINE,
+        *(f"adamlab.{r} 8bit {p}" for r in ("Adam", "Yogi") for p in ("foreach=True", "fused=True")),
+        "bitsandbytes Adam8bit",
+        "torchao AdamW8bit weight_decay=0",
+    ]
+    # the fp32 names select what they did before the precision rows existed
+    assert [c.name for c in candidates.select(("yogi fused",))] == [candidates.BASELINE, "adamlab.Yogi fused=True"]
+
+
+def test_precision_rows_construct_adamlab_with_their_state_precision(monkeypatch) -> None:
+    import adamlab
+
+    made = []
+    for rule in ("Adam", "Yogi"):
+        monkeypatch.setattr(adamlab, rule, lambda params, rule=rule, **kw: made.append((rule, kw)))
+    low = [c for c in candidates.CANDIDATES if c.name.startswith("adamlab.") and ("bf16" in c.name or "8bit" in c.name)]
+    for c in low:
+        c.make([])
+    assert made == [
+        (rule, {"state_precision": precision, path: True})
+        for rule in ("Adam", "Yogi")
+        for precision in ("bf16", "8bit")
+        for path in ("foreach", "fused")
+    ]
+
+
+def test_state_bytes_counts_every_state_tensor_once() -> None:
+    p, q = torch.zeros(100, requires_grad=True), torch.zeros(10, 10, requires_grad=True)
+    for x in (p, q):
+        x.grad = torch.ones_like(x)
+    opt = torch.optim.Adam([p, q], foreach=False)
+    opt.step()
+    n = 8 * 200 + 2 * opt.state[p]["step"].element_size()  # two fp32 moments + a step tensor each
+    assert measure.state_bytes(opt) == n
+    opt.state[q]["shared"] = opt.state[p]["exp_avg"]  # one tensor in two states: counted once
+    opt.state[q]["count"] = 7  # Python numbers hold no tensor bytes
+    assert measure.state_bytes(opt) == n
+    opt.state[q]["view"] = opt.state[p]["exp_avg"][:10]  # a view is a tensor of its own size
+    assert measure.state_bytes(opt) == n + 40
+
+
+def test_state_bytes_unwraps_torchao_8bit_state() -> None:
+    subclass = pytest.importorskip("torchao.optim.subclass_8bit")
+
+    from types import SimpleNamespace
+
+    holder = SimpleNamespace(state={0: {"exp_avg": subclass.OptimState8bit.zeros((256, 256), True, 256)}})
+    # 65536 uint8 codes, 256 float32 block scales, the 256-entry float32 map
+    assert measure.state_bytes(holder) == 65536 + 4 * 256 + 4 * 256

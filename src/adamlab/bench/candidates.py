@@ -5,6 +5,13 @@ check that returns ``None`` or the reason it cannot run here (a package not inst
 kernel that does not build). New implementations plug in with one entry in
 :data:`CANDIDATES`; a candidate for one device type only names it in ``devices``.
 ``torch.optim.Adam fused=True`` is the baseline every ratio is taken against.
+
+adamlab's low-precision rows (issue 14) are generated from :data:`PRECISIONS` x rule x
+path, named like ``adamlab.Yogi 8bit fused=True`` (``--impl 8bit`` picks every 8-bit row,
+bitsandbytes' and torchao's included). Candidates with ``default=False`` run only when a
+pattern names them, so the default run stays minutes long: the third-party 8-bit Adams (on
+this CPU a step of theirs is some 30x torch's, and torchao's first step compiles for
+seconds) and the low-precision foreach rows (seconds per step on the large sets).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ class Candidate:
     requires: str | None = None  # an importable module this candidate needs
     devices: tuple[str, ...] | None = None  # device types it runs on; None: any
     fused_on: bool = False  # an adamlab fused path: checked with one tiny step on the device
+    default: bool = True  # part of a run that names no candidates; else only when a pattern matches
+    fp32: str | None = None  # a low-precision row: the fp32 candidate its training loss is compared with
 
     def unavailable(self, device: str) -> str | None:
         """None if this candidate can run on ``device``, else the reason it cannot."""
@@ -62,11 +71,35 @@ def _adamlab(rule: str, **kwargs: Any) -> Callable[[list[Any]], Any]:
     return make
 
 
-def _third_party(module: str, attr: str) -> Callable[[list[Any]], Any]:
+def _third_party(module: str, attr: str, **kwargs: Any) -> Callable[[list[Any]], Any]:
     def make(params: list[Any]) -> Any:
-        return getattr(importlib.import_module(module), attr)(params)
+        return getattr(importlib.import_module(module), attr)(params, **kwargs)
 
     return make
+
+
+# adamlab's state precisions besides fp32 (the option ``state_precision``), and the paths each
+# is timed on (path: its keywords, and whether a run that names no candidates includes it):
+# every combination is one candidate. The foreach path decodes and encodes with separate
+# tensor operations and their temporaries (readable, some 100x slower than fused here: seconds
+# per step on the CPU sets), so it runs only when named, e.g. ``--impl "8bit foreach"``.
+PRECISIONS = ("bf16", "8bit")
+PRECISION_PATHS = {"foreach=True": ({"foreach": True}, False), "fused=True": ({"fused": True}, True)}
+
+
+def _precision_rows() -> list[Candidate]:
+    return [
+        Candidate(
+            f"adamlab.{rule} {precision} {path}",
+            _adamlab(rule, state_precision=precision, **kw),
+            "adamlab",
+            default=default,
+            fp32=f"adamlab.{rule} {path}",
+        )
+        for rule in ("Adam", "Yogi")
+        for precision in PRECISIONS
+        for path, (kw, default) in PRECISION_PATHS.items()
+    ]
 
 
 CANDIDATES: list[Candidate] = [
@@ -81,13 +114,33 @@ CANDIDATES: list[Candidate] = [
     Candidate("adamlab.Yogi foreach=False", _adamlab("Yogi", foreach=False), "adamlab"),
     Candidate("adamlab.Yogi foreach=True", _adamlab("Yogi", foreach=True), "adamlab"),
     Candidate("adamlab.Yogi fused=True", _adamlab("Yogi", fused=True), "adamlab"),
+    *_precision_rows(),
+    # 8-bit Adams of other libraries, with their own defaults except torchao's weight decay (its
+    # AdamW's default is 0.01; 0 makes it the same Adam as the baseline, for the loss comparison)
+    Candidate(
+        "bitsandbytes Adam8bit",
+        _third_party("bitsandbytes.optim", "Adam8bit"),
+        "third-party",
+        "bitsandbytes",
+        default=False,
+        fp32=BASELINE,
+    ),
+    Candidate(
+        "torchao AdamW8bit weight_decay=0",
+        _third_party("torchao.optim", "AdamW8bit", weight_decay=0.0),
+        "third-party",
+        "torchao",
+        default=False,
+        fp32=BASELINE,
+    ),
 ]
 
 
 def select(patterns: tuple[str, ...] | None) -> list[Candidate]:
-    """Candidates whose name contains any of ``patterns`` (case-insensitive), plus the baseline."""
+    """Candidates whose name contains any of ``patterns`` (case-insensitive), plus the baseline;
+    no patterns: every ``default`` candidate."""
     if not patterns:
-        return list(CANDIDATES)
+        return [c for c in CANDIDATES if c.default]
     chosen = [c for c in CANDIDATES if c.name == BASELINE or any(p.lower() in c.name.lower() for p in patterns)]
     if len(chosen) == 1 and not any(p.lower() in BASELINE.lower() for p in patterns):
         raise ValueError(f"no candidate matches {list(patterns)} (have {[c.name for c in CANDIDATES]})")

@@ -4,6 +4,7 @@
     adamlab bench --smoke              tiny sets, few rounds: seconds (CI runs this)
     adamlab bench --set gpt-like --impl fused --json
     adamlab bench --device cuda        the GPU sets (issue 6)
+    adamlab bench --impl 8bit          adamlab's 8-bit state against bitsandbytes and torchao
     adamlab bench --workload gpt       train a small GPT with every optimizer: 1 process,
                                        DDP and FSDP2 on 2 (several minutes on 2 cores)
     adamlab bench --workload gpt --quick   the same, tiny, one process: CI (< 30 s)
@@ -89,8 +90,9 @@ def command(
     quiet: bool,
     **workload_options: Any,
 ) -> None:
-    """Time optimizer.step() for adamlab's Adam and Yogi against torch and other Yogis,
-    or (--workload gpt) train a small transformer with each of them."""
+    """Time optimizer.step() for adamlab's Adam and Yogi (fp32, bf16 and 8-bit state) against
+    torch, other Yogis and other 8-bit Adams, or (--workload gpt) train a small transformer
+    with each of them."""
     from adamlab.lab.results import check_output_dir
 
     if workload:

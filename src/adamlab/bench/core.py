@@ -8,10 +8,13 @@ batch of back-to-back steps long enough to read a clock well (many steps for a 2
 model, one for a 40M-parameter list).
 
 Reported per set and candidate: ms/step; effective GB/s at ``7 x element size`` bytes
-per parameter (read θ, g, v, s; write θ, v, s: 28 B for float32); that as a share of
-this machine's streaming bandwidth, measured in the same run with an in-place
-read-modify-write kernel; the ratio to ``torch.optim.Adam(fused=True)``; and the peak
-memory a step allocates beyond what it started with. Each row carries its spread (min to
+per parameter (read θ, g, v, s; write θ, v, s: 28 B for float32 -- the fp32 traffic, also
+for rows whose state is smaller, so that GB/s stays a speed relative to fp32); that as a
+share of this machine's streaming bandwidth, measured in the same run with an in-place
+read-modify-write kernel; the ratio to ``torch.optim.Adam(fused=True)``; the peak
+memory a step allocates beyond what it started with; the state's bytes per parameter
+(:func:`adamlab.bench.measure.state_bytes`); and the first step's time (it creates the
+state, and for torchao compiles its kernel). Each row carries its spread (min to
 max of its rounds); a row whose spread, or the baseline's, is larger than its difference
 from the baseline is flagged ``within_noise``: the run did not measure a difference.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import datetime
 import gc
 import math
+import os
 import platform
 from dataclasses import asdict, dataclass
 from statistics import median
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 
 from adamlab.bench.candidates import BASELINE, Candidate, select, torch_default
-from adamlab.bench.measure import first_fused_step, peak_extra_bytes, stream_bandwidth, timed
+from adamlab.bench.measure import first_fused_step, peak_extra_bytes, state_bytes, stream_bandwidth, timed
 from adamlab.bench.sets import ParamSet, param_sets
 
 SCHEMA = 1
@@ -67,8 +71,6 @@ def machine(device: str) -> dict[str, Any]:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import os
-
     info["cpu_count"] = os.cpu_count()
     info["torch_threads"] = torch.get_num_threads()
     if device == "cuda" and torch.cuda.is_available():
@@ -93,10 +95,10 @@ def _time_set(
     params = _make_params(pset, device, dtype, cfg.seed)
     optimizers = {c.name: c.make(params) for c in candidates}
     steps = {name: opt.step for name, opt in optimizers.items()}
-    # first step: creates the state (not timed); then size each candidate's sample
-    calls = {}
+    # first step: creates the state (timed on its own); then size each candidate's sample
+    calls, first_ms = {}, {}
     for name, step in steps.items():
-        step()
+        first_ms[name] = timed(step, device) * 1e3
         calls[name] = max(1, min(1000, math.ceil(cfg.min_sample_s / max(timed(step, device), 1e-7))))
     samples: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
@@ -117,6 +119,8 @@ def _time_set(
                 "steps_per_sample": calls[name],
                 "gb_s": n_bytes / t / 1e9,
                 "peak_extra_bytes": peak_extra_bytes(steps[name], device),
+                "first_step_ms": first_ms[name],
+                "state_bytes_per_param": state_bytes(optimizers[name]) / max(pset.n_params, 1),
             }
         )
     del optimizers, steps, params
@@ -138,6 +142,7 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
         raise RuntimeError(f"the baseline {BASELINE} cannot run on {cfg.device}: {skipped}")
 
     say = progress or (lambda message: None)
+    info = {**machine(cfg.device), "load_average_start": list(os.getloadavg())}  # a shared machine: how busy
     bytes_ = cfg.bandwidth_mib * 2**20
     say(f"streaming bandwidth ({cfg.bandwidth_mib} MiB buffers)")
     bandwidth = [stream_bandwidth(cfg.device, bytes_, 5 if cfg.smoke else 10)]
@@ -155,6 +160,7 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
             }
         )
     bandwidth.append(stream_bandwidth(cfg.device, bytes_, 5 if cfg.smoke else 10))  # again: the machine drifts
+    info["load_average_end"] = list(os.getloadavg())
     stream_gb_s = median(b["gb_s"] for b in bandwidth)
     for res in results:
         base = next(r for r in res["rows"] if r["candidate"] == BASELINE)
@@ -171,7 +177,7 @@ def run(cfg: BenchConfig, progress: Any = None) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "config": asdict(cfg),
-        "machine": machine(cfg.device),
+        "machine": info,
         "bytes_per_param": 7 * dtype.itemsize,
         "baseline": BASELINE,
         "torch_default": torch_default(cfg.device),
@@ -205,6 +211,14 @@ def _fmt_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def _fmt_state(b: float | None) -> str:
+    return "n/a" if b is None else f"{b:.2f}" if b < 100 else f"{b:.0f}"
+
+
+def _load(values: list[float] | None) -> str:
+    return "n/a" if not values else " ".join(f"{v:.2f}" for v in values)
+
+
 def table(result: dict[str, Any]) -> str:
     """The result as a Markdown table, one row per set and candidate, with its context."""
     m = result["machine"]
@@ -214,13 +228,17 @@ def table(result: dict[str, Any]) -> str:
         f"versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; date {m['date'][:19]}Z",
         f"streaming bandwidth (a.add_(b) in place, 12 B/element): {result['stream_bandwidth']['gb_s']:.1f} GB/s; "
         f"{result['bytes_per_param']} B/param per step; torch.optim.Adam() default here: {result['torch_default']}",
+        f"load average at the start {_load(m.get('load_average_start'))}, "
+        f"at the end {_load(m.get('load_average_end'))}",
         "",
         "Sets by their --set name. ms/step: median of the rounds; spread: min–max of the rounds. "
-        "'≈' marks a ratio within noise: the row's or the baseline's spread exceeds the difference.",
+        "'≈' marks a ratio within noise: the row's or the baseline's spread exceeds the difference. "
+        "state B/param: the optimizer's state tensors after the first step, per parameter; "
+        "first step: the step that creates the state.",
         "",
         "| --set | implementation | ms/step | spread (min–max) | GB/s | share of stream | x torch fused "
-        "| peak extra mem |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak extra mem | state B/param | first step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in result["sets"]:
         for row in res["rows"]:
@@ -230,7 +248,8 @@ def table(result: dict[str, Any]) -> str:
                 f"| {res['set']} | {row['candidate']} | {_fmt_ms(row['ms'])} | "
                 f"{_fmt_ms(min(samples))}–{_fmt_ms(max(samples))} | {row['gb_s']:.1f} | "
                 f"{100 * row['bandwidth_share']:.0f}% | {row['ratio_to_torch_fused']:.2f}{noise} | "
-                f"{_fmt_bytes(row['peak_extra_bytes'])} |"
+                f"{_fmt_bytes(row['peak_extra_bytes'])} | {_fmt_state(row.get('state_bytes_per_param'))} | "
+                f"{_fmt_ms(row['first_step_ms']) if 'first_step_ms' in row else 'n/a'} |"
             )
     lines.append("\n" + "; ".join(f"{res['set']}: {res['label']}" for res in result["sets"]))
     for s in result["skipped"]:

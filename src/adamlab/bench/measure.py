@@ -1,4 +1,5 @@
-"""Measurements: step timing, streaming bandwidth, peak extra memory, first-step cost.
+"""Measurements: step timing, streaming bandwidth, peak extra memory, first-step cost,
+the bytes of an optimizer's state.
 
 Everything takes a device type and synchronizes with it before reading a clock (a no-op
 on the CPU; ``torch.cuda.synchronize`` on CUDA), so GPU work plugs in unchanged.
@@ -85,6 +86,41 @@ def peak_extra_bytes(step: Callable[[], Any], device: str) -> int | None:
         current += e.nbytes()
         peak = max(peak, current)
     return peak
+
+
+def _leaf_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The plain tensors that hold ``value``'s bytes: a DTensor's local shard, a wrapper
+    subclass's inner tensors (torchao's 8-bit state: codes, scales, map), else the tensor."""
+    if not isinstance(value, torch.Tensor):
+        return
+    if hasattr(value, "to_local"):  # DTensor: this process holds its shard only
+        yield from _leaf_tensors(value.to_local())
+    elif type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+        names, _ = value.__tensor_flatten__()
+        for name in names:
+            yield from _leaf_tensors(getattr(value, name))
+    else:
+        yield value
+
+
+def state_bytes(optimizer: Any) -> int:
+    """Bytes of the tensors in ``optimizer.state``, each counted once.
+
+    Every tensor value of every parameter's state (moments, scales, step counts, seeds),
+    subclasses unwrapped into the tensors that hold their bytes; a tensor two parameters
+    share (bitsandbytes' quantization maps) is counted once. Python numbers are not counted.
+    """
+    seen: set[tuple[str, int, int]] = set()
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            for t in _leaf_tensors(value):
+                n = t.numel() * t.element_size()
+                key = (str(t.device), t.data_ptr(), n)
+                if n and key not in seen:
+                    seen.add(key)
+                    total += n
+    return total
 
 
 @contextlib.contextmanager

@@ -8,8 +8,10 @@ a module outside it.
 ``torch.optim``            any :class:`torch.optim.Optimizer` subclass (``torch.optim.AdamW``)
 ``adamlab``,               ``adamlab.Adam``, ``adamlab.Yogi`` (``adamlab.optim.Adam`` too)
 ``adamlab.optim``
-``torch_optimizer``,       the third-party Yogis the benchmark compares against (its
-``pytorch_optimizer``      ``third-party`` candidates), when installed
+``torch_optimizer``,       the third-party optimizers the benchmark compares against (its
+``pytorch_optimizer``,     ``third-party`` candidates: Yogis and 8-bit Adams), when installed
+``bitsandbytes``,
+``torchao``
 the lab's family           ``adamlab.lab.family.sgd`` ... (what ``compare`` and
                            ``sweep`` record): exactly the factories in its registry
 =========================  ==============================================================

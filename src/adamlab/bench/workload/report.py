@@ -60,6 +60,9 @@ def summarize(result: dict[str, Any], cfg: Any) -> dict[str, Any]:
                 values = [r[key] for r in mine if r.get(key) is not None]
                 if values:
                     row[key] = _spread(values)
+            vs = vs_fp32(runs, name)
+            if vs:
+                row["vs_fp32"] = vs
             rss = result["peak_rss"].get(name, {}) if mode == "single" else {}
             if "peak_rss_bytes" in rss:
                 row["peak_rss_bytes"] = rss["peak_rss_bytes"]
@@ -67,6 +70,26 @@ def summarize(result: dict[str, Any], cfg: Any) -> dict[str, Any]:
             rows.append(row)
         summary[mode] = rows
     return {"summary": summary, "checks": checks(result, cfg)}
+
+
+def vs_fp32(runs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """A low-precision row's quality: (final val loss - its fp32 row's) / the fp32 row's, per
+    seed the two share (same model, batches and order), with the mean and spread over seeds.
+    None for an fp32 row, or when its fp32 row did not run."""
+    from adamlab.bench.candidates import CANDIDATES
+
+    fp32 = next((c.fp32 for c in CANDIDATES if c.name == name), None)
+    if fp32 is None:
+        return None
+    final = {
+        (r["optimizer"], r["seed"]): r["val"][-1]["loss"] for r in runs if r["optimizer"] in (name, fp32) and r["val"]
+    }
+    rel = [
+        (final[(name, seed)] - final[(fp32, seed)]) / final[(fp32, seed)]
+        for (opt, seed) in sorted(final)
+        if opt == name and (fp32, seed) in final
+    ]
+    return {"fp32": fp32, "relative": rel, **_spread(rel)} if rel else None
 
 
 def checks(result: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
@@ -163,6 +186,8 @@ def table(result: dict[str, Any]) -> str:
         f"corpus: {c['name']} (Python {c['python']}), {c['files']} files, {c['bytes']} bytes, "
         f"sha256 {c['sha256'][:16]}…",
         f"learning rates: {cfg['lrs']}",
+        "vs fp32: a low-precision row's final val loss relative to its fp32 row's (same seed), "
+        "mean (min–max) over seeds; state B/param: summed over ranks, per model parameter",
     ]
     if result["partial"]:
         lines.append("PARTIAL: interrupted; the runs below are what finished")
@@ -176,8 +201,8 @@ def table(result: dict[str, Any]) -> str:
             f"**{mode}** ({where}; mean (min–max) over seeds {seeds})",
             "",
             "| optimizer | tokens/s | fwd+bwd ms | optimizer ms | optimizer share | final val loss "
-            "| state MiB (all ranks) | peak RSS MiB (+ training) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| vs fp32 | state MiB (all ranks) | state B/param | peak RSS MiB (+ training) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             rss = f"{_mib(r['peak_rss_bytes'])} (+{_mib(r['rss_added_bytes'])})" if "peak_rss_bytes" in r else "n/a"
@@ -189,7 +214,9 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['optimizer']} | {_fmt(r.get('tokens_s'), '.0f')} | {_fmt(r.get('fwd_bwd_ms'), '.1f')} | "
                 f"{_fmt(r.get('opt_ms'), '.2f')} | {_fmt(r.get('opt_share'), '.1f', 100)}% | "
-                f"{_fmt(r.get('final_val_loss'), '.3f')} | {_mib(r['state_bytes'])} | {rss} |"
+                f"{_fmt(r.get('final_val_loss'), '.3f')} | {_fmt(r.get('vs_fp32'), '+.2f', 100)}"
+                f"{'%' if 'vs_fp32' in r else ''} | {_mib(r['state_bytes'])} | "
+                f"{r['state_bytes'] / result['model_params']:.2f} | {rss} |"
             )
     failed = [ch for ch in result["checks"] if not ch["ok"]]
     lines.append("")

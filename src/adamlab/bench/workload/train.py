@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from adamlab.bench.measure import state_bytes
 from adamlab.bench.workload import corpus as corpus_mod
 from adamlab.bench.workload.model import GPT, GPTConfig
 
@@ -58,17 +59,6 @@ class Run:
             "val": self.val,
             "state_bytes": self.state_bytes,
         }
-
-
-def state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes of optimizer state this process holds (a DTensor's local shard only)."""
-    total = 0
-    for state in opt.state.values():
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                local = value.to_local() if hasattr(value, "to_local") else value
-                total += local.numel() * local.element_size()
-    return total
 
 
 def _sync(device: str) -> None:
@@ -126,7 +116,10 @@ def train(
         model = wrap(copy.deepcopy(base).to(device))
         opt = make(model.parameters())
         for group in opt.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):  # torchao's optimizers refuse a float in its place
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         models.append(model)
         opts.append(opt)
         runs.append(Run(name, lr, seed))
