@@ -582,8 +582,10 @@ def _state_8bit(name: str, entry: Mapping[str, Any], p: Any, block_size: int) ->
     """An 8-bit state: uint8 codes shaped like p, float32 absmax per block, finite and >= 0."""
     import torch
 
-    local = p.to_local() if type(p).__name__ == "DTensor" else p
-    blocks = -(-local.numel() // block_size)
+    from adamlab.optim._dtensor import local_tensor
+    from adamlab.optim.precision import block_count
+
+    blocks = block_count(local_tensor(p).numel(), block_size)
     for k in ("exp_avg", "exp_avg_sq"):
         value = entry[k]
         what = f"state_dict entry {k!r} for {name}"

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from adamlab.optim import precision as lowp
+from adamlab.optim._dtensor import local_tensor
 from adamlab.optim.functional import adam_family_update, choose
 from adamlab.validation import validate_group, validate_group_params, validate_params, validate_state_dict
 
@@ -423,7 +424,7 @@ class _AdamFamily(Optimizer):
                             state[k] = saved[k].to(device=p.device, dtype=_moment_dtype(group, p))
                     for k in _ABSMAX_KEYS:
                         if k in saved:
-                            state[k] = saved[k].to(device=lowp._local(p).device, dtype=torch.float32)
+                            state[k] = saved[k].to(device=local_tensor(p).device, dtype=torch.float32)
                 if _SEED in saved:  # torch moved it to p's device
                     state[_SEED] = saved[_SEED].to(device="cpu", dtype=torch.int64)
                 for k, value in state.items():
