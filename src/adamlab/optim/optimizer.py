@@ -146,7 +146,7 @@ class _AdamFamily(Optimizer):
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_step_dtype(group))
-                if p_state and (group["capturable"] or group["fused"]):
+                if p_state and (group["capturable"] or _runs_fused(group)):
                     p_state["step"] = p_state["step"].to(p.device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -189,7 +189,7 @@ class _AdamFamily(Optimizer):
         the ordinal being p's position in the state_dict's numbering.
         """
         state = self.state[p]
-        on_device = group["capturable"] or group["fused"]
+        on_device = group["capturable"] or _runs_fused(group)
         precision = group["state_precision"]
         state["step"] = torch.zeros((), dtype=_step_dtype(group), device=p.device if on_device else "cpu")
         for key, value, signed in (
@@ -330,7 +330,9 @@ class _AdamFamily(Optimizer):
                 beta1 = beta1.item()
             if isinstance(beta2, Tensor):  # apart: a scheduler may have replaced only β1
                 beta2 = beta2.item()
-        implementation = choose(group["fused"], group["foreach"], tensors[0][0].device, differentiable)
+        implementation = choose(
+            group["fused"], group["foreach"], tensors[0][0].device, differentiable, _fused_by_default(group)
+        )
         # set by GradScaler on fused optimizers (instance attributes)
         grad_scale = self.__dict__.get("grad_scale")
         found_inf = self.__dict__.get("found_inf")
@@ -409,7 +411,7 @@ class _AdamFamily(Optimizer):
                 if not state or saved is None:
                     continue
                 step = state["step"]
-                if group["capturable"] or group["fused"]:  # as torch: float32 on the parameter's device
+                if group["capturable"] or _runs_fused(group):  # as torch: float32 on the parameter's device
                     state["step"] = step.to(device=p.device, dtype=torch.float32)
                 else:  # as torch, a loaded step keeps its dtype (a count in an integer dtype becomes a float)
                     state["step"] = step.to(
@@ -456,9 +458,27 @@ def _needs_seed(group: dict[str, Any]) -> bool:
     return group["state_precision"] in lowp.LOW_PRECISIONS or bool(group["stochastic_rounding"])
 
 
+def _fused_by_default(group: dict[str, Any]) -> bool:
+    """Whether the group's update is one the fused kernels run and its readable path is slow:
+    low-precision state or stochastic rounding (not ``bias_correction="recursive"``). With
+    ``fused`` and ``foreach`` unset such a group runs the fused kernel where this machine has
+    it (:func:`adamlab.optim.functional.choose`)."""
+    return _needs_seed(group) and group["bias_correction"] != "recursive"
+
+
+def _runs_fused(group: dict[str, Any]) -> bool:
+    """Whether the group asks for a fused kernel, explicitly or by default (its step counts
+    then live as the kernel wants them: float32, on the parameter's device)."""
+    if group["fused"]:
+        return True
+    return (
+        group["fused"] is None and group["foreach"] is None and not group["differentiable"] and _fused_by_default(group)
+    )
+
+
 def _step_dtype(group: dict[str, Any]) -> torch.dtype:
     """The dtype of a new step count, as torch's: float32 with fused, else the default scalar dtype."""
-    return torch.float32 if group["fused"] or torch.get_default_dtype() != torch.float64 else torch.float64
+    return torch.float32 if _runs_fused(group) or torch.get_default_dtype() != torch.float64 else torch.float64
 
 
 def _kept_betas(betas: Any) -> tuple[Any, Any]:
