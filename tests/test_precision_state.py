@@ -107,18 +107,6 @@ def test_no_seed_without_stochastic_rounding() -> None:
     assert int(opt.state[p]["rounding_seed"]) == reference.parameter_seed(0, 0)
 
 
-def test_changing_state_precision_after_the_first_step_is_refused() -> None:
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = adamlab.Adam([p], state_precision="bf16")
-    p.grad = torch.ones(3)
-    opt.step()
-    before = copy.deepcopy(opt.state[p])
-    opt.param_groups[0]["state_precision"] = "8bit"
-    with pytest.raises(ValueError, match=r"not as the group's state_precision='8bit'.*convert_state_dict"):
-        opt.step()
-    assert all(torch.equal(before[k], opt.state[p][k]) for k in before)
-
-
 # ---- checkpoints -------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("impl", list(IMPLS))
@@ -430,3 +418,23 @@ def test_a_torch_optim_adam_checkpoint_is_refused_by_low_precision_until_convert
     assert ours.param_groups[0]["rounding_seed"] == 4  # a checkpoint without it keeps the optimizer's
     _train(ours, a, range(2, 3))
     assert int(ours.state[a[1]]["rounding_seed"]) == reference.parameter_seed(4, 1)
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, "8bit"), ("bf16", None), ("8bit", "bf16"), ("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_precision_change_is_refused_before_any_state_is_created(before, after) -> None:
+    """Review F3: the check runs before new state is made (a parameter without state stays
+    without), and compares each moment's dtype (bf16 -> None no longer runs bfloat16 math)."""
+    a, b = torch.nn.Parameter(torch.randn(8)), torch.nn.Parameter(torch.randn(8))
+    opt = adamlab.Adam([a, b], state_precision=before)
+    a.grad = torch.randn(8)
+    opt.step()
+    kept = {k: v.clone() for k, v in opt.state[a].items()}
+    opt.param_groups[0]["state_precision"] = after
+    a.grad, b.grad = torch.randn(8), torch.randn(8)
+    a_before, b_before = a.detach().clone(), b.detach().clone()
+    with pytest.raises(ValueError, match="convert_state_dict") as info:
+        opt.step()
+    assert str(after) in str(info.value) and "exp_avg" in str(info.value)
+    assert not opt.state.get(b), "state created for a parameter, then the step refused"
+    assert torch.equal(a, a_before) and torch.equal(b, b_before)
+    assert opt.state[a].keys() == kept.keys() and all(torch.equal(opt.state[a][k], v) for k, v in kept.items())

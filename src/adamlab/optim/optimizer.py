@@ -224,6 +224,8 @@ class _AdamFamily(Optimizer):
         """The group's parameters that have a gradient, their gradients and their state, as
         parallel lists; the parameters whose state this call created (their first step); and
         the group's :class:`~adamlab.optim.precision.LowPrecision` record (None: plain state).
+        A state stored in another precision than the group's is refused before any state is
+        created (:func:`_check_stored_precision`): a refused step changes nothing.
 
         Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
         params = group["params"]
@@ -237,6 +239,7 @@ class _AdamFamily(Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         states = list(map(self.state.__getitem__, params))  # a defaultdict: {} where new
         new = [] if all(states) else [p for p, s in zip(params, states) if not s]
+        _check_stored_precision(group, params, states)
         if new:
             ordinals = self._ordinals() if _needs_seed(group) else {}
             for p in new:
@@ -251,17 +254,8 @@ class _AdamFamily(Optimizer):
         self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]], exp_avgs: list[Tensor]
     ) -> lowp.LowPrecision | None:
         """The record an implementation needs for a group with low-precision state or
-        stochastic rounding (None otherwise); refuses a state stored in another precision
-        than the group's (its ``state_precision`` changed after the state was created)."""
+        stochastic rounding (None otherwise)."""
         precision = group["state_precision"]
-        dtypes = set(map(_dtype, exp_avgs))
-        expected = {"8bit": torch.uint8, "bf16": torch.bfloat16}.get(precision)
-        if (expected is not None and dtypes - {expected}) or (expected is None and torch.uint8 in dtypes):
-            raise ValueError(
-                f"the state of some parameters is stored as {sorted(map(str, dtypes))}, not as the group's "
-                f"state_precision={precision!r}: state_precision cannot change after the first step; convert a "
-                f"state_dict with adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
-            )
         if not _needs_seed(group) or not params:
             return None
         if not all(
@@ -450,6 +444,31 @@ def _moment_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
     its real view; low precisions refuse it)."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "8bit": torch.uint8}.get(group["state_precision"], p.dtype)
     return p.dtype if p.is_complex() else dtype
+
+
+def _check_stored_precision(group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]]) -> None:
+    """Refuse (``ValueError``, naming the parameter, its moments' dtype and the conversion) a
+    state whose moments are not stored as the group's ``state_precision`` stores them
+    (:func:`_moment_dtype`): the precision changed after the first step, both ways (a bf16
+    state under None would otherwise run bfloat16 math). C-level maps: this runs every step."""
+    if not all(states):  # the parameters without state yet have nothing to check
+        params = list(compress(params, states))
+        states = list(filter(None, states))
+        if not states:
+            return
+    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+    want = list(map(_moment_dtype, repeat(group), params))
+    for key in keys:
+        got = list(map(_dtype, map(operator.itemgetter(key), states)))
+        if got != want:
+            i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+            precision = group["state_precision"]
+            raise ValueError(
+                f"the state of a parameter of shape {tuple(params[i].shape)} stores {key!r} as "
+                f"{got[i]}, not as state_precision={precision!r} stores it ({want[i]}): state_precision cannot "
+                f"change after the first step; convert a state_dict with "
+                f"adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
+            )
 
 
 def _needs_seed(group: dict[str, Any]) -> bool:
