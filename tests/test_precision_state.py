@@ -438,3 +438,56 @@ def test_a_precision_change_is_refused_before_any_state_is_created(before, after
     assert not opt.state.get(b), "state created for a parameter, then the step refused"
     assert torch.equal(a, a_before) and torch.equal(b, b_before)
     assert opt.state[a].keys() == kept.keys() and all(torch.equal(opt.state[a][k], v) for k, v in kept.items())
+
+
+def _trained_channels_last(precision: str, grad: float | None = None) -> tuple[torch.Tensor, dict]:
+    gen = torch.Generator().manual_seed(5)
+    p = torch.nn.Parameter(torch.randn(2, 16, 3, 3, generator=gen).to(memory_format=torch.channels_last))
+    opt = adamlab.Adam([p], state_precision=precision, block_size=16, foreach=True)
+    for _ in range(2):
+        p.grad = torch.full_like(p, grad) if grad is not None else torch.randn(p.shape, generator=gen)
+        opt.step()
+    return p, opt.state_dict()
+
+
+def _fresh(p: torch.Tensor, precision: str, layout=torch.contiguous_format):
+    q = torch.nn.Parameter(p.detach().clone().contiguous().to(memory_format=layout))
+    return q, adamlab.Adam([q], state_precision=precision, block_size=16, foreach=True)
+
+
+def test_loaded_bf16_state_takes_the_parameters_layout() -> None:
+    """Review F4: a channels_last checkpoint loaded for a contiguous parameter (and back)."""
+    p, sd = _trained_channels_last("bf16")
+    q, opt = _fresh(p, "bf16")
+    opt.load_state_dict(sd)
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert opt.state[q][k].stride() == q.stride() and torch.equal(opt.state[q][k], sd["state"][0][k])
+
+
+def test_loaded_8bit_state_is_re_encoded_in_the_parameters_layout_where_exact() -> None:
+    p, sd = _trained_channels_last("8bit", grad=1.0)  # constant blocks: any blocking is exact
+    q, opt = _fresh(p, "8bit")
+    opt.load_state_dict(sd)
+    for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+        got = opt.state[q]
+        assert got[k].stride() == q.stride()
+        want = precision_decode(sd["state"][0][k], sd["state"][0][k + "_absmax"], signed)
+        assert torch.equal(precision_decode(got[k], got[k + "_absmax"], signed), want)
+
+
+def test_loaded_8bit_state_in_another_layout_is_refused_where_re_encoding_is_not_exact() -> None:
+    p, sd = _trained_channels_last("8bit")
+    q, opt = _fresh(p, "8bit")
+    before = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"layout shape \(2, 16, 3, 3\) strides \(144, 1, 48, 16\).*strides \(144, 9, 3, 1\)"):
+        opt.load_state_dict(sd)
+    assert opt.state_dict()["state"] == before["state"] == {}
+    q2, opt2 = _fresh(p, "8bit", torch.channels_last)  # the saved layout loads as it is
+    opt2.load_state_dict(sd)
+    assert torch.equal(opt2.state[q2]["exp_avg"], sd["state"][0]["exp_avg"])
+
+
+def precision_decode(codes: torch.Tensor, absmax: torch.Tensor, signed: bool) -> torch.Tensor:
+    from adamlab.optim import precision
+
+    return precision.decode(codes, absmax, 16, signed)

@@ -378,6 +378,39 @@ class _AdamFamily(Optimizer):
         return initialize_moments(self, batches, first_moment=first_moment)
 
     # ---- checkpoints ---------------------------------------------------------------------
+    def _relaid_8bit(self, state_dict: dict[str, Any]) -> dict[int, dict[str, Tensor]]:
+        """id(p) -> the 8-bit state of p re-encoded in p's memory layout, for each 8-bit state
+        saved in another layout; raises ``ValueError`` (naming both layouts) where the
+        re-encoding would change a decoded value (its blocks would group other elements)."""
+        out: dict[int, dict[str, Tensor]] = {}
+        saved_groups = state_dict["param_groups"]
+        for group, saved_group in zip(self.param_groups, saved_groups):
+            if group["state_precision"] != "8bit":
+                continue
+            block = group["block_size"]
+            for p, key in zip(group["params"], saved_group["params"]):
+                saved = state_dict["state"].get(key)
+                if not saved or lowp.same_memory_order(saved["exp_avg"], p):
+                    continue
+                entry = {}
+                for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                    values = lowp.decode(saved[k].to(p.device), saved[k + "_absmax"].to(p.device), block, signed)
+                    codes = lowp.empty_like_layout(p, torch.uint8)
+                    absmax = torch.empty(lowp.block_count(p.numel(), block), dtype=torch.float32, device=p.device)
+                    mine = lowp.empty_like_layout(p, torch.float32).copy_(values)
+                    lowp.encode_(codes, absmax, mine, block, lowp.STREAM_V if signed else lowp.STREAM_S, None)
+                    if not torch.equal(lowp.decode(codes, absmax, block, signed), mine):
+                        raise ValueError(
+                            f"state_dict entry {k!r} for parameter {key}: its 8-bit codes were saved from a "
+                            f"parameter of layout {_layout(saved[k])}, this parameter's layout is {_layout(p)}; the "
+                            f"blocks of {block} run over memory order, and re-encoding them in this layout would change "
+                            "the values. Load into a parameter of the saved layout (p.to(memory_format=...)), or "
+                            "convert the state_dict with adamlab.convert_state_dict(state_dict, 'fp32') first"
+                        )
+                    entry[k], entry[k + "_absmax"] = codes, absmax
+                out[id(p)] = entry
+        return out
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict (from adamlab or ``torch.optim.Adam``), checking it all first.
 
@@ -391,8 +424,15 @@ class _AdamFamily(Optimizer):
         are both plain floating state and load into each other, recast). Unlike
         ``torch.optim.Optimizer``, the loaded state never aliases the tensors of the
         ``state_dict`` passed in (stepping does not write into the caller's dict).
+
+        The loaded moments take the parameter's memory layout (a checkpoint saved from a
+        channels_last parameter loads into a contiguous one and back): bf16 moments are copied
+        (lossless); 8-bit codes, whose blocks run over memory order, are decoded in the saved
+        order and re-encoded in the parameter's, which is accepted only where it is exact
+        (every decoded value unchanged), else refused with ``ValueError`` naming both layouts.
         """
         validate_state_dict(self, state_dict, keep=_RUN_KEYS, required=_STATE_KEYS)
+        relaid = self._relaid_8bit(state_dict)  # may refuse: before anything changes
         ours = [{k: group[k] for k in _RUN_KEYS + _KEPT_IF_MISSING} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
@@ -416,11 +456,12 @@ class _AdamFamily(Optimizer):
                     # not the cast ones, by the rule that created them (a complex p keeps complex
                     # moments; 8-bit codes are not floating and kept their dtype)
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                        if k in saved:
-                            state[k] = saved[k].to(device=p.device, dtype=_moment_dtype(group, p))
+                        if k in saved:  # in p's layout (a copy: exact)
+                            state[k] = lowp.empty_like_layout(p, _moment_dtype(group, p)).copy_(saved[k])
                     for k in _ABSMAX_KEYS:
                         if k in saved:
                             state[k] = saved[k].to(device=local_tensor(p).device, dtype=torch.float32)
+                    state.update(relaid.get(id(p), {}))
                 if _SEED in saved:  # torch moved it to p's device
                     state[_SEED] = saved[_SEED].to(device="cpu", dtype=torch.int64)
                 for k, value in state.items():
@@ -428,6 +469,11 @@ class _AdamFamily(Optimizer):
                     # would then write into the state_dict the caller passed in. Own our state.
                     if torch.is_tensor(value) and value is saved.get(k):
                         state[k] = value.clone()
+
+
+def _layout(t: Tensor) -> str:
+    """A tensor's memory layout in words: its shape and strides."""
+    return f"shape {tuple(t.shape)} strides {t.stride()}"
 
 
 def _has_stepped(state: dict[str, Any] | None) -> bool:

@@ -270,6 +270,14 @@ def write_flat(t: Tensor, values: Tensor) -> None:
         t.copy_(values.view(t.shape))
 
 
+def same_memory_order(a: Tensor, b: Tensor) -> bool:
+    """Whether the elements of ``a`` and ``b`` (same shape) lie in the same memory order."""
+    if a.stride() == b.stride() or a.numel() <= 1:
+        return True
+    index = torch.arange(a.numel()).view(a.shape)
+    return torch.equal(flat(empty_like_layout(a, torch.int64).copy_(index)), flat(empty_like_layout(b, torch.int64).copy_(index)))
+
+
 def empty_like_layout(t: Tensor, dtype: torch.dtype) -> Tensor:
     """A new tensor with ``t``'s shape and layout (preserve_format)."""
     return torch.empty_like(t, dtype=dtype, memory_format=torch.preserve_format)
