@@ -123,3 +123,13 @@ def test_flat_of_a_tensor_with_gaps_is_its_logical_order() -> None:
     assert torch.equal(P.flat(t), t.reshape(-1))
     P.write_flat(t, torch.arange(12, dtype=torch.float32))
     assert torch.equal(t.reshape(-1), torch.arange(12, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("t", [2**32, 2**32 + 5, 2**40 + 3])
+def test_rounding_key_takes_the_low_32_bits_of_an_int_step(t: int) -> None:
+    """Review F6: a Python int t past 2^32 is masked as the reference masks it (and as a
+    0-dim tensor t is); unmasked, the key would differ from every other backend's."""
+    for stream in range(4):
+        want = R.rounding_key(7, t, stream)
+        assert P.rounding_key(7, t, stream) == want
+        assert int(P.rounding_key(7, torch.tensor(t), stream)) == want

@@ -507,3 +507,16 @@ def test_initialize_moments_numbers_the_parameters_once(monkeypatch) -> None:
     assert len(calls) == 1
     for i, p in enumerate(params):
         assert int(opt.state[p]["rounding_seed"]) == reference.parameter_seed(9, i)
+
+
+def test_absmax_is_float32_under_a_float64_default_dtype() -> None:
+    """Review F7: the block scales are float32 whatever torch's default dtype."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        p = torch.nn.Parameter(torch.randn(300, dtype=torch.float32))
+        opt = adamlab.Adam([p], state_precision="8bit", foreach=True)
+        p.grad = torch.randn(300, dtype=torch.float32)
+        opt.step()
+        assert opt.state[p]["exp_avg_absmax"].dtype == opt.state[p]["exp_avg_sq_absmax"].dtype == torch.float32
+    finally:
+        torch.set_default_dtype(torch.float32)
