@@ -520,3 +520,48 @@ def test_absmax_is_float32_under_a_float64_default_dtype() -> None:
         assert opt.state[p]["exp_avg_absmax"].dtype == opt.state[p]["exp_avg_sq_absmax"].dtype == torch.float32
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def _eight_bit_state_dict() -> dict:
+    p = torch.nn.Parameter(torch.randn(40))
+    opt = adamlab.Adam([p], state_precision="8bit", block_size=16, foreach=True)
+    p.grad = torch.randn(40)
+    opt.step()
+    return opt.state_dict()
+
+
+def _set(path, value):
+    def corrupt(sd):
+        target = sd
+        for k in path[:-1]:
+            target = target[k]
+        target[path[-1]] = value(target[path[-1]]) if callable(value) else value
+
+    return corrupt
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "error", "message"),
+    [
+        (_set(("state", 0, "exp_avg_absmax"), lambda a: a[:1]), ValueError, r"has shape \(1,\).*need 3 scales"),
+        (_set(("state", 0, "exp_avg_absmax"), lambda a: torch.cat([a] * 3)), ValueError, r"shape \(9,\).*need 3"),
+        (_set(("state", 0, "exp_avg_sq_absmax"), lambda a: -a), ValueError, r"exp_avg_sq_absmax.*>= 0"),
+        (_set(("state", 0, "exp_avg"), lambda a: a.to(torch.int64)), ValueError, r"torch.int64 tensor"),
+        (_set(("param_groups", 0, "block_size"), 100), ValueError, r"block_size: 100"),
+        (_set(("param_groups", 0, "state_precision"), "BF16"), ValueError, r"'BF16'"),
+        (_set(("param_groups", 0, "lr"), -1.0), ValueError, r"learning rate: -1.0"),
+        (lambda sd: sd["param_groups"][0].pop("block_size"), ValueError, r"no 'block_size'"),
+        (_set(("state", 0), [1, 2]), TypeError, r"state\[0\] is a list"),
+        (_set(("state",), [1]), TypeError, r"'state' is a list"),
+        (_set(("param_groups",), [5]), TypeError, r"param_groups\[0\] is a int"),
+        (_set(("param_groups", 0, "params"), 3), TypeError, r"\['params'\] is a int"),
+    ],
+)
+def test_convert_validates_its_input_and_changes_nothing(corrupt, error, message) -> None:
+    """Review F5: every malformed input is refused by name (none decodes into wrong values)."""
+    sd = _eight_bit_state_dict()
+    corrupt(sd)
+    kept = copy.deepcopy(sd)
+    with pytest.raises(error, match=message):
+        adamlab.convert_state_dict(sd, "fp32")
+    assert repr(kept) == repr(sd)

@@ -25,7 +25,7 @@ from torch.optim.optimizer import Optimizer
 from adamlab.optim import precision as lowp
 from adamlab.optim._dtensor import local_tensor
 from adamlab.optim.functional import adam_family_update, choose
-from adamlab.validation import validate_group, validate_group_params, validate_params, validate_state_dict
+from adamlab.validation import FLAGS, validate_group, validate_group_params, validate_params, validate_state_dict
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
@@ -50,15 +50,6 @@ _s_absmax = operator.itemgetter("exp_avg_sq_absmax")
 _dtype = Tensor.dtype.__get__
 
 
-_BOOL_KEYS = (
-    "amsgrad",
-    "maximize",
-    "capturable",
-    "differentiable",
-    "decoupled_weight_decay",
-    "skip_nonfinite",
-    "stochastic_rounding",
-)
 
 
 class _AdamFamily(Optimizer):
@@ -115,7 +106,7 @@ class _AdamFamily(Optimizer):
             skip_nonfinite=skip_nonfinite,
         )
         validate_group(defaults)  # all of it, before anything is converted or created
-        for key in _BOOL_KEYS:
+        for key in FLAGS:
             defaults[key] = bool(defaults[key])
         defaults["rounding_seed"], defaults["block_size"] = int(rounding_seed), int(block_size)
         for key in ("eps", "weight_decay", "initial_accumulator_value", "initial_exp_avg_value"):
@@ -131,7 +122,7 @@ class _AdamFamily(Optimizer):
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in _BOOL_KEYS:
+            for key in FLAGS:
                 group.setdefault(key, False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
@@ -488,7 +479,7 @@ def _moment_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
     """The dtype of p's moments: bfloat16 (``"bf16"``), uint8 codes (``"8bit"``), float32
     (``"fp32"``) or p's (None); a complex p keeps its complex dtype (the update treats it as
     its real view; low precisions refuse it)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "8bit": torch.uint8}.get(group["state_precision"], p.dtype)
+    dtype = lowp.STORED_DTYPES.get(group["state_precision"], p.dtype)
     return p.dtype if p.is_complex() else dtype
 
 

@@ -28,9 +28,12 @@ from torch import Tensor
 
 from adamlab import reference
 from adamlab.optim._dtensor import local_tensor
+from adamlab.validation import LOW_PRECISIONS, STATE_PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "8bit")  # the values of state_precision besides None
-LOW_PRECISIONS = ("bf16", "8bit")  # stored in fewer bits than float32: encoded and decoded
+PRECISIONS = STATE_PRECISIONS[1:]  # the values of state_precision besides None
+# LOW_PRECISIONS: stored in fewer bits than float32, encoded and decoded
+# how each precision stores a moment (None: in the parameter's dtype)
+STORED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "8bit": torch.uint8}
 STREAM_V, STREAM_S, STREAM_PARAM, STREAM_S_MAX = (
     reference.STREAM_V,
     reference.STREAM_S,
