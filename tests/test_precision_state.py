@@ -16,7 +16,7 @@ import torch
 
 import adamlab
 from adamlab import reference
-from adamlab.optim.precision import flat
+from adamlab.optim.precision import decode, flat
 
 IMPLS = {"single_tensor": dict(foreach=False), "foreach": dict(foreach=True), "capturable": dict(capturable=True)}
 PRECISIONS = [None, "fp32", "bf16", "8bit"]
@@ -81,6 +81,17 @@ def test_state_keys_dtypes_layouts_and_initial_values(rule: str) -> None:
             if precision == "8bit":
                 absmax = state[key + "_absmax"]
                 assert absmax.dtype == torch.float32 and absmax.shape == (math.ceil(p.numel() / 32),)
+        # the decay the step claims: v = v0 + (1-β1)(0 - v0), s = β2·s0 (Adam) or s0 (Yogi: g = 0
+        # moves nothing), each stored as its precision rounds: 8 bits exactly (constant blocks:
+        # absmax is the value, code 1.0), bf16 stochastically to one of the two neighbours
+        v_want = np.float32(0.25) + np.float32(0.1) * (np.float32(0.0) - np.float32(0.25))
+        s_want = np.float32(s0) * np.float32(0.999) if rule == "adam" else np.float32(s0)
+        for key, want, signed in (("exp_avg", v_want, True), ("exp_avg_sq", s_want, False)):
+            got = decode(state[key], state.get(key + "_absmax"), 32, signed)
+            if precision == "8bit":
+                assert torch.allclose(got, torch.tensor(float(want)), rtol=2e-7, atol=0), (key, got.flatten()[:3])
+            else:  # within one bf16 ulp of the float32 value (2^-7 relative at most)
+                assert torch.all((got - float(want)).abs() <= abs(float(want)) * 2**-7), (key, got.flatten()[:3])
     # a fresh optimizer's first state: v0 and s0 encoded (before any step moves them)
     q = torch.nn.Parameter(torch.ones(50))
     fresh = cls([q], state_precision="8bit", block_size=16, initial_exp_avg_value=0.25)
