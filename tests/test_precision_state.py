@@ -576,3 +576,26 @@ def test_convert_validates_its_input_and_changes_nothing(corrupt, error, message
     with pytest.raises(error, match=message):
         adamlab.convert_state_dict(sd, "fp32")
     assert repr(kept) == repr(sd)
+
+
+@pytest.mark.parametrize("precision", [None, "bf16", "8bit"])
+@pytest.mark.parametrize("bias_correction", [True, "recursive"])
+@pytest.mark.parametrize("s0", [0.0, 1e-6])
+def test_yogi_second_moment_stays_non_negative_in_float32_arithmetic(precision, bias_correction, s0) -> None:
+    """docs/precision.md: s >= 0 holds in float32 arithmetic too (the reference's check runs
+    in float64): the torch update on float32 tensors, gradients whose scale jumps by up to
+    10^6 between steps (s far above, then far below, g²), a fifth of them 0."""
+    gen = torch.Generator().manual_seed(4)
+    p = torch.nn.Parameter(torch.randn(300, generator=gen))
+    opt = adamlab.Yogi([p], foreach=True, state_precision=precision, block_size=64,
+                       bias_correction=bias_correction, initial_accumulator_value=s0)  # fmt: skip
+    for t in range(40):
+        scale = 10.0 ** int(torch.randint(-6, 3, (), generator=gen))
+        g = torch.randn(300, generator=gen) * scale
+        g[torch.rand(300, generator=gen) < 0.2] = 0.0
+        p.grad = g
+        opt.step()
+        state = opt.state[p]
+        s = decode(state["exp_avg_sq"], state.get("exp_avg_sq_absmax"), 64, signed=False)
+        assert s.dtype == torch.float32 and bool((s >= 0).all()), f"step {t + 1}"
+        assert bool(torch.isfinite(p).all())
