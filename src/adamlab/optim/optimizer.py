@@ -563,7 +563,7 @@ _ARGS = """
         amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form)
             (default: False).
         foreach: ``None`` (default) or ``True`` uses the multi-tensor implementation,
-            ``False`` the single-tensor loop.
+            ``False`` the single-tensor loop (``None`` with low-precision state: see ``fused``).
         maximize: ascend the objective instead of descending it (default: False).
         capturable: keep the step count on the parameter's device and compute every
             per-step scalar there (no host synchronization; needed for CUDA graphs).
@@ -578,6 +578,11 @@ _ARGS = """
         fused: ``True`` runs one fused kernel per step (C++ on CPU, Triton on CUDA). Where
             this machine lacks the kernel (no compiled library, no Triton), the first step
             warns once, saying why, and runs the foreach implementation (default: None).
+            Unset (None, with ``foreach`` unset too) means the fused kernel for low-precision
+            state: a group with ``state_precision="bf16"``/``"8bit"`` or
+            ``stochastic_rounding`` runs the fused kernel where this machine has it (foreach
+            otherwise, without a warning); ``fused=False`` or ``foreach=True`` keep the
+            readable path, which is several times slower (docs/precision.md).
         decoupled_weight_decay: see ``weight_decay`` (default: False).
         bias_correction: ``True`` (default: divide v and s by 1-β^t, t from 1), ``False``,
             or ``"recursive"`` (the state holds the debiased v̂ and ŝ; see
