@@ -48,6 +48,7 @@ _seed = operator.itemgetter(_SEED)
 _v_absmax = operator.itemgetter("exp_avg_absmax")
 _s_absmax = operator.itemgetter("exp_avg_sq_absmax")
 _dtype = Tensor.dtype.__get__
+_is_complex = operator.attrgetter("is_complex")
 
 
 
@@ -494,12 +495,16 @@ def _check_stored_precision(group: dict[str, Any], params: list[Tensor], states:
         if not states:
             return
     keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
-    want = list(map(_moment_dtype, repeat(group), params))
+    # _moment_dtype for every parameter, by C-level maps
+    precision = group["state_precision"]
+    want = list(map(_dtype, params))
+    if precision is not None:
+        stored = lowp.STORED_DTYPES[precision]
+        want = [d if d.is_complex else stored for d in want] if any(map(_is_complex, want)) else [stored] * len(want)
     for key in keys:
         got = list(map(_dtype, map(operator.itemgetter(key), states)))
         if got != want:
             i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-            precision = group["state_precision"]
             raise ValueError(
                 f"the state of a parameter of shape {tuple(params[i].shape)} stores {key!r} as "
                 f"{got[i]}, not as state_precision={precision!r} stores it ({want[i]}): state_precision cannot "
