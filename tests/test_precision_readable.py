@@ -16,9 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import adamlab
 from adamlab import reference
-from adamlab.optim import functional
+from adamlab.optim import functional, precision
 from adamlab.optim import optimizer as optimizer_module
-from adamlab.optim import precision
 
 CPU = torch.device("cpu")
 
@@ -58,7 +57,9 @@ def test_choose_runs_the_fused_kernel_by_default_for_low_precision(monkeypatch, 
 def test_the_optimizer_dispatches_low_precision_to_the_fused_kernel(monkeypatch, options, expected) -> None:
     monkeypatch.setattr(functional, "_unavailable", {"fused_cpu": None})
     seen = []
-    monkeypatch.setattr(optimizer_module, "adam_family_update", lambda *a, implementation, **k: seen.append(implementation))
+    monkeypatch.setattr(
+        optimizer_module, "adam_family_update", lambda *a, implementation, **k: seen.append(implementation)
+    )
     p = torch.nn.Parameter(torch.randn(8, dtype=torch.bfloat16 if "stochastic_rounding" in options else torch.float32))
     opt = adamlab.Adam([p], **options)
     p.grad = torch.ones_like(p)
@@ -131,7 +132,7 @@ class _LargestOutput(TorchDispatchMode):
         super().__init__()
         self.largest = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (list, tuple)) else [out]:
             if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > self.largest:

@@ -431,7 +431,9 @@ def test_a_torch_optim_adam_checkpoint_is_refused_by_low_precision_until_convert
     assert int(ours.state[a[1]]["rounding_seed"]) == reference.parameter_seed(4, 1)
 
 
-@pytest.mark.parametrize(("before", "after"), [(None, "8bit"), ("bf16", None), ("8bit", "bf16"), ("bf16", "fp32"), ("fp32", "bf16")])
+@pytest.mark.parametrize(
+    ("before", "after"), [(None, "8bit"), ("bf16", None), ("8bit", "bf16"), ("bf16", "fp32"), ("fp32", "bf16")]
+)
 def test_a_precision_change_is_refused_before_any_state_is_created(before, after) -> None:
     """Review F3: the check runs before new state is made (a parameter without state stays
     without), and compares each moment's dtype (bf16 -> None no longer runs bfloat16 math)."""
@@ -488,9 +490,11 @@ def test_loaded_8bit_state_is_re_encoded_in_the_parameters_layout_where_exact() 
 
 def test_loaded_8bit_state_in_another_layout_is_refused_where_re_encoding_is_not_exact() -> None:
     p, sd = _trained_channels_last("8bit")
-    q, opt = _fresh(p, "8bit")
+    _, opt = _fresh(p, "8bit")
     before = copy.deepcopy(opt.state_dict())
-    with pytest.raises(ValueError, match=r"layout shape \(2, 16, 3, 3\) strides \(144, 1, 48, 16\).*strides \(144, 9, 3, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"layout shape \(2, 16, 3, 3\) strides \(144, 1, 48, 16\).*strides \(144, 9, 3, 1\)"
+    ):
         opt.load_state_dict(sd)
     assert opt.state_dict()["state"] == before["state"] == {}
     q2, opt2 = _fresh(p, "8bit", torch.channels_last)  # the saved layout loads as it is

@@ -49,8 +49,7 @@ _v_absmax = operator.itemgetter("exp_avg_absmax")
 _s_absmax = operator.itemgetter("exp_avg_sq_absmax")
 _dtype = Tensor.dtype.__get__
 _is_complex = operator.attrgetter("is_complex")
-
-
+_LOW_DTYPES = (torch.bfloat16, torch.uint8)  # how "bf16" and "8bit" store a moment
 
 
 class _AdamFamily(Optimizer):
@@ -395,8 +394,9 @@ class _AdamFamily(Optimizer):
                         raise ValueError(
                             f"state_dict entry {k!r} for parameter {key}: its 8-bit codes were saved from a "
                             f"parameter of layout {_layout(saved[k])}, this parameter's layout is {_layout(p)}; the "
-                            f"blocks of {block} run over memory order, and re-encoding them in this layout would change "
-                            "the values. Load into a parameter of the saved layout (p.to(memory_format=...)), or "
+                            f"blocks of {block} run over memory order, and re-encoding them in this layout would "
+                            "change the values. Load into a parameter of the saved layout (p.to(memory_format=...)), "
+                            "or "
                             "convert the state_dict with adamlab.convert_state_dict(state_dict, 'fp32') first"
                         )
                     entry[k], entry[k + "_absmax"] = codes, absmax
@@ -488,7 +488,9 @@ def _check_stored_precision(group: dict[str, Any], params: list[Tensor], states:
     """Refuse (``ValueError``, naming the parameter, its moments' dtype and the conversion) a
     state whose moments are not stored as the group's ``state_precision`` stores them
     (:func:`_moment_dtype`): the precision changed after the first step, both ways (a bf16
-    state under None would otherwise run bfloat16 math). C-level maps: this runs every step."""
+    state under None would otherwise run bfloat16 math). Under None/"fp32" only a moment in
+    bfloat16 or uint8 that the parameter's dtype does not explain is such a state; other
+    mismatches are left to the implementations' own checks. C-level maps: this runs every step."""
     if not all(states):  # the parameters without state yet have nothing to check
         params = list(compress(params, states))
         states = list(filter(None, states))
@@ -503,14 +505,18 @@ def _check_stored_precision(group: dict[str, Any], params: list[Tensor], states:
         want = [d if d.is_complex else stored for d in want] if any(map(_is_complex, want)) else [stored] * len(want)
     for key in keys:
         got = list(map(_dtype, map(operator.itemgetter(key), states)))
-        if got != want:
-            i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        if got == want:
+            continue
+        # a plain precision leaves other dtypes (a corrupted state) to the implementation's checks
+        low = precision in lowp.LOW_PRECISIONS
+        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b and (low or a in _LOW_DTYPES)), None)
+        if i is not None:
             raise ValueError(
                 f"the state of a parameter of shape {tuple(params[i].shape)} stores {key!r} as "
                 f"{got[i]}, not as state_precision={precision!r} stores it ({want[i]}): state_precision cannot "
                 f"change after the first step; convert a state_dict with "
                 f"adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
-            )
+            )  # fmt: skip
 
 
 def _needs_seed(group: dict[str, Any]) -> bool:

@@ -111,7 +111,9 @@ def random_bits32(key: Any, n: int, device: torch.device | str, offset: int = 0)
     hi, last_hi = offset >> 32, (offset + max(n, 1) - 1) >> 32
     if hi != last_hi:
         head = ((hi + 1) << 32) - offset
-        return torch.cat([random_bits32(key, head, device, offset), random_bits32(key, n - head, device, offset + head)])
+        return torch.cat(
+            [random_bits32(key, head, device, offset), random_bits32(key, n - head, device, offset + head)]
+        )
     low = offset & _MASK
     if low + n <= 1 << 31:
         index = torch.arange(low, low + n, dtype=torch.int32, device=device)
@@ -278,7 +280,9 @@ def same_memory_order(a: Tensor, b: Tensor) -> bool:
     if a.stride() == b.stride() or a.numel() <= 1:
         return True
     index = torch.arange(a.numel()).view(a.shape)
-    return torch.equal(flat(empty_like_layout(a, torch.int64).copy_(index)), flat(empty_like_layout(b, torch.int64).copy_(index)))
+    return torch.equal(
+        flat(empty_like_layout(a, torch.int64).copy_(index)), flat(empty_like_layout(b, torch.int64).copy_(index))
+    )
 
 
 def empty_like_layout(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -434,7 +438,7 @@ class _Walk:
     """One parameter of the readable low-precision path: flat views (memory order) of the
     parameter, its gradient aligned to that order and its stored moments, and its new t."""
 
-    def __init__(self, i, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, lp, amsgrad) -> None:  # noqa: ANN001
+    def __init__(self, i, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, lp, amsgrad) -> None:
         p, g = params[i], grads[i]
         self.param, (self.p, self.p_copied) = p, flat_rw(p)
         if g.stride() != p.stride():
@@ -477,7 +481,7 @@ class _Walk:
 _STREAMS = (STREAM_V, STREAM_S, STREAM_S_MAX)
 
 
-def _run_batch(update, rule, batch, lp, capturable, amsgrad, hyper) -> None:  # noqa: ANN001
+def _run_batch(update, rule, batch, lp, capturable, amsgrad, hyper) -> None:
     """Decode, update and encode one batch of (walk, start, stop) pieces."""
     block = lp.block_size
     work_p, work_g, steps = [], [], []
@@ -496,7 +500,9 @@ def _run_batch(update, rule, batch, lp, capturable, amsgrad, hyper) -> None:  # 
         for k, ((view, _), absmax) in enumerate(zip(walk.views, walk.absmax)):
             values = work[k][j]
             if values.data_ptr() != view[start:stop].data_ptr():  # not updated in place
-                encode_piece_(view, absmax, start, values, block, _STREAMS[k], walk.key(_STREAMS[k], True, lp, capturable))
+                encode_piece_(
+                    view, absmax, start, values, block, _STREAMS[k], walk.key(_STREAMS[k], True, lp, capturable)
+                )
         target = walk.p[start:stop]
         if work_p[j] is not target:
             if lp.stochastic_rounding and target.dtype == torch.bfloat16:
