@@ -19,6 +19,7 @@ foreach paths, and a state_dict conversion, share one implementation:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -358,17 +359,23 @@ def constant_state(
     """A moment of ``precision`` holding ``value`` everywhere, shaped like ``like``: bf16 the
     nearest bfloat16 of float32(value); 8bit each block quantized (absmax |value|, float32
     whatever the default dtype)."""
-    if precision == "bf16":
-        stored = empty_like_layout(like, torch.bfloat16)
-        stored.fill_(round_bf16_nearest(torch.tensor([value], dtype=torch.float32)).item())
+    fill, absmax = _constant(float(value), precision, signed)
+    stored = empty_like_layout(like, STORED_DTYPES[precision])
+    stored.fill_(fill)
+    if absmax is None:
         return stored, None
-    codes, absmax = quantize_blockwise(torch.tensor([value], dtype=torch.float32), 1, signed)
-    stored = empty_like_layout(like, torch.uint8)
-    stored.fill_(int(codes[0]))
     shard = local_tensor(like)
-    return stored, torch.full(
-        (block_count(shard.numel(), block_size),), float(absmax[0]), dtype=torch.float32, device=shard.device
-    )
+    blocks = block_count(shard.numel(), block_size)
+    return stored, torch.full((blocks,), absmax, dtype=torch.float32, device=shard.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, precision: str, signed: bool) -> tuple[Any, float | None]:
+    """The stored form of a constant (computed once per value: every new state needs it)."""
+    if precision == "bf16":
+        return round_bf16_nearest(torch.tensor([value], dtype=torch.float32)).item(), None
+    codes, absmax = quantize_blockwise(torch.tensor([value], dtype=torch.float32), 1, signed)
+    return int(codes[0]), float(absmax[0])
 
 
 # ---- the update ----------------------------------------------------------------------------
