@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -28,6 +28,8 @@ def _u16(t: torch.Tensor) -> np.ndarray:
 
 
 @given(seed=st.integers(0, 2**32 - 1), t=st.integers(1, 2**40), stream=st.integers(0, 3))
+@example(seed=2**32 - 1, t=2**32, stream=3)  # past 2^32, whatever the profile draws
+@example(seed=12345, t=2**32 + 5, stream=2)
 def test_keys_and_seeds(seed: int, t: int, stream: int) -> None:
     key = R.rounding_key(seed, t, stream)
     assert P.rounding_key(seed, t, stream) == key
@@ -123,3 +125,13 @@ def test_flat_of_a_tensor_with_gaps_is_its_logical_order() -> None:
     assert torch.equal(P.flat(t), t.reshape(-1))
     P.write_flat(t, torch.arange(12, dtype=torch.float32))
     assert torch.equal(t.reshape(-1), torch.arange(12, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("t", [2**32, 2**32 + 5, 2**40 + 3])
+def test_rounding_key_takes_the_low_32_bits_of_an_int_step(t: int) -> None:
+    """Review F6: a Python int t past 2^32 is masked as the reference masks it (and as a
+    0-dim tensor t is); unmasked, the key would differ from every other backend's."""
+    for stream in range(4):
+        want = R.rounding_key(7, t, stream)
+        assert P.rounding_key(7, t, stream) == want
+        assert int(P.rounding_key(7, torch.tensor(t), stream)) == want

@@ -68,7 +68,7 @@ class OptionConflict(ValueError, RuntimeError):
     """
 
 
-_FLAGS = (
+FLAGS = (  # the boolean options of a group (stored as bool)
     "amsgrad",
     "maximize",
     "capturable",
@@ -77,7 +77,7 @@ _FLAGS = (
     "skip_nonfinite",
     "stochastic_rounding",
 )
-# state_precision (adamlab.optim.precision.PRECISIONS; repeated here: this module imports no torch)
+# the values of state_precision (adamlab.optim.precision takes them from here)
 STATE_PRECISIONS: tuple[Any, ...] = (None, "fp32", "bf16", "8bit")
 LOW_PRECISIONS = ("bf16", "8bit")
 LOW_PRECISION_DTYPES = ("torch.float32", "torch.bfloat16", "torch.float16")
@@ -148,7 +148,7 @@ def validate_group(group: Mapping[str, Any], where: str = "") -> None:
     """
     at = _prefix(where)
     capturable, foreach = group.get("capturable", False), group.get("foreach")
-    for name in _FLAGS:
+    for name in FLAGS:
         _flag(where, name, group.get(name, False))
     _flag(where, "foreach", foreach, allow_none=True)
     _flag(where, "fused", group.get("fused"), allow_none=True)
@@ -582,8 +582,10 @@ def _state_8bit(name: str, entry: Mapping[str, Any], p: Any, block_size: int) ->
     """An 8-bit state: uint8 codes shaped like p, float32 absmax per block, finite and >= 0."""
     import torch
 
-    local = p.to_local() if type(p).__name__ == "DTensor" else p
-    blocks = -(-local.numel() // block_size)
+    from adamlab.optim._dtensor import local_tensor
+    from adamlab.optim.precision import block_count
+
+    blocks = block_count(local_tensor(p).numel(), block_size)
     for k in ("exp_avg", "exp_avg_sq"):
         value = entry[k]
         what = f"state_dict entry {k!r} for {name}"

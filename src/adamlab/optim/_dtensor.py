@@ -19,6 +19,11 @@ def is_dtensor(t: Tensor) -> bool:
     return type(t) not in _PLAIN_TYPES and hasattr(t, "_local_tensor")
 
 
+def local_tensor(t: Tensor) -> Tensor:
+    """A DTensor's local shard (its state is per shard: blocks and indices are local), else ``t``."""
+    return t.to_local() if is_dtensor(t) else t
+
+
 def local_shards(*lists: list[Tensor]) -> tuple[list[Tensor], ...]:
     """Each list with its DTensors replaced by their local shards. The first list holds the
     parameters: a gradient or state tensor whose placement differs from its parameter's is

@@ -56,16 +56,33 @@ def get_implementation(name: str) -> Callable[..., None]:
     raise ValueError(f"Unknown implementation: {name!r} (expected one of {IMPLEMENTATIONS})")
 
 
-_unavailable: dict[str, str | None] = {}  # fused implementation -> why it cannot run here (None: it can)
+# fused implementation -> None (it runs here), or [why it cannot, whether fused=True has warned]
+_unavailable: dict[str, list[Any] | None] = {}
 
 
-def choose(fused: bool | None, foreach: bool | None, device: torch.device, differentiable: bool = False) -> str:
+def choose(
+    fused: bool | None,
+    foreach: bool | None,
+    device: torch.device,
+    differentiable: bool = False,
+    low_precision: bool = False,
+) -> str:
     """The one place that picks an implementation for a group's tensors on ``device``.
 
     ``differentiable=True`` runs the autograd-safe single-tensor update (validation has
-    refused it with ``fused`` or ``foreach=True``, as torch does)."""
+    refused it with ``fused`` or ``foreach=True``, as torch does). ``fused=True`` runs the
+    device's fused kernel (warning once, and running foreach, where it is missing).
+    ``low_precision=True`` (the group's state is stored in bf16 or 8 bits, or its bfloat16
+    parameters are rounded stochastically, and the fused kernels can run its update) makes
+    fused the default: with ``fused`` and ``foreach`` both unset the fused kernel runs where
+    this machine has it, silently falling back to foreach where it does not — the readable
+    path decodes and encodes with many tensor operations and is far slower.
+    ``fused=False`` or ``foreach=True``/``False`` keep the readable paths."""
     if differentiable:
         return "differentiable"
+    if fused is None and foreach is None and low_precision and device.type in ("cpu", "cuda"):
+        name = "fused_cpu" if device.type == "cpu" else "fused_cuda"
+        return name if _available(name, warn=None) else "foreach"
     if fused:
         if device.type not in ("cpu", "cuda"):
             raise RuntimeError(
@@ -73,19 +90,29 @@ def choose(fused: bool | None, foreach: bool | None, device: torch.device, diffe
                 "use foreach=True (or leave fused unset)"
             )
         name = "fused_cpu" if device.type == "cpu" else "fused_cuda"
-        if name not in _unavailable:
-            try:
-                get_implementation(name)
-                _unavailable[name] = None
-            except RuntimeError as error:
-                _unavailable[name] = str(error)
-                warnings.warn(
-                    f"fused=True on {device.type} tensors runs the foreach implementation instead: {error}",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-        return name if _unavailable[name] is None else "foreach"
+        return name if _available(name, warn=device.type) else "foreach"
     return "single_tensor" if foreach is False else "foreach"
+
+
+def _available(name: str, warn: str | None) -> bool:
+    """Whether the fused implementation ``name`` runs here (checked once per process). Where
+    it does not, the first ``fused=True`` that meets it (``warn`` names the device) warns
+    once, naming why; the fused-by-default choice of low-precision state falls back quietly."""
+    if name not in _unavailable:
+        try:
+            get_implementation(name)
+            _unavailable[name] = None
+        except RuntimeError as error:
+            _unavailable[name] = [str(error), False]
+    why = _unavailable[name]
+    if why is not None and warn is not None and not why[1]:
+        why[1] = True
+        warnings.warn(
+            f"fused=True on {warn} tensors runs the foreach implementation instead: {why[0]}",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+    return why is None
 
 
 def adam_family_update(

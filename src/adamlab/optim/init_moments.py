@@ -38,11 +38,12 @@ def _params(optimizer: Optimizer) -> list[tuple[Tensor, dict[str, Any]]]:
     return [(p, group) for group in optimizer.param_groups for p in group["params"]]
 
 
-def _new_state(optimizer: Optimizer, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-    """The state the optimizer would create at the first step (adamlab's own function)."""
+def _new_state(optimizer: Optimizer, p: Tensor, group: dict[str, Any], ordinals: dict[int, int]) -> dict[str, Any]:
+    """The state the optimizer would create at the first step (adamlab's own function, given
+    the parameters' state_dict ordinals, computed once for all: its seeds need them)."""
     init = getattr(optimizer, "_init_state", None)
     if init is not None:
-        return init(p, group)
+        return init(p, group, ordinals.get(id(p)))
     # torch.optim.Adam / AdamW: the same keys and dtypes torch creates lazily.
     state = optimizer.state[p]
     on_device = group.get("capturable", False) or group.get("fused", False)
@@ -163,10 +164,11 @@ def initialize_moments(optimizer: Optimizer, batches: Iterable[Batch], *, first_
             counts[i] += 1
     if k == 0:
         raise ValueError("initialize_moments needs at least one batch")
+    ordinals = optimizer._ordinals() if hasattr(optimizer, "_ordinals") else {}  # once: not per parameter
     for i, (p, group) in enumerate(entries):
         if counts[i] == 0:
             continue
-        state = optimizer.state[p] if optimizer.state.get(p) else _new_state(optimizer, p, group)
+        state = optimizer.state[p] if optimizer.state.get(p) else _new_state(optimizer, p, group, ordinals)
         block = group.get("block_size", 256)
         _fill(state, "exp_avg_sq", sq_sums[i] / counts[i], block)
         if "max_exp_avg_sq" in state:
@@ -181,13 +183,12 @@ def _fill(state: dict[str, Any], key: str, value: Tensor, block_size: int) -> No
     block scales (``state_precision="8bit"``; blocks over the moment's memory order)."""
     target = state[key]
     if target.dtype == torch.uint8:
-        from adamlab.optim.precision import flat, quantize_blockwise, write_flat
+        from adamlab.optim import precision as lowp
 
-        values = torch.empty_like(target, dtype=torch.float32)
+        values = lowp.empty_like_layout(target, torch.float32)
         values.copy_(value.to(device=target.device, dtype=torch.float32).view(target.shape))
-        codes, absmax = quantize_blockwise(flat(values), block_size, signed=key == "exp_avg")
-        write_flat(target, codes)
-        state[key + "_absmax"].copy_(absmax)
+        stream = lowp.STREAM_V if key == "exp_avg" else lowp.STREAM_S
+        lowp.encode_(target, state[key + "_absmax"], values, block_size, stream, None)
         return
     view = torch.view_as_real(target) if target.is_complex() else target
     view.copy_(value.to(device=view.device, dtype=view.dtype))

@@ -23,8 +23,9 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from adamlab.optim import precision as lowp
+from adamlab.optim._dtensor import local_tensor
 from adamlab.optim.functional import adam_family_update, choose
-from adamlab.validation import validate_group, validate_group_params, validate_params, validate_state_dict
+from adamlab.validation import FLAGS, validate_group, validate_group_params, validate_params, validate_state_dict
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
@@ -47,17 +48,8 @@ _seed = operator.itemgetter(_SEED)
 _v_absmax = operator.itemgetter("exp_avg_absmax")
 _s_absmax = operator.itemgetter("exp_avg_sq_absmax")
 _dtype = Tensor.dtype.__get__
-
-
-_BOOL_KEYS = (
-    "amsgrad",
-    "maximize",
-    "capturable",
-    "differentiable",
-    "decoupled_weight_decay",
-    "skip_nonfinite",
-    "stochastic_rounding",
-)
+_is_complex = operator.attrgetter("is_complex")
+_LOW_DTYPES = (torch.bfloat16, torch.uint8)  # how "bf16" and "8bit" store a moment
 
 
 class _AdamFamily(Optimizer):
@@ -114,7 +106,7 @@ class _AdamFamily(Optimizer):
             skip_nonfinite=skip_nonfinite,
         )
         validate_group(defaults)  # all of it, before anything is converted or created
-        for key in _BOOL_KEYS:
+        for key in FLAGS:
             defaults[key] = bool(defaults[key])
         defaults["rounding_seed"], defaults["block_size"] = int(rounding_seed), int(block_size)
         for key in ("eps", "weight_decay", "initial_accumulator_value", "initial_exp_avg_value"):
@@ -130,7 +122,7 @@ class _AdamFamily(Optimizer):
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
         for group in self.param_groups:
-            for key in _BOOL_KEYS:
+            for key in FLAGS:
                 group.setdefault(key, False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
@@ -145,7 +137,7 @@ class _AdamFamily(Optimizer):
                 p_state = self.state.get(p, {})
                 if p_state and not torch.is_tensor(p_state["step"]):
                     p_state["step"] = torch.tensor(float(p_state["step"]), dtype=_step_dtype(group))
-                if p_state and (group["capturable"] or group["fused"]):
+                if p_state and (group["capturable"] or _runs_fused(group)):
                     p_state["step"] = p_state["step"].to(p.device)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -188,7 +180,7 @@ class _AdamFamily(Optimizer):
         the ordinal being p's position in the state_dict's numbering.
         """
         state = self.state[p]
-        on_device = group["capturable"] or group["fused"]
+        on_device = group["capturable"] or _runs_fused(group)
         precision = group["state_precision"]
         state["step"] = torch.zeros((), dtype=_step_dtype(group), device=p.device if on_device else "cpu")
         for key, value, signed in (
@@ -223,6 +215,8 @@ class _AdamFamily(Optimizer):
         """The group's parameters that have a gradient, their gradients and their state, as
         parallel lists; the parameters whose state this call created (their first step); and
         the group's :class:`~adamlab.optim.precision.LowPrecision` record (None: plain state).
+        A state stored in another precision than the group's is refused before any state is
+        created (:func:`_check_stored_precision`): a refused step changes nothing.
 
         Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
         params = group["params"]
@@ -236,6 +230,7 @@ class _AdamFamily(Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         states = list(map(self.state.__getitem__, params))  # a defaultdict: {} where new
         new = [] if all(states) else [p for p, s in zip(params, states) if not s]
+        _check_stored_precision(group, params, states)
         if new:
             ordinals = self._ordinals() if _needs_seed(group) else {}
             for p in new:
@@ -250,17 +245,8 @@ class _AdamFamily(Optimizer):
         self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]], exp_avgs: list[Tensor]
     ) -> lowp.LowPrecision | None:
         """The record an implementation needs for a group with low-precision state or
-        stochastic rounding (None otherwise); refuses a state stored in another precision
-        than the group's (its ``state_precision`` changed after the state was created)."""
+        stochastic rounding (None otherwise)."""
         precision = group["state_precision"]
-        dtypes = set(map(_dtype, exp_avgs))
-        expected = {"8bit": torch.uint8, "bf16": torch.bfloat16}.get(precision)
-        if (expected is not None and dtypes - {expected}) or (expected is None and torch.uint8 in dtypes):
-            raise ValueError(
-                f"the state of some parameters is stored as {sorted(map(str, dtypes))}, not as the group's "
-                f"state_precision={precision!r}: state_precision cannot change after the first step; convert a "
-                f"state_dict with adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
-            )
         if not _needs_seed(group) or not params:
             return None
         if not all(
@@ -329,7 +315,9 @@ class _AdamFamily(Optimizer):
                 beta1 = beta1.item()
             if isinstance(beta2, Tensor):  # apart: a scheduler may have replaced only β1
                 beta2 = beta2.item()
-        implementation = choose(group["fused"], group["foreach"], tensors[0][0].device, differentiable)
+        implementation = choose(
+            group["fused"], group["foreach"], tensors[0][0].device, differentiable, _fused_by_default(group)
+        )
         # set by GradScaler on fused optimizers (instance attributes)
         grad_scale = self.__dict__.get("grad_scale")
         found_inf = self.__dict__.get("found_inf")
@@ -381,6 +369,40 @@ class _AdamFamily(Optimizer):
         return initialize_moments(self, batches, first_moment=first_moment)
 
     # ---- checkpoints ---------------------------------------------------------------------
+    def _relaid_8bit(self, state_dict: dict[str, Any]) -> dict[int, dict[str, Tensor]]:
+        """id(p) -> the 8-bit state of p re-encoded in p's memory layout, for each 8-bit state
+        saved in another layout; raises ``ValueError`` (naming both layouts) where the
+        re-encoding would change a decoded value (its blocks would group other elements)."""
+        out: dict[int, dict[str, Tensor]] = {}
+        saved_groups = state_dict["param_groups"]
+        for group, saved_group in zip(self.param_groups, saved_groups):
+            if group["state_precision"] != "8bit":
+                continue
+            block = group["block_size"]
+            for p, key in zip(group["params"], saved_group["params"]):
+                saved = state_dict["state"].get(key)
+                if not saved or lowp.same_memory_order(saved["exp_avg"], p):
+                    continue
+                entry = {}
+                for k, signed in (("exp_avg", True), ("exp_avg_sq", False)):
+                    values = lowp.decode(saved[k].to(p.device), saved[k + "_absmax"].to(p.device), block, signed)
+                    codes = lowp.empty_like_layout(p, torch.uint8)
+                    absmax = torch.empty(lowp.block_count(p.numel(), block), dtype=torch.float32, device=p.device)
+                    mine = lowp.empty_like_layout(p, torch.float32).copy_(values)
+                    lowp.encode_(codes, absmax, mine, block, lowp.STREAM_V if signed else lowp.STREAM_S, None)
+                    if not torch.equal(lowp.decode(codes, absmax, block, signed), mine):
+                        raise ValueError(
+                            f"state_dict entry {k!r} for parameter {key}: its 8-bit codes were saved from a "
+                            f"parameter of layout {_layout(saved[k])}, this parameter's layout is {_layout(p)}; the "
+                            f"blocks of {block} run over memory order, and re-encoding them in this layout would "
+                            "change the values. Load into a parameter of the saved layout (p.to(memory_format=...)), "
+                            "or "
+                            "convert the state_dict with adamlab.convert_state_dict(state_dict, 'fp32') first"
+                        )
+                    entry[k], entry[k + "_absmax"] = codes, absmax
+                out[id(p)] = entry
+        return out
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict (from adamlab or ``torch.optim.Adam``), checking it all first.
 
@@ -394,8 +416,15 @@ class _AdamFamily(Optimizer):
         are both plain floating state and load into each other, recast). Unlike
         ``torch.optim.Optimizer``, the loaded state never aliases the tensors of the
         ``state_dict`` passed in (stepping does not write into the caller's dict).
+
+        The loaded moments take the parameter's memory layout (a checkpoint saved from a
+        channels_last parameter loads into a contiguous one and back): bf16 moments are copied
+        (lossless); 8-bit codes, whose blocks run over memory order, are decoded in the saved
+        order and re-encoded in the parameter's, which is accepted only where it is exact
+        (every decoded value unchanged), else refused with ``ValueError`` naming both layouts.
         """
         validate_state_dict(self, state_dict, keep=_RUN_KEYS, required=_STATE_KEYS)
+        relaid = self._relaid_8bit(state_dict)  # may refuse: before anything changes
         ours = [{k: group[k] for k in _RUN_KEYS + _KEPT_IF_MISSING} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
@@ -408,7 +437,7 @@ class _AdamFamily(Optimizer):
                 if not state or saved is None:
                     continue
                 step = state["step"]
-                if group["capturable"] or group["fused"]:  # as torch: float32 on the parameter's device
+                if group["capturable"] or _runs_fused(group):  # as torch: float32 on the parameter's device
                     state["step"] = step.to(device=p.device, dtype=torch.float32)
                 else:  # as torch, a loaded step keeps its dtype (a count in an integer dtype becomes a float)
                     state["step"] = step.to(
@@ -419,11 +448,12 @@ class _AdamFamily(Optimizer):
                     # not the cast ones, by the rule that created them (a complex p keeps complex
                     # moments; 8-bit codes are not floating and kept their dtype)
                     for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                        if k in saved:
-                            state[k] = saved[k].to(device=p.device, dtype=_moment_dtype(group, p))
+                        if k in saved:  # in p's layout (a copy: exact)
+                            state[k] = lowp.empty_like_layout(p, _moment_dtype(group, p)).copy_(saved[k])
                     for k in _ABSMAX_KEYS:
                         if k in saved:
-                            state[k] = saved[k].to(device=lowp._local(p).device, dtype=torch.float32)
+                            state[k] = saved[k].to(device=local_tensor(p).device, dtype=torch.float32)
+                    state.update(relaid.get(id(p), {}))
                 if _SEED in saved:  # torch moved it to p's device
                     state[_SEED] = saved[_SEED].to(device="cpu", dtype=torch.int64)
                 for k, value in state.items():
@@ -431,6 +461,11 @@ class _AdamFamily(Optimizer):
                     # would then write into the state_dict the caller passed in. Own our state.
                     if torch.is_tensor(value) and value is saved.get(k):
                         state[k] = value.clone()
+
+
+def _layout(t: Tensor) -> str:
+    """A tensor's memory layout in words: its shape and strides."""
+    return f"shape {tuple(t.shape)} strides {t.stride()}"
 
 
 def _has_stepped(state: dict[str, Any] | None) -> bool:
@@ -445,8 +480,43 @@ def _moment_dtype(group: dict[str, Any], p: Tensor) -> torch.dtype:
     """The dtype of p's moments: bfloat16 (``"bf16"``), uint8 codes (``"8bit"``), float32
     (``"fp32"``) or p's (None); a complex p keeps its complex dtype (the update treats it as
     its real view; low precisions refuse it)."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "8bit": torch.uint8}.get(group["state_precision"], p.dtype)
+    dtype = lowp.STORED_DTYPES.get(group["state_precision"], p.dtype)
     return p.dtype if p.is_complex() else dtype
+
+
+def _check_stored_precision(group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]]) -> None:
+    """Refuse (``ValueError``, naming the parameter, its moments' dtype and the conversion) a
+    state whose moments are not stored as the group's ``state_precision`` stores them
+    (:func:`_moment_dtype`): the precision changed after the first step, both ways (a bf16
+    state under None would otherwise run bfloat16 math). Under None/"fp32" only a moment in
+    bfloat16 or uint8 that the parameter's dtype does not explain is such a state; other
+    mismatches are left to the implementations' own checks. C-level maps: this runs every step."""
+    if not all(states):  # the parameters without state yet have nothing to check
+        params = list(compress(params, states))
+        states = list(filter(None, states))
+        if not states:
+            return
+    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
+    # _moment_dtype for every parameter, by C-level maps
+    precision = group["state_precision"]
+    want = list(map(_dtype, params))
+    if precision is not None:
+        stored = lowp.STORED_DTYPES[precision]
+        want = [d if d.is_complex else stored for d in want] if any(map(_is_complex, want)) else [stored] * len(want)
+    for key in keys:
+        got = list(map(_dtype, map(operator.itemgetter(key), states)))
+        if got == want:
+            continue
+        # a plain precision leaves other dtypes (a corrupted state) to the implementation's checks
+        low = precision in lowp.LOW_PRECISIONS
+        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b and (low or a in _LOW_DTYPES)), None)
+        if i is not None:
+            raise ValueError(
+                f"the state of a parameter of shape {tuple(params[i].shape)} stores {key!r} as "
+                f"{got[i]}, not as state_precision={precision!r} stores it ({want[i]}): state_precision cannot "
+                f"change after the first step; convert a state_dict with "
+                f"adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
+            )  # fmt: skip
 
 
 def _needs_seed(group: dict[str, Any]) -> bool:
@@ -455,9 +525,27 @@ def _needs_seed(group: dict[str, Any]) -> bool:
     return group["state_precision"] in lowp.LOW_PRECISIONS or bool(group["stochastic_rounding"])
 
 
+def _fused_by_default(group: dict[str, Any]) -> bool:
+    """Whether the group's update is one the fused kernels run and its readable path is slow:
+    low-precision state or stochastic rounding (not ``bias_correction="recursive"``). With
+    ``fused`` and ``foreach`` unset such a group runs the fused kernel where this machine has
+    it (:func:`adamlab.optim.functional.choose`)."""
+    return _needs_seed(group) and group["bias_correction"] != "recursive"
+
+
+def _runs_fused(group: dict[str, Any]) -> bool:
+    """Whether the group asks for a fused kernel, explicitly or by default (its step counts
+    then live as the kernel wants them: float32, on the parameter's device)."""
+    if group["fused"]:
+        return True
+    return (
+        group["fused"] is None and group["foreach"] is None and not group["differentiable"] and _fused_by_default(group)
+    )
+
+
 def _step_dtype(group: dict[str, Any]) -> torch.dtype:
     """The dtype of a new step count, as torch's: float32 with fused, else the default scalar dtype."""
-    return torch.float32 if group["fused"] or torch.get_default_dtype() != torch.float64 else torch.float64
+    return torch.float32 if _runs_fused(group) or torch.get_default_dtype() != torch.float64 else torch.float64
 
 
 def _kept_betas(betas: Any) -> tuple[Any, Any]:
@@ -486,7 +574,7 @@ _ARGS = """
         amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form)
             (default: False).
         foreach: ``None`` (default) or ``True`` uses the multi-tensor implementation,
-            ``False`` the single-tensor loop.
+            ``False`` the single-tensor loop (``None`` with low-precision state: see ``fused``).
         maximize: ascend the objective instead of descending it (default: False).
         capturable: keep the step count on the parameter's device and compute every
             per-step scalar there (no host synchronization; needed for CUDA graphs).
@@ -501,6 +589,11 @@ _ARGS = """
         fused: ``True`` runs one fused kernel per step (C++ on CPU, Triton on CUDA). Where
             this machine lacks the kernel (no compiled library, no Triton), the first step
             warns once, saying why, and runs the foreach implementation (default: None).
+            Unset (None, with ``foreach`` unset too) means the fused kernel for low-precision
+            state: a group with ``state_precision="bf16"``/``"8bit"`` or
+            ``stochastic_rounding`` runs the fused kernel where this machine has it (foreach
+            otherwise, without a warning); ``fused=False`` or ``foreach=True`` keep the
+            readable path, which is several times slower (docs/precision.md).
         decoupled_weight_decay: see ``weight_decay`` (default: False).
         bias_correction: ``True`` (default: divide v and s by 1-β^t, t from 1), ``False``,
             or ``"recursive"`` (the state holds the debiased v̂ and ŝ; see

@@ -19,6 +19,7 @@ foreach paths, and a state_dict conversion, share one implementation:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -27,9 +28,13 @@ import torch
 from torch import Tensor
 
 from adamlab import reference
+from adamlab.optim._dtensor import local_tensor
+from adamlab.validation import LOW_PRECISIONS, STATE_PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "8bit")  # the values of state_precision besides None
-LOW_PRECISIONS = ("bf16", "8bit")  # stored in fewer bits than float32: encoded and decoded
+PRECISIONS = STATE_PRECISIONS[1:]  # the values of state_precision besides None
+# LOW_PRECISIONS: stored in fewer bits than float32, encoded and decoded
+# how each precision stores a moment (None: in the parameter's dtype)
+STORED_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "8bit": torch.uint8}
 STREAM_V, STREAM_S, STREAM_PARAM, STREAM_S_MAX = (
     reference.STREAM_V,
     reference.STREAM_S,
@@ -54,6 +59,13 @@ class LowPrecision(NamedTuple):
 
 
 # ---- the hash ----------------------------------------------------------------------------
+# The hot path hashes int32 tensors holding the uint32 bit patterns: a product wraps modulo
+# 2^32 in two's complement (the low 32 bits are those of the unsigned product) and a right
+# shift is made logical by masking the bits the sign extension brought in. Python ints (the
+# keys) are hashed as they are.
+_MUL1, _MUL2 = 0x7FEB352D, 0x846CA68B - (1 << 32)  # the second as its int32 value
+
+
 def mix32(x: Any) -> Any:
     """:func:`adamlab.reference.mix32` on a Python int or an int64 tensor (values in [0, 2^32))."""
     x = x ^ (x >> 16)
@@ -63,21 +75,60 @@ def mix32(x: Any) -> Any:
     return x ^ (x >> 16)
 
 
+def _mix32_(x: Tensor) -> Tensor:
+    """:func:`mix32` in place on an int32 tensor of uint32 bit patterns (the fast path)."""
+    x ^= (x >> 16) & 0xFFFF
+    x *= _MUL1
+    x ^= (x >> 15) & 0x1FFFF
+    x *= _MUL2
+    x ^= (x >> 16) & 0xFFFF
+    return x
+
+
+def _as_int32(x: Any) -> Any:
+    """A value in [0, 2^32) (int or int64 tensor) as the int32 with the same bits."""
+    if isinstance(x, Tensor):
+        return torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
 def rounding_key(seed: int, t: Any, stream: int) -> Any:
-    """:func:`adamlab.reference.rounding_key`; ``t`` an int, or a 0-dim tensor on the device
-    (capturable: the key is computed there, no host synchronization)."""
+    """:func:`adamlab.reference.rounding_key`; ``t`` an int (its low 32 bits, as the
+    reference's), or a 0-dim tensor on the device (capturable: the key is computed there,
+    no host synchronization)."""
     k = mix32(seed & _MASK)
-    if isinstance(t, Tensor):
-        t = t.to(torch.int64) & _MASK
+    t = t.to(torch.int64) & _MASK if isinstance(t, Tensor) else int(t) & _MASK
     k = mix32(k ^ t)
     return mix32(k ^ ((stream * 0x9E3779B9) & _MASK))
 
 
-def random_bits(key: Any, n: int, device: torch.device | str) -> Tensor:
-    """:func:`adamlab.reference.random_bits` of the indices 0..n-1: int64 values in [0, 2^32)."""
-    index = torch.arange(n, dtype=torch.int64, device=device)
-    hi = mix32(index >> 32)
-    return mix32(hi ^ (index & _MASK) ^ key)
+def random_bits32(key: Any, n: int, device: torch.device | str, offset: int = 0) -> Tensor:
+    """The bits of :func:`random_bits` for the indices offset..offset+n-1, as an int32
+    tensor of uint32 bit patterns (the form the rounding uses; no int64 temporary).
+
+    The reference mixes the high word of an index in, ``mix32(index >> 32)``: that is
+    mix32(0) = 0 below 2^32, and one constant over a range that does not cross a multiple
+    of 2^32 (a range that does is split there)."""
+    hi, last_hi = offset >> 32, (offset + max(n, 1) - 1) >> 32
+    if hi != last_hi:
+        head = ((hi + 1) << 32) - offset
+        return torch.cat(
+            [random_bits32(key, head, device, offset), random_bits32(key, n - head, device, offset + head)]
+        )
+    low = offset & _MASK
+    if low + n <= 1 << 31:
+        index = torch.arange(low, low + n, dtype=torch.int32, device=device)
+    else:
+        index = _as_int32(torch.arange(low, low + n, dtype=torch.int64, device=device))
+    salt = key ^ mix32(hi) if hi else key
+    index ^= _as_int32(salt)
+    return _mix32_(index)
+
+
+def random_bits(key: Any, n: int, device: torch.device | str, offset: int = 0) -> Tensor:
+    """:func:`adamlab.reference.random_bits` of the indices offset..offset+n-1: int64 values
+    in [0, 2^32) (:func:`random_bits32` widened)."""
+    return random_bits32(key, n, device, offset).to(torch.int64) & _MASK
 
 
 def parameter_seed(seed: int, ordinal: int) -> int:
@@ -104,29 +155,45 @@ def round_bf16_nearest(x: Tensor) -> Tensor:
     return _as_bf16(torch.where(torch.isnan(x), nan, rounded)).view(x.shape)
 
 
+_NAN_BF16 = (0x7FC0, 0xFFC0 - 0x10000)  # the reference's NaN, + and -, as int16
+
+
 def round_bf16_stochastic(x: Tensor, bits: Tensor) -> Tensor:
-    """float32 → bfloat16, rounding with the low 16 of ``bits`` (int64, same numel as x);
-    non-finite values round to nearest (:func:`adamlab.reference.round_bf16_stochastic`)."""
-    u = _bits32(x).view(-1)
-    stochastic = _as_bf16((u + (bits & 0xFFFF)) >> 16).view(x.shape)
-    return torch.where(torch.isfinite(x), stochastic, round_bf16_nearest(x))
+    """float32 → bfloat16, rounding with the low 16 of ``bits`` (int32 or int64, same numel
+    as x) (:func:`adamlab.reference.round_bf16_stochastic`).
+
+    In int32: a finite x's bits plus 16 random bits cannot overflow (|x| < 2^128 leaves the
+    exponent field below 255), and the arithmetic shift keeps the sign's bits, so the high
+    half is the rounded bfloat16. ±inf comes out unchanged (its low half is 0), as nearest
+    rounding gives; only a NaN needs the reference's canonical 0x7FC0 with its sign."""
+    u = x.contiguous().view(torch.int32).view(-1)
+    low = bits.view(-1) & 0xFFFF
+    out = ((u + (low if low.dtype == torch.int32 else low.to(torch.int32))) >> 16).to(torch.int16)
+    nan = torch.isnan(x.view(-1) if x.is_contiguous() else x.reshape(-1))
+    if out.device.type != "cpu" or bool(nan.any()):  # the CPU check is free; elsewhere no sync
+        sign = torch.signbit(x.reshape(-1))
+        out = torch.where(nan, torch.where(sign, _NAN_BF16[1], _NAN_BF16[0]).to(torch.int16), out)
+    return out.view(torch.bfloat16).view(x.shape)
 
 
 # ---- the 8-bit maps ----------------------------------------------------------------------
 def encode_minifloat(m: Tensor, exponent_bits: int, mantissa_bits: int, bias: int) -> Tensor:
-    """:func:`adamlab.reference.encode_minifloat`: m in [0, 1] (float32) → int64 codes.
+    """:func:`adamlab.reference.encode_minifloat`: m in [0, 1] (float32) → int32 codes.
 
     The binade e is read from m's exponent field (a subnormal float32 m lies below every
-    format's e_min and is clamped to it); the quantum 2^(e - mantissa_bits) is built from
-    its bits, so dividing by it is exact and ``torch.round`` (half to even) is the only
-    rounding: no table search, the same result on every device."""
+    format's e_min and is clamped to it, as is 0); the quantum 2^(e - mantissa_bits) is built
+    from its bits, so dividing by it is exact and ``torch.round`` (half to even) is the only
+    rounding: no table search, the same result on every device. A NaN m gives code 0."""
     e_min = 1 - bias
-    finite = torch.isfinite(m)
-    e = ((_bits32(m) >> 23) & 0xFF) - 127  # ⌊log2 m⌋ for a normal m; 0 and subnormals: -127
-    e = torch.where(finite & (m > 0), e.view(m.shape), e_min).clamp_min(e_min)
-    quantum = ((e - mantissa_bits + 127) << 23).to(torch.int32).view(torch.float32)
-    n = torch.round(torch.where(finite, m, 0.0) / quantum)
-    return (e - e_min) * (1 << mantissa_bits) + n.to(torch.int64)
+    field = (m.contiguous().view(torch.int32) >> 23) & 0xFF
+    special = field == 0xFF  # NaN (and inf, outside the domain): code 0, as the reference's
+    if m.device.type != "cpu" or bool(special.any()):
+        m = torch.where(special, 0.0, m)
+        field = torch.where(special, 0, field)
+    e = field.sub_(127).clamp_min_(e_min)
+    quantum = ((e - (mantissa_bits - 127)) << 23).view(torch.float32)
+    n = torch.div(m, quantum).round_()
+    return e.sub_(e_min).mul_(1 << mantissa_bits).add_(n.to(torch.int32))
 
 
 _MAPS: dict[tuple[bool, str], Tensor] = {}
@@ -141,29 +208,52 @@ def dynamic_map(signed: bool, device: torch.device | str) -> Tensor:
     return _MAPS[key]
 
 
+def block_count(numel: int, block_size: int) -> int:
+    """The number of 8-bit blocks (absmax values) of a tensor of ``numel`` elements."""
+    return -(-numel // block_size)
+
+
 def quantize_blockwise(x: Tensor, block_size: int, signed: bool) -> tuple[Tensor, Tensor]:
-    """:func:`adamlab.reference.quantize_blockwise`: flat float32 → (uint8 codes, float32 absmax)."""
+    """:func:`adamlab.reference.quantize_blockwise`: flat float32 → (uint8 codes, float32 absmax).
+
+    A block's absmax is ``amax(|x|)``, which is NaN or inf exactly when the block holds a
+    non-finite value: such a block gets absmax NaN and codes 0."""
+    x = x.reshape(-1)
     n = x.numel()
-    blocks = -(-n // block_size)
-    padded = torch.zeros(blocks * block_size, dtype=torch.float32, device=x.device)
-    padded[:n] = x
+    blocks = block_count(n, block_size)
+    if n % block_size:
+        padded = torch.zeros(blocks * block_size, dtype=torch.float32, device=x.device)
+        padded[:n] = x
+    else:
+        padded = x
     padded = padded.view(blocks, block_size)
     magnitude = padded.abs()
-    finite = torch.isfinite(padded).all(dim=1)
-    absmax = torch.where(finite, magnitude.amax(dim=1), math.nan)
-    scale = torch.where(absmax > 0, absmax, 1.0)[:, None]
-    m = torch.where(finite[:, None], magnitude / scale, 0.0)
+    absmax = magnitude.amax(dim=1)
+    finite = torch.isfinite(absmax)
+    every_finite = x.device.type == "cpu" and bool(finite.all())
+    m = magnitude.div_(torch.where(absmax > 0, absmax, 1.0)[:, None])
+    if not every_finite:
+        m.masked_fill_(~finite[:, None], 0.0)
+        absmax = torch.where(finite, absmax, math.nan)
     codes = encode_minifloat(m, *(reference.SIGNED_FORMAT if signed else reference.UNSIGNED_FORMAT))
     if signed:
-        codes = codes | torch.where(finite[:, None] & (padded < 0), 0x80, 0)
+        negative = padded < 0
+        if not every_finite:
+            negative &= finite[:, None]
+        codes |= negative.to(torch.int32) << 7
     return codes.view(-1)[:n].to(torch.uint8), absmax
 
 
 def dequantize_blockwise(codes: Tensor, absmax: Tensor, block_size: int, signed: bool) -> Tensor:
     """:func:`adamlab.reference.dequantize_blockwise`: map[code] · absmax, float32, flat."""
     codes = codes.reshape(-1)
-    scale = absmax.repeat_interleave(block_size)[: codes.numel()]
-    return dynamic_map(signed, codes.device)[codes.to(torch.int64)] * scale
+    n = codes.numel()
+    out = dynamic_map(signed, codes.device).index_select(0, codes.to(torch.int32))
+    full = n // block_size
+    out[: full * block_size].view(full, block_size).mul_(absmax[:full, None])
+    if full * block_size < n:
+        out[full * block_size :].mul_(absmax[full])
+    return out
 
 
 # ---- tensors in memory order ------------------------------------------------------------
@@ -186,12 +276,25 @@ def write_flat(t: Tensor, values: Tensor) -> None:
         t.copy_(values.view(t.shape))
 
 
+def same_memory_order(a: Tensor, b: Tensor) -> bool:
+    """Whether the elements of ``a`` and ``b`` (same shape) lie in the same memory order."""
+    if a.stride() == b.stride() or a.numel() <= 1:
+        return True
+    index = torch.arange(a.numel()).view(a.shape)
+    return torch.equal(
+        flat(empty_like_layout(a, torch.int64).copy_(index)), flat(empty_like_layout(b, torch.int64).copy_(index))
+    )
+
+
 def empty_like_layout(t: Tensor, dtype: torch.dtype) -> Tensor:
     """A new tensor with ``t``'s shape and layout (preserve_format)."""
     return torch.empty_like(t, dtype=dtype, memory_format=torch.preserve_format)
 
 
 # ---- a moment, stored -------------------------------------------------------------------
+CHUNK = 1 << 20  # elements per piece: bounds every float32 (and int32) temporary of the readable path
+
+
 def decode(stored: Tensor, absmax: Tensor | None, block_size: int, signed: bool) -> Tensor:
     """A stored moment as a new float32 tensor of its shape and layout (exact)."""
     out = empty_like_layout(stored, torch.float32)
@@ -202,39 +305,77 @@ def decode(stored: Tensor, absmax: Tensor | None, block_size: int, signed: bool)
     return out
 
 
-def encode_(stored: Tensor, absmax: Tensor | None, values: Tensor, block_size: int, stream: int, key: Any) -> None:
-    """Write float32 ``values`` (shaped like ``stored``) into the stored moment: uint8 by
-    blockwise quantization (its absmax too), bfloat16 by stochastic rounding with the bits
-    of ``key`` (for stream ``stream``; ``key=None``: to nearest), any other dtype to nearest."""
+def decode_piece(stored: Tensor, absmax: Tensor | None, start: int, stop: int, block_size: int, signed: bool) -> Tensor:
+    """Elements start..stop of a stored moment's flat (memory order) view as float32: a
+    new tensor (exact), or the view itself when the moment is float32. ``start`` is a
+    multiple of the block size, so the piece's blocks are whole blocks of the moment."""
+    piece = stored[start:stop]
+    if piece.dtype == torch.uint8:
+        return dequantize_blockwise(
+            piece, absmax[start // block_size : block_count(stop, block_size)], block_size, signed
+        )
+    return piece.to(torch.float32)
+
+
+def encode_piece_(
+    stored: Tensor, absmax: Tensor | None, start: int, values: Tensor, block_size: int, stream: int, key: Any
+) -> None:
+    """Write float32 ``values`` into elements start.. of a stored moment's flat view:
+    uint8 by blockwise quantization (the blocks' absmax too), bfloat16 by stochastic rounding
+    with the bits of ``key`` at those indices (``key=None``: to nearest), else to nearest."""
+    stop = start + values.numel()
     if stored.dtype == torch.uint8:
-        codes, new_absmax = quantize_blockwise(flat(values), block_size, signed=stream == STREAM_V)
-        write_flat(stored, codes)
-        absmax.copy_(new_absmax)
+        codes, new_absmax = quantize_blockwise(values, block_size, signed=stream == STREAM_V)
+        stored[start:stop].copy_(codes)
+        first = start // block_size
+        absmax[first : first + new_absmax.numel()].copy_(new_absmax)
     elif stored.dtype == torch.bfloat16 and key is not None:
-        source = flat(values)
-        write_flat(stored, round_bf16_stochastic(source, random_bits(key, source.numel(), source.device)))
+        stored[start:stop].copy_(round_bf16_stochastic(values, random_bits32(key, stop - start, values.device, start)))
     else:
-        stored.copy_(values)
+        stored[start:stop].copy_(values)
+
+
+def encode_(stored: Tensor, absmax: Tensor | None, values: Tensor, block_size: int, stream: int, key: Any) -> None:
+    """Write float32 ``values`` (shaped like ``stored``, in its layout) into the stored
+    moment, :data:`CHUNK` elements at a time (:func:`encode_piece_`)."""
+    target, copied = flat_rw(stored)
+    source = flat(values)
+    for start in range(0, source.numel(), CHUNK):
+        encode_piece_(target, absmax, start, source[start : start + CHUNK], block_size, stream, key)
+    if copied:
+        stored.copy_(target.view(stored.shape))
+
+
+def flat_rw(t: Tensor) -> tuple[Tensor, bool]:
+    """:func:`flat` of ``t`` for writing, and whether it is a copy (a tensor with gaps, in
+    its logical order) that must be copied back into ``t`` afterwards."""
+    view = flat(t)
+    return view, view.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
 
 
 def constant_state(
     like: Tensor, value: float, precision: str, block_size: int, signed: bool
 ) -> tuple[Tensor, Tensor | None]:
     """A moment of ``precision`` holding ``value`` everywhere, shaped like ``like``: bf16 the
-    nearest bfloat16 of float32(value); 8bit each block quantized (absmax |value|)."""
-    if precision == "bf16":
-        stored = empty_like_layout(like, torch.bfloat16)
-        stored.fill_(round_bf16_nearest(torch.tensor([value], dtype=torch.float32)).item())
+    nearest bfloat16 of float32(value); 8bit each block quantized (absmax |value|, float32
+    whatever the default dtype)."""
+    fill, absmax = _constant(float(value), precision, signed)
+    stored = empty_like_layout(like, STORED_DTYPES[precision])
+    stored.fill_(fill)
+    if absmax is None:
         return stored, None
+    shard = local_tensor(like)
+    blocks = block_count(shard.numel(), block_size)
+    return stored, torch.full((blocks,), absmax, dtype=torch.float32, device=shard.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(value: float, precision: str, signed: bool) -> tuple[Any, float | None]:
+    """The stored form of a constant (computed once per value: every new state needs it)."""
+    if precision == "bf16":
+        return round_bf16_nearest(torch.tensor([value], dtype=torch.float32)).item(), None
     codes, absmax = quantize_blockwise(torch.tensor([value], dtype=torch.float32), 1, signed)
-    stored = empty_like_layout(like, torch.uint8)
-    stored.fill_(int(codes[0]))
-    return stored, torch.full((-(-_local(like).numel() // block_size),), float(absmax[0]), device=_local(like).device)
-
-
-def _local(t: Tensor) -> Tensor:
-    """A DTensor's local shard (its state is per shard), else ``t``."""
-    return t.to_local() if hasattr(t, "to_local") and type(t).__name__ == "DTensor" else t
+    return int(codes[0]), float(absmax[0])
 
 
 # ---- the update ----------------------------------------------------------------------------
@@ -255,67 +396,124 @@ def low_precision_update(
 ) -> None:
     """One step of ``update`` (a float32 implementation) with stored moments decoded and encoded.
 
-    Each stored moment becomes a float32 temporary (bf16 and 8-bit exactly; a moment already
-    float32 is used as it is), a parameter that is not float32 a float32 copy when it needs
-    float32 math (bfloat16 under stochastic rounding, or any moment stored in low precision).
-    ``update`` runs the usual float32 step on those, then the new moments are encoded with the
-    keys of the new t (streams :data:`STREAM_V`, :data:`STREAM_S`, :data:`STREAM_S_MAX`) and
-    the parameters written back: bfloat16 ones stochastically (stream :data:`STREAM_PARAM`)
-    when ``stochastic_rounding``, others to nearest.
+    A parameter that needs float32 math (any moment stored in low precision, or a bfloat16
+    parameter under stochastic rounding) is walked in its memory order, in pieces of at most
+    :data:`CHUNK` elements; pieces of several parameters are batched up to CHUNK elements
+    per call of ``update``, so the float32 temporaries stay bounded whatever the sizes.
+    For each batch: the stored moments of the pieces are decoded to float32 (bf16 and 8-bit
+    exactly; a float32 moment is used in place), a non-float32 parameter copied to float32;
+    ``update`` runs the usual float32 step on them, each piece with its own copy of the step
+    count (so every piece sees the same t); then the new moments are encoded with the keys
+    of the new t (streams :data:`STREAM_V`, :data:`STREAM_S`, :data:`STREAM_S_MAX`, random
+    bits at the pieces' own indices) and the parameters written back: bfloat16 ones
+    stochastically (stream :data:`STREAM_PARAM`) when ``stochastic_rounding``, others to
+    nearest. Finally each step count takes the new t. Other parameters (stochastic rounding
+    on, not bfloat16, moments in their own dtype) run ``update`` as they are.
     """
     lp = low_precision
     low = lp.precision in LOW_PRECISIONS
+    wide = [i for i, p in enumerate(params) if low or (lp.stochastic_rounding and p.dtype == torch.bfloat16)]
+    if len(wide) < len(params):
+        plain = sorted(set(range(len(params))) - set(wide))
+        pick = lambda tensors: [tensors[i] for i in plain]  # noqa: E731
+        update(
+            rule, pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs),
+            pick(max_exp_avg_sqs) if amsgrad else [], pick(state_steps), capturable=capturable, amsgrad=amsgrad,
+            **hyper,
+        )  # fmt: skip
+    if not wide:
+        return
+    walks = {i: _Walk(i, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lp, amsgrad) for i in wide}
+    batch: list[tuple[_Walk, int, int]] = []
+    size = 0
+    for i in wide:
+        n = walks[i].numel
+        for start in range(0, n, CHUNK):
+            stop = min(n, start + CHUNK)
+            batch.append((walks[i], start, stop))
+            size += stop - start
+            if size >= CHUNK:
+                _run_batch(update, rule, batch, lp, capturable, amsgrad, hyper)
+                batch, size = [], 0
+    if batch:
+        _run_batch(update, rule, batch, lp, capturable, amsgrad, hyper)
+    for walk in walks.values():
+        walk.finish()
+
+
+class _Walk:
+    """One parameter of the readable low-precision path: flat views (memory order) of the
+    parameter, its gradient aligned to that order and its stored moments, and its new t."""
+
+    def __init__(self, i, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, lp, amsgrad) -> None:
+        p, g = params[i], grads[i]
+        self.param, (self.p, self.p_copied) = p, flat_rw(p)
+        if g.stride() != p.stride():
+            g = empty_like_layout(p, g.dtype).copy_(g)  # the gradient in the parameter's memory order
+        self.g = flat(g)
+        self.numel = self.p.numel()
+        self.stored = [exp_avgs[i], exp_avg_sqs[i]] + ([maxes[i]] if amsgrad else [])
+        self.views = [flat_rw(s) for s in self.stored]
+        self.absmax = [lp.exp_avg_absmax[i] if lp.exp_avg_absmax else None,
+                       lp.exp_avg_sq_absmax[i] if lp.exp_avg_sq_absmax else None, None][: len(self.stored)]  # fmt: skip
+        self.step = steps[i]
+        self.start_step = steps[i].clone()
+        self.new_step: Tensor | None = None
+        self.seed = lp.seeds[i] if lp.seeds else 0
+        self.keys: dict[int, Any] = {}
+
+    def key(self, stream: int, moment: bool, lp: LowPrecision, capturable: bool) -> Any:
+        """The key of the new t for ``stream``; None (round to nearest) for a moment stored
+        in its own dtype (precision None or "fp32")."""
+        if moment and lp.precision != "bf16":
+            return None
+        if stream not in self.keys:
+            t = self.new_step if capturable else int(self.new_step.item())
+            self.keys[stream] = rounding_key(self.seed, t, stream)
+        return self.keys[stream]
+
+    def finish(self) -> None:
+        """Write back what was walked in a copy, and the new step count."""
+        if self.p_copied:
+            self.param.copy_(self.p.view(self.param.shape))
+        for stored, (view, copied) in zip(self.stored, self.views):
+            if copied:
+                stored.copy_(view.view(stored.shape))
+        if self.new_step is None:  # no element: the count moves all the same
+            self.step.add_(1)
+        else:
+            self.step.copy_(self.new_step)
+
+
+_STREAMS = (STREAM_V, STREAM_S, STREAM_S_MAX)
+
+
+def _run_batch(update, rule, batch, lp, capturable, amsgrad, hyper) -> None:
+    """Decode, update and encode one batch of (walk, start, stop) pieces."""
     block = lp.block_size
-    v_absmax = lp.exp_avg_absmax or [None] * len(params)
-    s_absmax = lp.exp_avg_sq_absmax or [None] * len(params)
-    work_p, work_g, work_v, work_s, work_m = [], [], [], [], []
-    for i, p in enumerate(params):
-        wide = low or (lp.stochastic_rounding and p.dtype == torch.bfloat16)  # float32 math
-        work_p.append(p.to(torch.float32) if wide and p.dtype != torch.float32 else p)
-        g = grads[i]
-        work_g.append(g.to(torch.float32) if wide and g.dtype != torch.float32 else g)
-        work_v.append(
-            decode(exp_avgs[i], v_absmax[i], block, True)
-            if wide and exp_avgs[i].dtype != torch.float32
-            else exp_avgs[i]
-        )
-        work_s.append(
-            decode(exp_avg_sqs[i], s_absmax[i], block, False)
-            if wide and exp_avg_sqs[i].dtype != torch.float32
-            else exp_avg_sqs[i]
-        )
-        if amsgrad:
-            m = max_exp_avg_sqs[i]
-            work_m.append(decode(m, None, block, False) if wide and m.dtype != torch.float32 else m)
-    update(rule, work_p, work_g, work_v, work_s, work_m, state_steps, capturable=capturable, amsgrad=amsgrad, **hyper)
-    for i, p in enumerate(params):
-        seed = lp.seeds[i] if lp.seeds else 0
-        # the key of the new t: a device tensor when capturable (no host sync), else an int
-        t = state_steps[i] if capturable else int(state_steps[i].item())
-        # moments stored in their own dtype (precision None or "fp32") round to nearest: no key
-        moment_seed = seed if lp.precision == "bf16" else None
-        if work_v[i] is not exp_avgs[i]:
-            encode_(exp_avgs[i], v_absmax[i], work_v[i], block, STREAM_V, _key(moment_seed, t, STREAM_V))
-        if work_s[i] is not exp_avg_sqs[i]:
-            encode_(exp_avg_sqs[i], s_absmax[i], work_s[i], block, STREAM_S, _key(moment_seed, t, STREAM_S))
-        if amsgrad and work_m[i] is not max_exp_avg_sqs[i]:
-            encode_(max_exp_avg_sqs[i], None, work_m[i], block, STREAM_S_MAX, _key(moment_seed, t, STREAM_S_MAX))
-        if work_p[i] is not p:
-            if lp.stochastic_rounding and p.dtype == torch.bfloat16:
-                source = flat(work_p[i])
-                bits = random_bits(rounding_key(seed, t, STREAM_PARAM), source.numel(), source.device)
-                _write_like(p, work_p[i], round_bf16_stochastic(source, bits))
+    work_p, work_g, steps = [], [], []
+    work = [[], [], []]  # v, s, max s
+    for walk, start, stop in batch:
+        p = walk.p[start:stop]
+        work_p.append(p if p.dtype == torch.float32 else p.to(torch.float32))
+        work_g.append(walk.g[start:stop].to(torch.float32))
+        for k, ((view, _), absmax) in enumerate(zip(walk.views, walk.absmax)):
+            work[k].append(decode_piece(view, absmax, start, stop, block, signed=k == 0))
+        steps.append(walk.start_step.clone())
+    update(rule, work_p, work_g, work[0], work[1], work[2], steps, capturable=capturable, amsgrad=amsgrad, **hyper)
+    for j, (walk, start, stop) in enumerate(batch):
+        if walk.new_step is None:
+            walk.new_step = steps[j]
+        for k, ((view, _), absmax) in enumerate(zip(walk.views, walk.absmax)):
+            values = work[k][j]
+            if values.data_ptr() != view[start:stop].data_ptr():  # not updated in place
+                encode_piece_(
+                    view, absmax, start, values, block, _STREAMS[k], walk.key(_STREAMS[k], True, lp, capturable)
+                )
+        target = walk.p[start:stop]
+        if work_p[j] is not target:
+            if lp.stochastic_rounding and target.dtype == torch.bfloat16:
+                key = walk.key(STREAM_PARAM, False, lp, capturable)
+                target.copy_(round_bf16_stochastic(work_p[j], random_bits32(key, stop - start, target.device, start)))
             else:
-                p.copy_(work_p[i])
-
-
-def _key(seed: int | None, t: Any, stream: int) -> Any:
-    """rounding_key, or None (round to nearest) without a seed."""
-    return None if seed is None else rounding_key(seed, t, stream)
-
-
-def _write_like(p: Tensor, work: Tensor, rounded_flat: Tensor) -> None:
-    """Write ``rounded_flat`` (the memory order of ``work``, which has p's layout) into p."""
-    out = empty_like_layout(work, p.dtype)
-    write_flat(out, rounded_flat)
-    p.copy_(out)
+                target.copy_(work_p[j])
