@@ -6,6 +6,8 @@ The update itself is tested against the reference in tests/test_precision.py.
 
 from __future__ import annotations
 
+import itertools
+
 import copy
 import io
 import math
@@ -392,10 +394,11 @@ def test_initialize_moments_encodes_into_low_precision_state() -> None:
 @pytest.mark.parametrize("precision", [None, "fp32"])
 def test_stochastic_rounding_leaves_parameters_of_other_dtypes_alone(precision) -> None:
     """Only bfloat16 parameters are rounded stochastically: fp32 and fp16 ones step exactly as without it."""
-    for dtype in (torch.float32, torch.float16):
+    # the same path for both (left unset, stochastic_rounding alone would pick the fused kernel)
+    for dtype, path in itertools.product((torch.float32, torch.float16), ({"foreach": True}, {"fused": True})):
         a, b = _params(dtype), _params(dtype)
-        with_sr = adamlab.Adam(a, state_precision=precision, stochastic_rounding=True)
-        without = adamlab.Adam(b, state_precision=precision)
+        with_sr = adamlab.Adam(a, state_precision=precision, stochastic_rounding=True, **path)
+        without = adamlab.Adam(b, state_precision=precision, **path)
         _train(with_sr, a, range(3))
         _train(without, b, range(3))
         assert all(torch.equal(p, q) for p, q in zip(a, b))
