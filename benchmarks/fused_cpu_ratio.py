@@ -60,7 +60,7 @@ def main() -> None:
         numel = sum(torch.Size(s).numel() for s in shapes)
         n = max(1, min(2000, int(2e7 // (numel * 10 + len(shapes) * 2000 + 20000))))
         for rule in ("Adam", "Yogi"):
-            ours = _optimizer(lambda ps: getattr(adamlab, rule)(ps, lr=1e-3, fused=True), shapes)
+            ours = _optimizer(lambda ps, rule=rule: getattr(adamlab, rule)(ps, lr=1e-3, fused=True), shapes)
             base = _optimizer(lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True), shapes)
             times = {"ours": [], "base": []}
             for _ in range(rounds):

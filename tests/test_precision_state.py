@@ -6,10 +6,9 @@ The update itself is tested against the reference in tests/test_precision.py.
 
 from __future__ import annotations
 
-import itertools
-
 import copy
 import io
+import itertools
 import math
 
 import numpy as np

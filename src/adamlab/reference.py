@@ -419,7 +419,8 @@ def low_precision_step(
     if round_param == "bf16_nearest":
         bits = round_bf16_nearest(theta32)
     elif round_param == "bf16_stochastic":
-        bits = round_bf16_stochastic(theta32, random_bits(rounding_key(seed, new.t, STREAM_PARAM), np.arange(theta32.size)))
+        key = rounding_key(seed, new.t, STREAM_PARAM)
+        bits = round_bf16_stochastic(theta32, random_bits(key, np.arange(theta32.size)))
     else:
         raise ValueError(f"Invalid round_param: {round_param!r}")
     return bf16_to_float32(bits).reshape(shape), new, stored

@@ -262,7 +262,7 @@ def training_options(command: Any) -> Any:
             click.option("--epochs", type=int, default=None, help="Epochs [book: 2 scratch, 4 concise]."),
             click.option("--data", type=str, default=None, help=DATA_HELP),
             click.option("--checkpoint-every", type=int, default=0, help="Checkpoint every N steps (OUT/checkpoints)."),
-            click.option("--resume", is_flag=True, help="Resume from the checkpoints in OUT (and save them again at the end)."),
+            click.option("--resume", is_flag=True, help="Resume from the checkpoints in OUT (saved again at the end)."),
         ]
     ):
         command = option(command)
