@@ -8,6 +8,11 @@ Every implementation of the update is a function with the signature of
            maximize, bias_correction, capturable, grad_scale=None, found_inf=None,
            low_precision=None)
 
+The readable implementations (single_tensor, foreach) compute in float32 only: for
+low-precision state, :func:`adam_family_update` wraps them in
+:func:`adamlab.optim.precision.low_precision_update` (decode, update, encode); the fused
+kernels take ``low_precision`` themselves.
+
 ``rule`` is ``"adam"`` or ``"yogi"``. The fused kernels are imported on first use, so a
 machine that cannot run them still runs everything else; where ``fused=True`` asks for a
 kernel this machine lacks, :func:`choose` warns once (naming why) and picks ``foreach``.
@@ -15,6 +20,7 @@ kernel this machine lacks, :func:`choose` warns once (naming why) and picks ``fo
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +29,7 @@ import torch
 from torch import Tensor
 
 from adamlab.optim._dtensor import is_dtensor, local_shards
-from adamlab.optim.precision import LowPrecision
+from adamlab.optim.precision import LowPrecision, low_precision_update
 
 IMPLEMENTATIONS = ("single_tensor", "differentiable", "foreach", "fused_cpu", "fused_cuda")
 
@@ -155,7 +161,14 @@ def adam_family_update(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     update = get_implementation(implementation)
-    extra = {} if low_precision is None else {"low_precision": low_precision}
+    extra: dict[str, Any] = {}
+    if low_precision is not None:
+        if implementation == "differentiable":
+            raise ValueError("low-precision state and stochastic rounding do not support differentiable=True")
+        if implementation.startswith("fused"):
+            extra = {"low_precision": low_precision}
+        else:  # the float32 update between decoding and encoding
+            update = functools.partial(low_precision_update, update, low_precision=low_precision)
     update(
         rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,

@@ -17,7 +17,6 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from adamlab._moments import coefficients
-from adamlab.optim.precision import LowPrecision, low_precision_update
 
 
 def _times(a: Any, b: Any) -> Any:
@@ -122,20 +121,11 @@ def multi_tensor_update(
     capturable: bool,
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
-    low_precision: LowPrecision | None = None,
 ) -> None:
-    """One step over every tensor at once (see the module docstring); ``low_precision``: the
-    moments decoded to float32, this same update, the moments encoded back
-    (:func:`adamlab.optim.precision.low_precision_update`)."""
+    """One step over every tensor at once (see the module docstring). Low-precision state
+    reaches it decoded to float32 (:func:`adamlab.optim.precision.low_precision_update`)."""
     if grad_scale is not None or found_inf is not None:
         raise RuntimeError("the foreach implementation does not take grad_scale/found_inf")
-    if low_precision is not None:
-        return low_precision_update(
-            multi_tensor_update, rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-            low_precision=low_precision, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-            bias_correction=bias_correction, capturable=capturable,
-        )  # fmt: skip
     if not params:
         return
     tensorlists = [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else [], state_steps]

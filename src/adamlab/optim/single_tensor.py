@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from adamlab._moments import Coefficients, coefficients
-from adamlab.optim.precision import LowPrecision, low_precision_update
 
 
 def _scale_add_(x: Tensor, decay: Any, y: Tensor, weight: Any) -> None:
@@ -66,7 +65,6 @@ def single_tensor_update(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     differentiable: bool = False,
-    low_precision: LowPrecision | None = None,
 ) -> None:
     """One step over each parameter in turn (see the module docstring).
 
@@ -75,20 +73,11 @@ def single_tensor_update(
     that autograd saved for the backward pass (the amsgrad max, the denominator, v where
     the parameter update reads it), as ``torch.optim.adam._single_tensor_adam`` does.
 
-    ``low_precision``: the moments are decoded to float32, this same update runs on them,
-    and they are encoded back (:func:`adamlab.optim.precision.low_precision_update`).
+    Low-precision state reaches it decoded to float32
+    (:func:`adamlab.optim.precision.low_precision_update`).
     """
     if grad_scale is not None or found_inf is not None:
         raise RuntimeError("the single-tensor implementation does not take grad_scale/found_inf")
-    if low_precision is not None:
-        if differentiable:
-            raise ValueError("low-precision state and stochastic rounding do not support differentiable=True")
-        return low_precision_update(
-            single_tensor_update, rule, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-            low_precision=low_precision, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-            decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-            bias_correction=bias_correction, capturable=capturable,
-        )  # fmt: skip
     for i, owned in enumerate(params):
         exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
         max_exp_avg_sq = max_exp_avg_sqs[i] if amsgrad else None
