@@ -214,3 +214,19 @@ def test_pool_workers_do_not_hold_the_lock_on_out(tmp_path):
         assert fd is not None and _is_open(fd)
         assert list(pool.ordered_map(_is_open, [fd] * 4, jobs=2)) == [False] * 4
         assert _is_open(fd)  # the parent keeps its lock
+
+
+@LINUX
+def test_a_worker_whose_parent_died_before_it_started_ends_at_once():
+    # The pool owner's pid is read before the fork: a worker that starts after its parent was
+    # killed (its ppid is then the reaper) must end, not wait for tasks forever.
+    code = (
+        "import os, subprocess, sys\n"
+        "from adamlab.lab.pool import _start_worker\n"
+        "gone = subprocess.Popen([sys.executable, '-c', 'pass']); gone.wait()\n"
+        "_start_worker(None, gone.pid)\n"
+        "print('still running')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "still running" not in proc.stdout, (proc.returncode, proc.stdout)
+    assert not proc.stderr, proc.stderr

@@ -37,9 +37,8 @@ def ordered_map(
 ) -> Iterator[Any]:
     """``map(fn, tasks)`` in ``jobs`` worker processes; ``fn`` and tasks must pickle."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(
-        jobs, mp_context=multiprocessing.get_context(method), initializer=_start_worker, initargs=(initializer,)
-    )
+    context = multiprocessing.get_context(method)
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(initializer, os.getpid()))
     try:
         yield from pool.map(fn, tasks, chunksize=chunksize)
     except BaseException:  # KeyboardInterrupt, a task's error, GeneratorExit: stop now
@@ -48,12 +47,15 @@ def ordered_map(
     pool.shutdown(wait=True)
 
 
-def _start_worker(initializer: Callable[[], None] | None) -> None:
+def _start_worker(initializer: Callable[[], None] | None, parent: int) -> None:
+    """A worker's first act. ``parent`` is the pool owner's pid, read *before* the fork: a
+    parent killed between the fork and this call would make ``os.getppid()`` here name the
+    reaper instead, and the worker would wait for tasks forever."""
+    _die_with_parent(parent)
     from adamlab.lab.results import release_inherited_locks
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     release_inherited_locks()  # a forked copy of --out's lock would outlive a killed parent
-    _die_with_parent(os.getppid())
     if initializer is not None:
         initializer()
 
