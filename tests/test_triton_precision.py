@@ -33,6 +33,7 @@ import torch
 
 from adamlab import reference
 from adamlab.optim.precision import LowPrecision
+from tests.test_triton import _hyper
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="triton is not installed (pip install triton)"
@@ -60,22 +61,6 @@ def interpreted():
     from adamlab.optim import triton_fused
 
     return triton_fused.interpreted_update
-
-
-def hyper_for(rule, **case):
-    hyper = dict(
-        lr=0.01 if rule == "yogi" else 0.003,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-3 if rule == "yogi" else 1e-8,
-        weight_decay=0.0,
-        decoupled_weight_decay=False,
-        amsgrad=False,
-        maximize=False,
-        bias_correction=True,
-    )
-    hyper.update(case)
-    return hyper
 
 
 def flat(t):
@@ -161,7 +146,7 @@ class Run:
         self.rule, self.precision, self.block_size = rule, precision, block_size
         self.update, self.device, self.p_dtype = update or interpreted(), device, p_dtype
         self.stochastic_rounding = stochastic_rounding
-        self.hyper = hyper or hyper_for(rule, **(case or {}))
+        self.hyper = hyper or _hyper(rule, case or {})
         self.gen = torch.Generator().manual_seed(seed)
         self.seeds = [reference.parameter_seed(1000 + seed, i) for i in range(len(shapes))]
         self.shapes = shapes
@@ -453,7 +438,7 @@ def test_parameter_rounding_without_low_precision_moments():
     exp_avg_sqs = [torch.rand(s, generator=gen) * 0.01 for s in shapes]
     steps = [torch.tensor(float(t)) for t in start]
     seeds = [reference.parameter_seed(5, i) for i in range(len(shapes))]
-    hyper = hyper_for("adam")
+    hyper = _hyper("adam", {})
     before = [
         (f64(p), reference.State(t=t, v=f64(v), s=f64(s))) for p, v, s, t in zip(params, exp_avgs, exp_avg_sqs, start)
     ]

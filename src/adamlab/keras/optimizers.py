@@ -280,31 +280,17 @@ class _AdamFamily(keras.optimizers.Optimizer):
         return config
 
 
-class Adam(_AdamFamily):
-    """Adam (Kingma & Ba, 2015) for Keras 3, with ε after the square root as in PyTorch.
-
-    For t = 1, 2, ...::
-
-        v ← β1 v + (1 - β1) g
-        s ← β2 s + (1 - β2) g²
-        θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)
-
-    Defaults are ``torch.optim.Adam``'s: lr 1e-3, β (0.9, 0.999), ε 1e-8, s0 = v0 = 0.
-    The chapter's from-scratch Adam is ``Adam(learning_rate=0.01, epsilon=1e-6)``;
-    ``keras.optimizers.Adam``'s update is ``Adam(epsilon=1e-7, epsilon_hat=True)``.
-    Keras name: ``"adamlab_adam"`` (``"adam"`` is Keras's own).
-
-    Args:
+_ARGS = """    Args:
         learning_rate: η, a float, a ``keras.optimizers.schedules.LearningRateSchedule``
-            or a callable returning a float (default: 1e-3).
+            or a callable returning a float (default: {lr}).
         beta_1: β1, the decay rate of v (default: 0.9).
         beta_2: β2, the decay rate of s (default: 0.999).
-        epsilon: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: 1e-8).
+        epsilon: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: {eps}).
         amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form;
             with ``bias_correction="recursive"`` the max of ŝ, optax's form).
         bias_correction: ``True`` (divide v and s by 1-β^t), ``False``, or ``"recursive"``
             (the slots hold the debiased v̂ and ŝ; see :func:`adamlab.reference.second_moment`).
-        initial_accumulator_value: s0, the value s starts from (default: 0).
+        initial_accumulator_value: s0, the value s starts from (default: {s0}).
         initial_exp_avg_value: v0, the value v starts from (default: 0; optax's Yogi,
             ``torch_optimizer.Yogi`` and ``pytorch_optimizer.Yogi`` use 1e-6).
         epsilon_hat: read ``epsilon`` as Keras's ε̂, added to the raw √s before the step
@@ -327,8 +313,24 @@ class Adam(_AdamFamily):
 
     Slots per variable: ``momentum`` (v), ``velocity`` (s), ``velocity_hat`` (max s, with
     amsgrad); the step count t is the optimizer's ``iterations`` + 1.
-    """
+"""
 
+
+class Adam(_AdamFamily):
+    __doc__ = """Adam (Kingma & Ba, 2015) for Keras 3, with ε after the square root as in PyTorch.
+
+    For t = 1, 2, ...::
+
+        v ← β1 v + (1 - β1) g
+        s ← β2 s + (1 - β2) g²
+        θ ← θ - η · (v / (1 - β1^t)) / (√(s / (1 - β2^t)) + ε)
+
+    Defaults are ``torch.optim.Adam``'s: lr 1e-3, β (0.9, 0.999), ε 1e-8, s0 = v0 = 0.
+    The chapter's from-scratch Adam is ``Adam(learning_rate=0.01, epsilon=1e-6)``;
+    ``keras.optimizers.Adam``'s update is ``Adam(epsilon=1e-7, epsilon_hat=True)``.
+    Keras name: ``"adamlab_adam"`` (``"adam"`` is Keras's own).
+
+""" + _ARGS.format(lr="1e-3", eps="1e-8", s0="0")
     _rule = "adam"
 
     def __init__(
@@ -377,7 +379,7 @@ class Adam(_AdamFamily):
 
 
 class Yogi(_AdamFamily):
-    """Yogi (Zaheer, Reddi, Sachan, Kale & Kumar, NeurIPS 2018) for Keras 3.
+    __doc__ = """Yogi (Zaheer, Reddi, Sachan, Kale & Kumar, NeurIPS 2018) for Keras 3.
 
     Adam with one line changed: the second moment moves additively, by at most
     (1 - β2)·g² per step, towards g²::
@@ -394,41 +396,7 @@ class Yogi(_AdamFamily):
     s = 0: ``Yogi(learning_rate=0.01, epsilon=1e-3, initial_accumulator_value=0.0)``.
     Keras names: ``"yogi"``, ``"adamlab_yogi"``.
 
-    Args:
-        learning_rate: η, a float, a ``keras.optimizers.schedules.LearningRateSchedule``
-            or a callable returning a float (default: 1e-2).
-        beta_1: β1, the decay rate of v (default: 0.9).
-        beta_2: β2, the decay rate of s (default: 0.999).
-        epsilon: ε, added *after* the square root: η·v̂/(√ŝ + ε) (default: 1e-3).
-        amsgrad: keep the running max of the raw s and bias-correct it (PyTorch's form;
-            with ``bias_correction="recursive"`` the max of ŝ, optax's form).
-        bias_correction: ``True`` (divide v and s by 1-β^t), ``False``, or ``"recursive"``
-            (the slots hold the debiased v̂ and ŝ; see :func:`adamlab.reference.second_moment`).
-        initial_accumulator_value: s0, the value s starts from (default: 1e-6).
-        initial_exp_avg_value: v0, the value v starts from (default: 0; optax's Yogi,
-            ``torch_optimizer.Yogi`` and ``pytorch_optimizer.Yogi`` use 1e-6).
-        epsilon_hat: read ``epsilon`` as Keras's ε̂, added to the raw √s before the step
-            size is bias-corrected: the ε used is ε̂/√(1-β2^t) (default: False).
-        weight_decay: λ, decoupled (θ ← θ - ηλθ before the update, as AdamW), by the base
-            class; exclude variables with ``exclude_from_weight_decay``.
-        clipnorm: clip each gradient to this L2 norm (of the dense gradient, also for
-            sparse ones).
-        clipvalue: clip each gradient element to [-clipvalue, clipvalue].
-        global_clipnorm: clip all gradients together to this global L2 norm.
-        use_ema: keep an exponential moving average of the variables (Keras's EMA).
-        ema_momentum: the EMA's momentum (default: 0.99).
-        ema_overwrite_frequency: every this many steps, overwrite the variables with
-            their EMA (default: never).
-        loss_scale_factor: a constant the loss was multiplied by; gradients are divided
-            by it before the update.
-        gradient_accumulation_steps: update every this many steps with the mean of the
-            accumulated gradients.
-        name: the optimizer's name (default: the class name in snake case).
-
-    Slots per variable: ``momentum`` (v), ``velocity`` (s), ``velocity_hat`` (max s, with
-    amsgrad); the step count t is the optimizer's ``iterations`` + 1.
-    """
-
+""" + _ARGS.format(lr="1e-2", eps="1e-3", s0="1e-6")
     _rule = "yogi"
 
     def __init__(
