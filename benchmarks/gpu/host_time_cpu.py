@@ -39,7 +39,7 @@ def pretend_cuda() -> None:
     real = triton_fused.kernel_module(interpret=False)
     triton_fused._modules[False] = types.SimpleNamespace(adam_family_kernel=_NoLaunch(), tl=real.tl)
     torch.Tensor.is_cuda = property(lambda self: True)
-    optimizer.choose = lambda fused, foreach, device, differentiable=False: "fused_cuda" if fused else "foreach"
+    optimizer.choose = lambda fused, foreach, device, *_, **__: "fused_cuda" if fused else "foreach"
 
 
 def host_us(make, shapes: list[tuple[int, ...]], n: int, windows: int = 9) -> float:

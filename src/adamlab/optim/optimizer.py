@@ -49,7 +49,7 @@ _v_absmax = operator.itemgetter("exp_avg_absmax")
 _s_absmax = operator.itemgetter("exp_avg_sq_absmax")
 _dtype = Tensor.dtype.__get__
 _is_complex = operator.attrgetter("is_complex")
-_LOW_DTYPES = (torch.bfloat16, torch.uint8)  # how "bf16" and "8bit" store a moment
+_LOW_DTYPES = frozenset((torch.bfloat16, torch.uint8))  # how "bf16" and "8bit" store a moment
 
 
 class _AdamFamily(Optimizer):
@@ -490,33 +490,37 @@ def _check_stored_precision(group: dict[str, Any], params: list[Tensor], states:
     (:func:`_moment_dtype`): the precision changed after the first step, both ways (a bf16
     state under None would otherwise run bfloat16 math). Under None/"fp32" only a moment in
     bfloat16 or uint8 that the parameter's dtype does not explain is such a state; other
-    mismatches are left to the implementations' own checks. C-level maps: this runs every step."""
+    mismatches are left to the implementations' own checks.
+
+    This runs every step, so it reads as little as it can: ``exp_avg`` alone (every moment
+    of a state is created, converted and loaded in one precision together; a single replaced
+    tensor is a corrupted state, which the implementations refuse), by C-level maps, and the
+    expected dtypes only where a plain group holds a bfloat16 or uint8 moment at all."""
     if not all(states):  # the parameters without state yet have nothing to check
         params = list(compress(params, states))
         states = list(filter(None, states))
         if not states:
             return
-    keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
-    # _moment_dtype for every parameter, by C-level maps
     precision = group["state_precision"]
-    want = list(map(_dtype, params))
+    low = precision in lowp.LOW_PRECISIONS
+    got = list(map(_dtype, map(_exp_avg, states)))
+    if not low and _LOW_DTYPES.isdisjoint(got):
+        return
+    want = list(map(_dtype, params))  # _moment_dtype for every parameter, by C-level maps
     if precision is not None:
         stored = lowp.STORED_DTYPES[precision]
         want = [d if d.is_complex else stored for d in want] if any(map(_is_complex, want)) else [stored] * len(want)
-    for key in keys:
-        got = list(map(_dtype, map(operator.itemgetter(key), states)))
-        if got == want:
-            continue
-        # a plain precision leaves other dtypes (a corrupted state) to the implementation's checks
-        low = precision in lowp.LOW_PRECISIONS
-        i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b and (low or a in _LOW_DTYPES)), None)
-        if i is not None:
-            raise ValueError(
-                f"the state of a parameter of shape {tuple(params[i].shape)} stores {key!r} as "
-                f"{got[i]}, not as state_precision={precision!r} stores it ({want[i]}): state_precision cannot "
-                f"change after the first step; convert a state_dict with "
-                f"adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
-            )  # fmt: skip
+    if got == want:
+        return
+    # a plain precision leaves other dtypes (a corrupted state) to the implementation's checks
+    i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b and (low or a in _LOW_DTYPES)), None)
+    if i is not None:
+        raise ValueError(
+            f"the state of a parameter of shape {tuple(params[i].shape)} stores 'exp_avg' as "
+            f"{got[i]}, not as state_precision={precision!r} stores it ({want[i]}): state_precision cannot "
+            f"change after the first step; convert a state_dict with "
+            f"adamlab.convert_state_dict(state_dict, {precision!r}) and load it"
+        )  # fmt: skip
 
 
 def _needs_seed(group: dict[str, Any]) -> bool:
