@@ -13,8 +13,9 @@ low-precision state, :func:`adam_family_update` wraps them in
 :func:`adamlab.optim.precision.low_precision_update` (decode, update, encode); the fused
 kernels take ``low_precision`` themselves.
 
-``rule`` is ``"adam"`` or ``"yogi"``. The fused kernels are imported on first use, so a
-machine that cannot run them still runs everything else; where ``fused=True`` asks for a
+``rule`` is ``"adam"`` or ``"yogi"``. The fused kernels' libraries (the compiled CPU
+kernel, Triton) are loaded on first use, so a machine that cannot run them still runs
+everything else; where ``fused=True`` asks for a
 kernel this machine lacks, :func:`choose` warns once (naming why) and picks ``foreach``.
 """
 
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adamlab.optim import fused_cpu, multi_tensor, single_tensor, triton_fused
 from adamlab.optim._dtensor import is_dtensor, local_shards
 from adamlab.optim.precision import LowPrecision, low_precision_update
 
@@ -38,25 +40,15 @@ def get_implementation(name: str) -> Callable[..., None]:
     """The update function called ``name``; a fused one raises ``RuntimeError`` (saying why)
     where this machine cannot run it."""
     if name == "single_tensor":
-        from adamlab.optim.single_tensor import single_tensor_update
-
-        return single_tensor_update
+        return single_tensor.single_tensor_update
     if name == "differentiable":
-        from adamlab.optim.single_tensor import differentiable_update
-
-        return differentiable_update
+        return single_tensor.differentiable_update
     if name == "foreach":
-        from adamlab.optim.multi_tensor import multi_tensor_update
-
-        return multi_tensor_update
+        return multi_tensor.multi_tensor_update
     if name == "fused_cpu":
-        from adamlab.optim import fused_cpu
-
         fused_cpu.load()
         return fused_cpu.fused_cpu_update
     if name == "fused_cuda":
-        from adamlab.optim import triton_fused
-
         triton_fused.kernel_module(interpret=False)
         return triton_fused.fused_cuda_update
     raise ValueError(f"Unknown implementation: {name!r} (expected one of {IMPLEMENTATIONS})")

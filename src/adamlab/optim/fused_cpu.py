@@ -153,7 +153,7 @@ def _fused_cpu_update(
     )
     if not common:
         _check_sizes(lists)
-    _check_steps(params, state_steps)
+    addresses = _check_steps(params, state_steps)
     # Everything that can refuse the step (dtype codes, real views, sizes, storage) runs
     # before any step count moves: a refused step changes nothing.
     options = [
@@ -169,7 +169,7 @@ def _fused_cpu_update(
             flat = list(map(torch.view_as_real, flat))
             numels = [2 * n for n in numels]
         table = _table(flat, numels)
-        coefs, index, _ = _step_coefficients(lib, state_steps, **hyper)
+        coefs, index, _ = _step_coefficients(lib, state_steps, addresses, **hyper)
         _call(lib, table, len(numels), coefs, index, packed)
         return
     # the rare case: one call per (parameter dtype, state dtype) for the tensors the kernel
@@ -192,7 +192,7 @@ def _fused_cpu_update(
             chosen = list(map(torch.view_as_real, chosen))
         sizes = list(map(_numel, chosen[: len(where)]))
         calls.append((_table(chosen, sizes), where, packed))
-    coefs, index, _ = _step_coefficients(lib, state_steps, **hyper)
+    coefs, index, _ = _step_coefficients(lib, state_steps, addresses, **hyper)
     for i, tensors, copies, table, packed in odd:
         _update_odd(lib, tensors, copies, table, coefs, None if index is None else index[i], packed)
     for table, where, packed in calls:
@@ -218,6 +218,9 @@ _is_cpu = Tensor.is_cpu.__get__
 _is_contiguous = Tensor.is_contiguous
 _numel = Tensor.numel
 _data_ptr = Tensor.data_ptr
+_ONE = {1}
+_F32 = {torch.float32}
+_NOT_COUNTS = frozenset((torch.bool, torch.complex32, torch.complex64, torch.complex128))
 
 
 def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> bytes:
@@ -234,37 +237,50 @@ def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> b
     return _OPTIONS.pack(*values)
 
 
-def _check_steps(params: list[Tensor], steps: list[Tensor]) -> None:
+def _check_steps(params: list[Tensor], steps: list[Tensor]) -> array | None:
     """Every step count is one real number (a 0-dim tensor, as torch's): the kernel adds 1
     through its address, so an empty step would be written out of bounds. Refuse it, naming
-    its parameter (the loop and foreach paths raise ``RuntimeError`` for the same input)."""
+    its parameter (the loop and foreach paths raise ``RuntimeError`` for the same input).
+
+    Returns the counts' addresses where every count is a float32 CPU tensor with storage
+    (as torch's fused Adam keeps them: the kernel advances them itself), else None (plain
+    torch advances them). Read now, used by this step only."""
     if len(steps) != len(params):
         raise RuntimeError(f"fused CPU update: {len(steps)} step counts for {len(params)} parameters")
     dtypes = set(map(_dtype, steps))
-    if set(map(_numel, steps)) == {1} and not any(d.is_complex or d == torch.bool for d in dtypes):
-        return
+    if set(map(_numel, steps)) == _ONE and dtypes.isdisjoint(_NOT_COUNTS):
+        if dtypes == _F32 and all(map(_is_cpu, steps)):
+            addresses = array("Q", map(_data_ptr, steps))
+            return None if 0 in addresses else addresses  # 0: a wrapper subclass without storage
+        return None
     for i, (p, step) in enumerate(zip(params, steps)):
-        if step.numel() != 1 or step.is_complex() or step.dtype == torch.bool:
+        if step.numel() != 1 or step.dtype in _NOT_COUNTS:
             raise RuntimeError(
                 f"fused CPU update: the step count of parameter {i} (shape {tuple(p.shape)}) is a {step.dtype} "
                 f"tensor of shape {tuple(step.shape)}; expected one real number (a 0-dim tensor)"
             )
+    return None
 
 
-def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> tuple[array, array | None, array]:
-    """Advance every step count by one (one C call); the coefficient records (C doubles) for
-    the distinct new counts, each computed once by :func:`adamlab._moments.coefficients`,
+def _step_coefficients(
+    lib: ctypes.CDLL,
+    steps: list[Tensor],
+    addresses: array | None,
+    *,
+    lr: Any,
+    beta1: Any,
+    beta2: Any,
+    bias_correction: bool | str,
+) -> tuple[array, array | None, array]:
+    """Advance every step count by one (one C call through ``addresses``, from
+    :func:`_check_steps`; plain torch where it is None); the coefficient records (C doubles)
+    for the distinct new counts, each computed once by :func:`adamlab._moments.coefficients`,
     which record each tensor uses (None: the first, for all; the usual case), and the new
     counts (C doubles, one per tensor).
 
-    The steps were checked (:func:`_check_steps`); if computing the coefficients fails (a
-    negative count), the counts are put back before the error propagates."""
+    If computing the coefficients fails (a negative count), the counts are put back before
+    the error propagates."""
     n = len(steps)
-    addresses = None
-    if set(map(_dtype, steps)) == {torch.float32} and all(map(_is_cpu, steps)):
-        addresses = array("Q", map(_data_ptr, steps))  # read now, used now, kept by no one
-        if 0 in addresses:  # a step without storage (a wrapper subclass): plain torch below
-            addresses = None
     if addresses is not None:
         t = array("d", bytes(8 * n))
         same = lib.adamlab_advance_steps(n, addresses.buffer_info()[0], t.buffer_info()[0])
@@ -278,7 +294,9 @@ def _step_coefficients(lib: ctypes.CDLL, steps: list[Tensor], **hyper: Any) -> t
         values = [t[0]] if same else sorted(set(t))
         coefs = array("d")
         for value in values:
-            coefs.extend(map(float, coefficients(value, **hyper)))
+            coefs.extend(
+                map(float, coefficients(value, lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction))
+            )
     except BaseException:
         if addresses is not None:  # undo the C call: counts that fail here are small, so t - 1 is exact
             for address, value in zip(addresses, t):

@@ -238,8 +238,15 @@ def _run(rule: str, calls: dict, steps: list[Tensor], lp: LowPrecision, *, amsgr
         0, 0, rule == "yogi", bool(amsgrad), bool(hyper["maximize"]), bool(hyper["decoupled_weight_decay"]),
     ]  # fmt: skip
     low = _LOW_PRECISION.pack(_PRECISION_CODES[lp.precision], bool(lp.stochastic_rounding), lp.block_size or 0)
+    addresses = fused_cpu._check_steps(steps, steps)  # checked in _prepare: here for their addresses
     coefs, index, t = fused_cpu._step_coefficients(
-        lib, steps, lr=hyper["lr"], beta1=hyper["beta1"], beta2=hyper["beta2"], bias_correction=hyper["bias_correction"]
+        lib,
+        steps,
+        addresses,
+        lr=hyper["lr"],
+        beta1=hyper["beta1"],
+        beta2=hyper["beta2"],
+        bias_correction=hyper["bias_correction"],
     )
     for (p_dtype, s_dtype), call in calls.items():
         where, columns = call["where"], call["columns"]

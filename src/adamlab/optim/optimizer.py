@@ -239,16 +239,14 @@ class _AdamFamily(Optimizer):
         exp_avg_sqs = list(map(_exp_avg_sq, states))
         maxes = list(map(_max_exp_avg_sq, states)) if group["amsgrad"] else []
         tensors = (params, grads, exp_avgs, exp_avg_sqs, maxes, list(map(_step, states)))
-        return tensors, new, self._low_precision(group, params, states, exp_avgs)
+        return tensors, new, self._low_precision(group, params, states) if _needs_seed(group) and params else None
 
     def _low_precision(
-        self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]], exp_avgs: list[Tensor]
-    ) -> lowp.LowPrecision | None:
+        self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]]
+    ) -> lowp.LowPrecision:
         """The record an implementation needs for a group with low-precision state or
-        stochastic rounding (None otherwise)."""
+        stochastic rounding (:func:`_needs_seed`), for its parameters that have a gradient."""
         precision = group["state_precision"]
-        if not _needs_seed(group) or not params:
-            return None
         if not all(
             map(operator.contains, states, repeat(_SEED))
         ):  # stochastic_rounding turned on later, a torch checkpoint
@@ -315,9 +313,9 @@ class _AdamFamily(Optimizer):
                 beta1 = beta1.item()
             if isinstance(beta2, Tensor):  # apart: a scheduler may have replaced only β1
                 beta2 = beta2.item()
-        implementation = choose(
-            group["fused"], group["foreach"], tensors[0][0].device, differentiable, _fused_by_default(group)
-        )
+        fused, foreach = group["fused"], group["foreach"]
+        by_default = fused is None and foreach is None and _fused_by_default(group)
+        implementation = choose(fused, foreach, tensors[0][0].device, differentiable, by_default)
         # set by GradScaler on fused optimizers (instance attributes)
         grad_scale = self.__dict__.get("grad_scale")
         found_inf = self.__dict__.get("found_inf")
