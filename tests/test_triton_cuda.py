@@ -55,6 +55,27 @@ def state_of(opt):
     return [(k, t) for s in opt.state.values() for k, t in sorted(s.items())]
 
 
+def assert_inf_step_skipped_without_sync(model, opt, scaler, dtype=torch.float32):
+    """One GradScaler step whose gradient holds inf: step() must not sync with the host, and
+    nothing may change -- parameters, every state tensor, the step counts included."""
+    before = [p.clone() for p in model.parameters()], [t.clone() for _, t in state_of(opt)]
+    x, y = batch(2, dtype)
+    opt.zero_grad()
+    scaler.scale(torch.nn.functional.mse_loss(model(x).float(), y.float())).backward()
+    next(model.parameters()).grad[0, 0] = float("inf")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a host sync inside step() would raise
+    try:
+        scaler.step(opt)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    scaler.update()
+    for p, q in zip(model.parameters(), before[0]):
+        assert torch.equal(p, q)
+    for (k, t), u in zip(state_of(opt), before[1]):
+        assert torch.equal(t, u), k
+
+
 @pytest.mark.parametrize("rule", ["adam", "yogi"])
 @pytest.mark.parametrize(
     "flags",
@@ -97,23 +118,7 @@ def test_grad_scaler_skips_inf_steps_without_a_sync(rule):
     scaler_a = torch.amp.GradScaler("cuda", init_scale=2.0**10)
     scaler_b = torch.amp.GradScaler("cuda", init_scale=2.0**10)
     train(a, fused, 2, scaler=scaler_a)
-    before = [p.clone() for p in a.parameters()], [t.clone() for _, t in state_of(fused)]
-    # one bad step: nothing may change, the step count included
-    x, y = batch(2)
-    fused.zero_grad()
-    scaler_a.scale(torch.nn.functional.mse_loss(a(x), y)).backward()
-    next(a.parameters()).grad[0, 0] = float("inf")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # a host sync inside step() would raise
-    try:
-        scaler_a.step(fused)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    scaler_a.update()
-    for p, q in zip(a.parameters(), before[0]):
-        assert torch.equal(p, q)
-    for (_, t), u in zip(state_of(fused), before[1]):
-        assert torch.equal(t, u)
+    assert_inf_step_skipped_without_sync(a, fused, scaler_a)  # one bad step: nothing may change
     assert scaler_a.get_scale() == 2.0**9
     # and the run goes on like a foreach run that skipped the same step on the host
     train(b, foreach, 3, scaler=scaler_b, bad_step=2)
@@ -309,21 +314,6 @@ def test_fused_low_precision_grad_scaler_without_a_sync(options):
     opt = adamlab.Adam(model.parameters(), lr=0.01, fused=True, **PRECISION_OPTIONS[options])
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10)
     train(model, opt, 2, scaler=scaler, dtype=dtype)
-    before = [p.clone() for p in model.parameters()], [t.clone() for _, t in state_of(opt)]
-    x, y = batch(2, dtype)
-    opt.zero_grad()
-    scaler.scale(torch.nn.functional.mse_loss(model(x).float(), y.float())).backward()
-    next(model.parameters()).grad[0, 0] = float("inf")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")  # a host sync inside step() would raise
-    try:
-        scaler.step(opt)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    scaler.update()
-    for p, q in zip(model.parameters(), before[0]):
-        assert torch.equal(p, q)
-    for (k, t), u in zip(state_of(opt), before[1]):
-        assert torch.equal(t, u), k
+    assert_inf_step_skipped_without_sync(model, opt, scaler, dtype)
     train(model, opt, 2, scaler=scaler, dtype=dtype)
     assert all(s["step"].item() == 4 for s in opt.state.values())
