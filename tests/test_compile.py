@@ -6,6 +6,8 @@
   graph capture and functionalization, without inductor's code generation).
 * Changing the learning rate (a tensor, or a float) does not recompile: graphs are counted
   with ``torch._dynamo.testing.CompileCounter``.
+* Low-precision state and stochastic rounding (issue 14) under ``torch.compile(opt.step)``:
+  the same bits as eager (their bit-level paths run eagerly inside the compiled step).
 
 Versions: verified on the torch this suite runs with (2.13 in the dev environment and CI).
 ``pyproject.toml`` allows torch >= 2.4 for eager use; for ``torch.compile`` we state support
@@ -158,3 +160,46 @@ def test_inductor_compiled_training_step_matches_eager() -> None:
         loss_e, loss_c = step_e(x, y), step_c(x, y)
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-6, atol=1e-7)
     assert_match(eager, opt_e, compiled, opt_c)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+@pytest.mark.parametrize("impl", ["fused_default", "foreach"])
+def test_low_precision_state_under_compile_matches_eager(precision: str, impl: str) -> None:
+    """``torch.compile(opt.step)`` with bf16 or 8-bit state (issue 14): the fused kernel that
+    such a group runs by default stays eager inside the compiled step, the readable path is
+    traced; both end where the eager optimizer ends -- the same codes, bf16 moments and seeds,
+    the parameters to float32 rounding."""
+    kwargs = dict(state_precision=precision, block_size=16)
+    if impl == "foreach":
+        kwargs["foreach"] = True
+    eager, model = make_model(), make_model()
+    opt_e = adamlab.Adam(eager.parameters(), lr=0.01, **kwargs)
+    opt_c = adamlab.Adam(model.parameters(), lr=0.01, **kwargs)
+    train(eager, opt_e, opt_e.step, steps=3)
+    train(model, opt_c, compiled(opt_c.step, CompileCounterWithBackend("aot_eager")), steps=3)
+    assert_match(eager, opt_e, model, opt_c)
+    stored = {"bf16": {torch.bfloat16}, "8bit": {torch.uint8}}[precision]
+    assert {s["exp_avg"].dtype for s in opt_c.state.values()} == stored
+
+
+def test_stochastic_rounding_of_bf16_parameters_under_compile_matches_eager() -> None:
+    """bfloat16 parameters written back with stochastic rounding (the readable path), in a
+    compiled step: the same bits as eager, for every parameter of the group."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(8, 4), (8,), (3,)]
+    init = [torch.randn(s, generator=gen).to(torch.bfloat16) for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(torch.bfloat16) for s in shapes]
+    eager = [torch.nn.Parameter(t.clone()) for t in init]
+    traced = [torch.nn.Parameter(t.clone()) for t in init]
+    opt_e = adamlab.Adam(eager, lr=1e-3, foreach=True, stochastic_rounding=True, rounding_seed=7)
+    opt_c = adamlab.Adam(traced, lr=1e-3, foreach=True, stochastic_rounding=True, rounding_seed=7)
+    step = torch.compile(opt_c.step, backend="aot_eager")
+    for _ in range(2):
+        for p, q, g in zip(eager, traced, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt_e.step()
+        step()
+    for p, q in zip(eager, traced):
+        assert torch.equal(p.view(torch.int16), q.view(torch.int16))
+        for key, value in opt_e.state[p].items():
+            assert torch.equal(opt_c.state[q][key], value), key

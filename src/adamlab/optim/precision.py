@@ -353,6 +353,11 @@ def flat_rw(t: Tensor) -> tuple[Tensor, bool]:
     return view, view.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()
 
 
+# Under torch.compile the two entry points below run eagerly (a graph break each): their
+# bit-level work (dtype views of bfloat16 and int16, data_ptr comparisons, cached constants)
+# is what dynamo traces wrongly or recompiles for per parameter, and the readable path is not
+# a fast path to compile (the fused kernels are; they run eagerly under compile too).
+@torch.compiler.disable
 def constant_state(
     like: Tensor, value: float, precision: str, block_size: int, signed: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -379,6 +384,7 @@ def _constant(value: float, precision: str, signed: bool) -> tuple[Any, float | 
 
 
 # ---- the update ----------------------------------------------------------------------------
+@torch.compiler.disable
 def low_precision_update(
     update: Callable[..., None],
     rule: str,
