@@ -144,6 +144,25 @@ def test_resume_is_bit_for_bit(impl: str, precision: str | None) -> None:
     _same_state(opt, second, straight, resumed)
 
 
+@pytest.mark.parametrize("precision", ["bf16", None])
+def test_a_checkpoint_brings_its_rounding_options(precision: str | None) -> None:
+    """``stochastic_rounding`` and ``rounding_seed`` are hyperparameters of the run (as lr is):
+    loaded from the checkpoint into an optimizer built with the defaults, the resumed run
+    equals the uninterrupted one bit for bit."""
+    options = dict(state_precision=precision, stochastic_rounding=True, rounding_seed=5)
+    straight = _params(torch.bfloat16)
+    _train(adamlab.Yogi(straight, lr=0.01, **options), straight, range(6))
+    resumed = _params(torch.bfloat16)
+    first = adamlab.Yogi(resumed, lr=0.01, **options)
+    _train(first, resumed, range(3))
+    second = adamlab.Yogi(resumed, lr=0.5, state_precision=precision)  # SR off, seed 0, another lr
+    second.load_state_dict(_roundtrip(first.state_dict()))
+    assert [second.param_groups[0][k] for k in ("stochastic_rounding", "rounding_seed", "lr")] == [True, 5, 0.01]
+    _train(second, resumed, range(3, 6))
+    for p, q in zip(straight, resumed):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize(
     "saved_as,loaded_as", [("bf16", "8bit"), ("8bit", "bf16"), ("8bit", None), (None, "bf16"), ("fp32", "8bit")]
 )

@@ -256,6 +256,21 @@ def test_fused_refuses_parameters_that_share_memory_with_fused_as_the_default() 
         adamlab.Adam([a, b], fused=True)
 
 
+@pytest.mark.parametrize("options", [dict(state_precision="bf16"), dict(state_precision="8bit"),
+                                     dict(stochastic_rounding=True)], ids=str)  # fmt: skip
+def test_low_precision_state_refuses_parameters_that_share_memory_unless_foreach(options) -> None:
+    """Low-precision state runs the fused kernel when neither fused nor foreach is set: the
+    same refusal as fused=True (its threads would race on the shared elements: results that
+    change from run to run), naming the reason; foreach=True takes them."""
+    a, b = _over_one_storage("overlapping views")
+    with pytest.raises(ValueError, match=r"\['params'\]\[1\] shares memory .* low-precision state"):
+        adamlab.Adam([a, b], **options)
+    opt = adamlab.Adam([torch.nn.Parameter(torch.zeros(2))], foreach=True)
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.add_param_group({"params": [a, b], "foreach": None, **options})
+    adamlab.Adam([a, b], foreach=True, **options)
+
+
 @pytest.mark.parametrize("flags", [dict(foreach=True), dict(foreach=False), dict(fused=False)], ids=str)
 def test_loop_and_foreach_accept_parameters_that_share_memory(flags) -> None:
     """They update one parameter after another (as torch does): aliases are allowed there."""

@@ -294,10 +294,12 @@ def validate_group_params(
     step (and, in a multithreaded fused kernel, by two threads at once: a data race), so
     adamlab refuses it on every path. Non-leaf tensors are refused unless ``differentiable``.
 
-    A group that runs fused (its ``fused``, else the ``defaults``' one, is True) also refuses
-    two distinct tensors whose memory overlaps (two Parameters over one storage): the fused
-    kernel updates a group's tensors at once, on several threads. The loop and foreach paths
-    update them one after another, as torch does, and accept them.
+    A group that runs fused (its ``fused``, else the ``defaults``' one, is True; or both
+    ``fused`` and ``foreach`` are unset and its state is low-precision, which runs the fused
+    kernel by default) also refuses two distinct tensors whose memory overlaps (two
+    Parameters over one storage): the fused kernel updates a group's tensors at once, on
+    several threads. The loop and foreach paths update them one after another, as torch
+    does, and accept them.
     """
     import torch
 
@@ -362,10 +364,27 @@ def validate_group_params(
                     f"{where}['params'][{i}] is on {tensor.device.type}: state_precision={precision!r} runs on "
                     f"{' and '.join(LOW_PRECISION_DEVICES[:2])} tensors"
                 )
-    fused = group.get("fused", None if defaults is None else defaults.get("fused"))
-    if _is_true(fused):
+
+    def setting(key: str) -> Any:
+        return group.get(key, None if defaults is None else defaults.get(key))
+
+    fused = setting("fused")
+    # low-precision state runs the fused kernel when neither fused nor foreach is set
+    by_default = (
+        fused is None
+        and setting("foreach") is None
+        and not _is_true(setting("differentiable"))
+        and ((isinstance(precision, str) and precision in LOW_PRECISIONS) or _is_true(setting("stochastic_rounding")))
+        and setting("bias_correction") != "recursive"
+    )
+    if _is_true(fused) or by_default:
+        why = (
+            "with fused=True"
+            if _is_true(fused)
+            else "with low-precision state (which runs the fused kernel by default)"
+        )
         _refuse_overlaps(
-            where, [entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry for entry in listed]
+            where, [entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry for entry in listed], why
         )
     return listed
 
@@ -377,7 +396,7 @@ def _is_true(value: Any) -> bool:
         return False
 
 
-def _refuse_overlaps(where: str, tensors: list[Any]) -> None:
+def _refuse_overlaps(where: str, tensors: list[Any], why: str = "with fused=True") -> None:
     """``ValueError`` naming the first two of ``tensors`` whose byte ranges overlap (on one
     device). Empty tensors, and tensors without storage (meta, wrapper subclasses), are skipped."""
     spans = []
@@ -399,7 +418,7 @@ def _refuse_overlaps(where: str, tensors: list[Any]) -> None:
         if start < far:
             first, second = sorted((i, j))
             raise ValueError(
-                f"{where}['params'][{second}] shares memory with {where}['params'][{first}]: with fused=True "
+                f"{where}['params'][{second}] shares memory with {where}['params'][{first}]: {why} "
                 "adamlab refuses a parameter group whose parameters overlap (the fused kernel would write the "
                 "shared elements from two threads at once); give each its own storage (clone it), or use "
                 "foreach=True"

@@ -426,8 +426,9 @@ class _AdamFamily(Optimizer):
         ours = [{k: group[k] for k in _RUN_KEYS + _KEPT_IF_MISSING} for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, keep, saved_group in zip(self.param_groups, ours, state_dict["param_groups"]):
-            group.update(keep)
-            for k in _KEPT_IF_MISSING:  # a checkpoint without them (torch.optim.Adam's) keeps ours
+            for k in _RUN_KEYS:  # this optimizer's, whatever the checkpoint says
+                group[k] = keep[k]
+            for k in _KEPT_IF_MISSING:  # the checkpoint's; one without them (torch.optim.Adam's) keeps ours
                 if k not in saved_group:
                     group[k] = keep[k]
             for p, key in zip(group["params"], saved_group["params"]):
