@@ -17,6 +17,7 @@ import torch
 
 import adamlab
 from adamlab import reference
+from adamlab.optim import fused_cpu
 from adamlab.optim.precision import decode, flat
 
 IMPLS = {"single_tensor": dict(foreach=False), "foreach": dict(foreach=True), "capturable": dict(capturable=True)}
@@ -624,3 +625,22 @@ def test_yogi_second_moment_stays_non_negative_in_float32_arithmetic(precision, 
         s = decode(state["exp_avg_sq"], state.get("exp_avg_sq_absmax"), 64, signed=False)
         assert s.dtype == torch.float32 and bool((s >= 0).all()), f"step {t + 1}"
         assert bool(torch.isfinite(p).all())
+
+
+@pytest.mark.parametrize("flags", [dict(foreach=True), dict(foreach=False), dict(fused=True)], ids=str)
+def test_a_new_block_size_after_the_first_step_is_refused_and_changes_nothing(flags) -> None:
+    """The 8-bit codes were quantized in blocks of the old size: decoding them with another
+    would silently use the wrong scales. Every path refuses, naming the scales; nothing moves."""
+    if flags.get("fused") and not fused_cpu.is_available():
+        pytest.skip("the fused CPU kernel is not built here")
+    params = _params()
+    opt = adamlab.Adam(params, lr=0.01, state_precision="8bit", block_size=16, **flags)
+    _train(opt, params, range(1))
+    before = [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()["state"])
+    opt.param_groups[0]["block_size"] = 64
+    with pytest.raises(ValueError, match="exp_avg_absmax"):
+        _train(opt, params, range(1, 2))
+    assert all(torch.equal(p, q) for p, q in zip(params, before[0]))
+    for key, saved in before[1].items():
+        for name, value in saved.items():
+            assert torch.equal(opt.state_dict()["state"][key][name], value), name

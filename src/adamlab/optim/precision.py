@@ -462,6 +462,14 @@ class _Walk:
         self.views = [flat_rw(s) for s in self.stored]
         self.absmax = [lp.exp_avg_absmax[i] if lp.exp_avg_absmax else None,
                        lp.exp_avg_sq_absmax[i] if lp.exp_avg_sq_absmax else None, None][: len(self.stored)]  # fmt: skip
+        for name, absmax in zip(("exp_avg_absmax", "exp_avg_sq_absmax"), self.absmax):
+            if absmax is not None and absmax.numel() != block_count(self.numel, lp.block_size):
+                raise ValueError(
+                    f"the {name} of a parameter of shape {tuple(p.shape)} holds {absmax.numel()} block scales; "
+                    f"block_size={lp.block_size} needs {block_count(self.numel, lp.block_size)}: block_size cannot "
+                    "change after the first step (convert a state_dict with "
+                    f"adamlab.convert_state_dict(state_dict, '8bit', block_size={lp.block_size}) and load it)"
+                )
         self.step = steps[i]
         self.start_step = steps[i].clone()
         self.new_step: Tensor | None = None
