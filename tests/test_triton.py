@@ -320,6 +320,32 @@ def test_mixed_dtypes_in_one_call(backend):
         np.testing.assert_allclose(_f64(run.exp_avg_sqs[i]), want.s, **TOLERANCE[torch.float32])
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
+@pytest.mark.parametrize("short", ["grads", "exp_avgs", "steps"])
+def test_lists_of_another_length_than_the_parameters_are_refused(short):
+    """One gradient, moment or step count missing: the step's table would shift its rows and
+    the kernel would read sizes and addresses from the wrong ones (a wild write). Refused
+    before anything is read or written."""
+    from adamlab.optim import triton_fused
+
+    params = [torch.randn(40), torch.randn(33)]
+    before = [p.clone() for p in params]
+    lists = {
+        "grads": [torch.randn_like(p) for p in params],
+        "exp_avgs": [torch.zeros_like(p) for p in params],
+        "exp_avg_sqs": [torch.zeros_like(p) for p in params],
+        "steps": [torch.zeros(()) for _ in params],
+    }
+    lists[short] = lists[short][:1]
+    with pytest.raises(RuntimeError, match="one of each per parameter"):
+        triton_fused.interpreted_update(
+            "adam", params, lists["grads"], lists["exp_avgs"], lists["exp_avg_sqs"], [], lists["steps"],
+            **_hyper("adam", {}), capturable=False,
+        )  # fmt: skip
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert all(float(t) == 0.0 for t in lists["steps"])
+
+
 def test_fused_cuda_rejects_cpu_tensors():
     from adamlab.optim import triton_fused
 

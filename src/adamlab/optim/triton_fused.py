@@ -268,6 +268,12 @@ def _update(
         return
     if bias_correction == "recursive":
         raise ValueError("bias_correction='recursive' is not supported by the fused kernels; use foreach=True")
+    lengths = [len(lst) for lst in (grads, exp_avgs, exp_avg_sqs, state_steps, *([max_exp_avg_sqs] if amsgrad else []))]
+    if set(lengths) != {len(params)}:  # the table's rows would shift: the kernel would read out of bounds
+        raise RuntimeError(
+            f"fused_cuda update: {len(params)} parameters with {lengths} gradients, exp_avgs, exp_avg_sqs, "
+            "step counts (and max_exp_avg_sqs): one of each per parameter"
+        )
     if low_precision is not None:
         _check_low_precision(low_precision, params, exp_avgs, exp_avg_sqs, amsgrad)
     if interpret:
