@@ -644,3 +644,37 @@ def test_a_new_block_size_after_the_first_step_is_refused_and_changes_nothing(fl
     for key, saved in before[1].items():
         for name, value in saved.items():
             assert torch.equal(opt.state_dict()["state"][key][name], value), name
+
+
+@pytest.mark.parametrize("flags", [dict(foreach=True), dict(foreach=False), dict()], ids=str)
+@pytest.mark.parametrize("case", ["gaps", "layout changed"])
+@pytest.mark.parametrize("precision", ["bf16", "8bit"])
+def test_a_parameter_laid_out_unlike_its_state_steps_in_the_state_order(precision, case, flags) -> None:
+    """A parameter with gaps (a strided slice), or one converted to channels_last after its
+    state was made: every path pairs each element of θ with its own g, v and s, in the state's
+    memory order (8-bit blocks run over it) -- the same values as a dense parameter laid out
+    as that state. (The readable paths paired elements of different orders here.)"""
+    gen = torch.Generator().manual_seed(3)
+    if case == "gaps":
+        odd = torch.nn.Parameter(torch.randn(64, 8, generator=gen).t()[:, ::2])  # strides (1, 16)
+        plain = torch.nn.Parameter(torch.empty_like(odd).copy_(odd))  # dense, laid out as its state will be
+        assert plain.stride() != odd.stride()
+    else:
+        plain = torch.nn.Parameter(torch.randn(2, 8, 3, 3, generator=gen))
+        odd = torch.nn.Parameter(plain.detach().clone())
+    results = []
+    for p in (plain, odd):
+        opt = adamlab.Adam([p], lr=0.01, state_precision=precision, block_size=16, **flags)
+        grads = torch.Generator().manual_seed(4)
+        for k in range(3):
+            if case == "layout changed" and k == 1 and p is odd:
+                p.data = p.data.to(memory_format=torch.channels_last)  # the state stays contiguous
+            p.grad = torch.randn(p.shape, generator=grads)
+            opt.step()
+        state = opt.state[p]
+        moments = [decode(state[k], state.get(k + "_absmax"), 16, k == "exp_avg") for k in ("exp_avg", "exp_avg_sq")]
+        results.append((p.detach().clone(), moments))
+    (p_plain, m_plain), (p_odd, m_odd) = results
+    assert torch.equal(p_plain, p_odd)
+    for a, b in zip(m_plain, m_odd):
+        assert torch.equal(a, b)

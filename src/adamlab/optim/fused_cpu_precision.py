@@ -208,13 +208,17 @@ def _absmax(x: Tensor, p: Tensor, block_size: int, name: str, ordinal: int) -> T
 
 
 def _in_memory_order(tensors: list[Tensor]) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
-    """θ, g, v, s (, max s) of one parameter as contiguous tensors whose order is θ's memory
-    order, and the (destination, copy) pairs to write back after the step. Tensors already laid
-    out so are used in place (the usual case, and a dense θ whose state shares its layout)."""
+    """θ, g, v, s (, max s) of one parameter as contiguous tensors whose order is the memory
+    order of v, the stored first moment (8-bit blocks run over it; it is θ's layout from the
+    state's creation or loading), and the (destination, copy) pairs to write back after the
+    step. Tensors already laid out so are used in place (the usual case, and a dense θ whose
+    state shares its layout); θ with gaps, or laid out anew since (``model.to(memory_format=
+    ...)``), is stepped in a copy."""
     p = tensors[0]
     if tensors[1].dtype == p.dtype and all(map(fused_cpu._is_contiguous, tensors)):
         return list(tensors), []
-    order = sorted(range(p.dim()), key=lambda d: -p.stride(d))  # θ's dimensions, outermost first
+    v = tensors[2]
+    order = sorted(range(v.dim()), key=lambda d: (-v.stride(d), -v.size(d)))  # v's dimensions, outermost first
     out, back = [], []
     for k, x in enumerate(tensors):
         view = x.permute(order)

@@ -447,19 +447,35 @@ def low_precision_update(
         walk.finish()
 
 
+def _walked(x: Tensor, like: Tensor, like_copied: bool) -> tuple[Tensor, Tensor | None]:
+    """``x`` (shaped like ``like``) as a flat tensor in the order the walk reads ``like``: its
+    memory order (a tensor with gaps, ``like_copied``: its logical order); and, where that is a
+    copy, the copy shaped like ``x``, to write back (None: a view of ``x``)."""
+    if x.stride() == like.stride():
+        view, copied = flat_rw(x)
+        return view, (view.view(x.shape) if copied else None)
+    copy = x.contiguous() if like_copied else empty_like_layout(like, x.dtype).copy_(x)
+    return flat(copy), copy
+
+
 class _Walk:
-    """One parameter of the readable low-precision path: flat views (memory order) of the
-    parameter, its gradient aligned to that order and its stored moments, and its new t."""
+    """One parameter of the readable low-precision path: flat views of its stored moments in
+    their memory order, and the parameter and its gradient in the same order, and its new t.
+
+    The walk follows the stored first moment's memory order (8-bit blocks run over it; it is
+    the parameter's layout from the state's creation or loading): a parameter or gradient laid
+    out otherwise -- a parameter with gaps, one whose layout changed after its state was made
+    (``model.to(memory_format=...)``) -- is read through a copy in that order, and the
+    parameter written back from it."""
 
     def __init__(self, i, params, grads, exp_avgs, exp_avg_sqs, maxes, steps, lp, amsgrad) -> None:
-        p, g = params[i], grads[i]
-        self.param, (self.p, self.p_copied) = p, flat_rw(p)
-        if g.stride() != p.stride():
-            g = empty_like_layout(p, g.dtype).copy_(g)  # the gradient in the parameter's memory order
-        self.g = flat(g)
-        self.numel = self.p.numel()
         self.stored = [exp_avgs[i], exp_avg_sqs[i]] + ([maxes[i]] if amsgrad else [])
         self.views = [flat_rw(s) for s in self.stored]
+        like, like_copied = self.stored[0], self.views[0][1]
+        p = self.param = params[i]
+        self.p, self.p_copy = _walked(p, like, like_copied)
+        self.g = _walked(grads[i], like, like_copied)[0]
+        self.numel = self.p.numel()
         self.absmax = [lp.exp_avg_absmax[i] if lp.exp_avg_absmax else None,
                        lp.exp_avg_sq_absmax[i] if lp.exp_avg_sq_absmax else None, None][: len(self.stored)]  # fmt: skip
         for name, absmax in zip(("exp_avg_absmax", "exp_avg_sq_absmax"), self.absmax):
@@ -488,8 +504,8 @@ class _Walk:
 
     def finish(self) -> None:
         """Write back what was walked in a copy, and the new step count."""
-        if self.p_copied:
-            self.param.copy_(self.p.view(self.param.shape))
+        if self.p_copy is not None:
+            self.param.copy_(self.p_copy)
         for stored, (view, copied) in zip(self.stored, self.views):
             if copied:
                 stored.copy_(view.view(stored.shape))
