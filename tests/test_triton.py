@@ -346,6 +346,22 @@ def test_lists_of_another_length_than_the_parameters_are_refused(short):
     assert all(float(t) == 0.0 for t in lists["steps"])
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (pip install triton)")
+def test_amsgrad_running_max_keeps_a_nan_like_torch():
+    """torch.maximum (and the CPU kernel) keep a NaN from either side of AMSGrad's running max:
+    a NaN s (a NaN gradient) and a NaN already in the max both stay."""
+    from adamlab.optim import triton_fused
+
+    p = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    g = torch.tensor([0.1, 0.2, float("nan"), -0.3])
+    v, s = torch.zeros(4), torch.zeros(4)
+    s_max = torch.tensor([0.0, float("nan"), 0.0, 0.0])
+    hyper = {**_hyper("adam", {}), "amsgrad": True}
+    triton_fused.interpreted_update("adam", [p], [g], [v], [s], [s_max], [torch.zeros(())], **hyper, capturable=False)
+    assert torch.isnan(s_max[1]) and torch.isnan(s_max[2]), s_max
+    assert not torch.isnan(s_max[[0, 3]]).any(), s_max
+
+
 def test_fused_cuda_rejects_cpu_tensors():
     from adamlab.optim import triton_fused
 

@@ -106,7 +106,9 @@ def update(p, g, v, s, s_max, w1, w2, step_size, bc2_sqrt, eps, YOGI: tl.constex
     else:  # s ← β2 s + w2 g², as s + w2 (g² - s)
         s = s + w2 * (g2 - s)
     if AMSGRAD:
-        s_max = tl.maximum(s_max, s)
+        # the running max keeps a NaN from either side, as torch.maximum and the CPU kernel do
+        # (tl.maximum would drop it)
+        s_max = tl.where((s_max > s) | (s_max != s_max), s_max, s)
         denom = tl.sqrt(s_max) / bc2_sqrt + eps
     else:
         denom = tl.sqrt(s) / bc2_sqrt + eps  # ε after the square root
