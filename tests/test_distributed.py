@@ -37,7 +37,7 @@ _spec.loader.exec_module(worker)
 WORLD = 2
 # low-precision state (issue 14): the readable path and the fused one
 LOW_IMPLS = ("foreach", "fused_cpu")
-LOW_SCENARIOS = ("ddp_bf16", "ddp_8bit", "fsdp2_bf16", "fsdp2_8bit")
+LOW_SCENARIOS = ("ddp_bf16", "ddp_8bit", "fsdp2_bf16", "fsdp2_8bit", "zero_8bit")
 
 
 def launch(out_dir: Path, only: list[str], timeout: float = 240.0) -> dict[str, Any]:
@@ -227,3 +227,23 @@ def test_fsdp2_low_precision_state_is_per_local_shard(runs, impl: str, precision
     model, _ = single_process(impl)
     for name, p in model.named_parameters():
         torch.testing.assert_close(r0["params"][name], p.detach(), rtol=0, atol=0.2 * worker.LR, msg=name)
+
+
+@pytest.mark.parametrize("impl", LOW_IMPLS)
+def test_zero_redundancy_with_8bit_state_matches_ddp_and_its_state_loads(runs, impl: str) -> None:
+    """ZeroRedundancyOptimizer (each rank steps its own parameters) with 8-bit state: the same
+    parameters as the DDP run bit for bit (same gradients, blocks within each tensor), and
+    the consolidated state_dict loads into a plain 8-bit Yogi holding the DDP run's codes
+    and scales."""
+    r0, r1 = scenario(runs, "zero_8bit", impl)
+    ddp0, _ = scenario(runs, "ddp_8bit", impl)
+    assert_equal_params(r0["params"], ddp0["params"])
+    assert_equal_params(r1["params"], ddp0["params"])
+    fresh = worker.make_model()
+    fresh.load_state_dict(dict(r0["params"]))
+    options = dict(rounding_seed=5, **worker.LOW_PRECISION["8bit"], **worker.IMPLS[impl])
+    plain = adamlab.Yogi(fresh.parameters(), lr=worker.LR, **options)
+    plain.load_state_dict(r0["state_dict"])
+    for i, q in enumerate(fresh.parameters()):
+        for key in ("exp_avg", "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"):
+            assert torch.equal(plain.state[q][key], ddp0["state"][f"{i}.{key}"]), (i, key)

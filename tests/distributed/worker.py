@@ -212,6 +212,25 @@ def run_ddp_low(rank: int, world: int, impl: str, precision: str) -> dict[str, A
     return {"params": full_params(model), "state": state}
 
 
+def run_zero_low(rank: int, world: int, impl: str, precision: str) -> dict[str, Any]:
+    """ZeroRedundancyOptimizer over adamlab.Yogi with low-precision state: each rank keeps the
+    state of its own parameters; the consolidated state_dict holds everyone's."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import adamlab
+
+    model = DDP(make_model())
+    opt = ZeroRedundancyOptimizer(
+        model.parameters(), optimizer_class=adamlab.Yogi, lr=LR, rounding_seed=5, **LOW_PRECISION[precision],
+        **IMPLS[impl],
+    )  # fmt: skip
+    for i in range(STEPS):
+        step(model, opt, i, rank, world)
+    opt.consolidate_state_dict(to=0)
+    return {"params": full_params(model), "state_dict": opt.state_dict() if rank == 0 else None}
+
+
 def run_fsdp2_low(rank: int, world: int, impl: str, precision: str) -> dict[str, Any]:
     """FSDP2 with low-precision state: each rank's state is its local shard's (8-bit blocks
     over the local shard, plain local absmax tensors)."""
@@ -248,6 +267,7 @@ def main(rank: int, world: int, init_file: str, out_dir: Path, only: list[str]) 
         "ddp_8bit": lambda r, w, i: run_ddp_low(r, w, i, "8bit"),
         "fsdp2_bf16": lambda r, w, i: run_fsdp2_low(r, w, i, "bf16"),
         "fsdp2_8bit": lambda r, w, i: run_fsdp2_low(r, w, i, "8bit"),
+        "zero_8bit": lambda r, w, i: run_zero_low(r, w, i, "8bit"),
     }
     todo = only or [f"{name}/{impl}" for impl in available_impls() for name in runners]
     for item in todo:
