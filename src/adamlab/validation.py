@@ -365,18 +365,9 @@ def validate_group_params(
                     f"{' and '.join(LOW_PRECISION_DEVICES[:2])} tensors"
                 )
 
-    def setting(key: str) -> Any:
-        return group.get(key, None if defaults is None else defaults.get(key))
-
-    fused = setting("fused")
-    # low-precision state runs the fused kernel when neither fused nor foreach is set
-    by_default = (
-        fused is None
-        and setting("foreach") is None
-        and not _is_true(setting("differentiable"))
-        and ((isinstance(precision, str) and precision in LOW_PRECISIONS) or _is_true(setting("stochastic_rounding")))
-        and setting("bias_correction") != "recursive"
-    )
+    settings = {**(defaults or {}), **group}
+    fused = settings.get("fused")
+    by_default = fused_by_default(settings)
     if _is_true(fused) or by_default:
         why = (
             "with fused=True"
@@ -387,6 +378,23 @@ def validate_group_params(
             where, [entry[1] if isinstance(entry, tuple) and len(entry) == 2 else entry for entry in listed], why
         )
     return listed
+
+
+def fused_by_default(group: Mapping[str, Any]) -> bool:
+    """Whether a group runs the fused kernel without asking for it: ``fused`` and ``foreach``
+    both unset, and an update the kernels run and whose readable path is slow -- low-precision
+    state or stochastic rounding -- not ``differentiable`` nor ``bias_correction="recursive"``
+    (:func:`adamlab.optim.functional.choose` then picks the fused kernel where this machine
+    has it). The one rule, for the step, the state's creation and the checks here."""
+    precision = group.get("state_precision")
+    bias_correction = group.get("bias_correction")
+    return (
+        group.get("fused") is None
+        and group.get("foreach") is None
+        and not _is_true(group.get("differentiable"))
+        and ((isinstance(precision, str) and precision in LOW_PRECISIONS) or _is_true(group.get("stochastic_rounding")))
+        and not (isinstance(bias_correction, str) and bias_correction == "recursive")
+    )
 
 
 def _is_true(value: Any) -> bool:

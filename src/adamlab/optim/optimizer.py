@@ -25,7 +25,14 @@ from torch.optim.optimizer import Optimizer
 from adamlab.optim import precision as lowp
 from adamlab.optim._dtensor import local_tensor
 from adamlab.optim.functional import adam_family_update, choose
-from adamlab.validation import FLAGS, validate_group, validate_group_params, validate_params, validate_state_dict
+from adamlab.validation import (
+    FLAGS,
+    fused_by_default,
+    validate_group,
+    validate_group_params,
+    validate_params,
+    validate_state_dict,
+)
 
 _STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 # how the update runs: this optimizer's (and this machine's) choice, never the checkpoint's
@@ -313,9 +320,9 @@ class _AdamFamily(Optimizer):
                 beta1 = beta1.item()
             if isinstance(beta2, Tensor):  # apart: a scheduler may have replaced only β1
                 beta2 = beta2.item()
-        fused, foreach = group["fused"], group["foreach"]
-        by_default = fused is None and foreach is None and _fused_by_default(group)
-        implementation = choose(fused, foreach, tensors[0][0].device, differentiable, by_default)
+        implementation = choose(
+            group["fused"], group["foreach"], tensors[0][0].device, differentiable, fused_by_default(group)
+        )
         # set by GradScaler on fused optimizers (instance attributes)
         grad_scale = self.__dict__.get("grad_scale")
         found_inf = self.__dict__.get("found_inf")
@@ -528,22 +535,10 @@ def _needs_seed(group: dict[str, Any]) -> bool:
     return group["state_precision"] in lowp.LOW_PRECISIONS or bool(group["stochastic_rounding"])
 
 
-def _fused_by_default(group: dict[str, Any]) -> bool:
-    """Whether the group's update is one the fused kernels run and its readable path is slow:
-    low-precision state or stochastic rounding (not ``bias_correction="recursive"``). With
-    ``fused`` and ``foreach`` unset such a group runs the fused kernel where this machine has
-    it (:func:`adamlab.optim.functional.choose`)."""
-    return _needs_seed(group) and group["bias_correction"] != "recursive"
-
-
 def _runs_fused(group: dict[str, Any]) -> bool:
     """Whether the group asks for a fused kernel, explicitly or by default (its step counts
     then live as the kernel wants them: float32, on the parameter's device)."""
-    if group["fused"]:
-        return True
-    return (
-        group["fused"] is None and group["foreach"] is None and not group["differentiable"] and _fused_by_default(group)
-    )
+    return bool(group["fused"]) or fused_by_default(group)
 
 
 def _step_dtype(group: dict[str, Any]) -> torch.dtype:
