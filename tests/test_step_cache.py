@@ -1,9 +1,11 @@
 """A change between steps is seen at the next step, on every implementation.
 
-``optimizer.step()`` remembers nothing between steps (it reads every gradient and state
-tensor anew). Each test here changes something between two steps, the way user code does,
-and compares the optimizer with a twin rebuilt from scratch (a new optimizer loaded from
-the old one's ``state_dict``) before every step: results must be identical, bit for bit.
+``optimizer.step()`` reads every gradient and state tensor anew (a fused CPU group keeps
+where its flat state lives, checked by address at every step: adamlab.optim.flat_state, whose
+short path the rebuilt twin also takes, after its load). Each test here changes something
+between two steps, the way user code does, and compares the optimizer with a twin rebuilt
+from scratch (a new optimizer loaded from the old one's ``state_dict``) before every step:
+results must be identical, bit for bit.
 
 Also here: ``step()`` runs step hooks (the optimizer's own and the global ones) and opens
 torch's profiler range while a profiler records.

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from adamlab.optim import fused_cpu, multi_tensor, single_tensor, triton_fused
 from adamlab.optim._dtensor import is_dtensor, local_shards
+from adamlab.optim.flat_state import FlatState
 from adamlab.optim.precision import LowPrecision, low_precision_update
 
 IMPLEMENTATIONS = ("single_tensor", "differentiable", "foreach", "fused_cpu", "fused_cuda")
@@ -136,12 +137,15 @@ def adam_family_update(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     low_precision: LowPrecision | None = None,
+    flat_state: FlatState | None = None,
 ) -> None:
     """Run one step of ``rule`` over the given tensors with the named implementation.
 
     ``low_precision`` (:class:`~adamlab.optim.precision.LowPrecision`) is passed on only when
     given: the moments are stored in bf16 or 8 bits, or bfloat16 parameters are rounded
-    stochastically."""
+    stochastically. ``flat_state`` (:class:`~adamlab.optim.flat_state.FlatState`: the state
+    tensors are its views, checked by the caller) goes to the fused CPU kernel only, which
+    then reads no state tensor; the others take the tensors as they are."""
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
     if bias_correction == "recursive" and implementation.startswith("fused"):
@@ -153,7 +157,9 @@ def adam_family_update(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     update = get_implementation(implementation)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = (
+        {"flat_state": flat_state} if flat_state is not None and implementation == "fused_cpu" else {}
+    )
     if low_precision is not None:
         if implementation == "differentiable":
             raise ValueError("low-precision state and stochastic rounding do not support differentiable=True")

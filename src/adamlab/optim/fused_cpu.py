@@ -41,6 +41,7 @@ from torch import Tensor
 
 from adamlab import _library
 from adamlab._moments import Coefficients, coefficients
+from adamlab.optim.flat_state import FlatState
 from adamlab.optim.precision import LowPrecision
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -119,6 +120,7 @@ def _fused_cpu_update(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     low_precision: LowPrecision | None = None,
+    flat_state: FlatState | None = None,
 ) -> None:
     if low_precision is not None:
         from adamlab.optim import fused_cpu_precision
@@ -135,6 +137,21 @@ def _fused_cpu_update(
     # On the CPU reading these scalars costs nothing (no device to synchronize with).
     if found_inf is not None and float(found_inf) != 0.0:
         return  # skip the whole step, step counts included, as torch's fused Adam does
+    options = [
+        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+        1.0 if grad_scale is None else 1.0 / float(grad_scale),
+        0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
+    ]  # fmt: skip
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
+    if flat_state is not None and _fits_flat(flat_state, params, grads):
+        # the state is the record's views (checked by address by the caller): its rows and
+        # step addresses are the record's; only θ and g are read
+        table = _table(params + grads, flat_state.numels)
+        table.extend(flat_state.rows)
+        packed = _options(options, flat_state.param_dtype, flat_state.state_dtype)
+        coefs, index, _ = _step_coefficients(lib, state_steps, flat_state.steps, **hyper)
+        _call(lib, table, len(params), coefs, index, packed)
+        return
     lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
     # The common case -- one parameter (and gradient) dtype, one state dtype, everything on
     # the CPU, contiguous and of its parameter's size -- is checked on the concatenated lists,
@@ -156,12 +173,6 @@ def _fused_cpu_update(
     addresses = _check_steps(params, state_steps)
     # Everything that can refuse the step (dtype codes, real views, sizes, storage) runs
     # before any step count moves: a refused step changes nothing.
-    options = [
-        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-        1.0 if grad_scale is None else 1.0 / float(grad_scale),
-        0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
-    ]  # fmt: skip
-    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
     if common:
         (p_dtype,), (s_dtype,) = p_dtypes, s_dtypes
         packed = _options(options, p_dtype, s_dtype)
@@ -221,6 +232,21 @@ _data_ptr = Tensor.data_ptr
 _ONE = {1}
 _F32 = {torch.float32}
 _NOT_COUNTS = frozenset((torch.bool, torch.complex32, torch.complex64, torch.complex128))
+
+
+def _fits_flat(flat: FlatState, params: list[Tensor], grads: list[Tensor]) -> bool:
+    """Whether θ and g fit the flat state's record: CPU, dense, of its sizes and parameter
+    dtype (then every address the kernel walks is checked). C-level maps over both lists."""
+    both = params + grads
+    numels = flat.numels
+    return (
+        len(params) == len(numels)
+        and list(map(_numel, params)) == numels
+        and list(map(_numel, grads)) == numels
+        and set(map(_dtype, both)) == {flat.param_dtype}
+        and all(map(_is_cpu, both))
+        and all(map(_is_contiguous, both))
+    )
 
 
 def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> bytes:

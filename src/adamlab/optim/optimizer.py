@@ -5,10 +5,12 @@ The classes validate, gather and dispatch; they hold no math. The math is in
 :func:`adamlab.optim.functional.choose` picks from, each tested against the float64 oracle
 :mod:`adamlab.reference`.
 
-A step remembers nothing from the last one: it reads every parameter's gradient and state
-anew (as ``torch.optim.Adam`` does), so new gradients, ``p.data = ...``, replaced or cleared
-state, a loaded checkpoint and new hyperparameters take effect at the next step by
-construction.
+A step reads every parameter's gradient and state anew (as ``torch.optim.Adam`` does), so
+new gradients, ``p.data = ...``, replaced or cleared state, a loaded checkpoint and new
+hyperparameters take effect at the next step by construction. One thing is kept between
+steps, and checked at each: where a fused CPU group's state lives
+(:mod:`adamlab.optim.flat_state`: its tensors are views into one buffer per kind, recognised
+by address), which spares the step reading every state tensor's metadata.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
+from adamlab.optim import flat_state
 from adamlab.optim import precision as lowp
 from adamlab.optim._dtensor import local_tensor
+from adamlab.optim.flat_state import FlatState
 from adamlab.optim.functional import adam_family_update, choose
 from adamlab.validation import (
     FLAGS,
@@ -119,6 +123,7 @@ class _AdamFamily(Optimizer):
         for key in ("eps", "weight_decay", "initial_accumulator_value", "initial_exp_avg_value"):
             defaults[key] = float(defaults[key])
         defaults["betas"] = _kept_betas(betas)
+        self._flat_states: dict[int, FlatState] = {}  # group position -> where its flat state is
         super().__init__(validate_params(params, type(self).__name__), defaults)
         if fused:
             # torch.amp.GradScaler then hands us grad_scale/found_inf (as attributes) instead
@@ -128,6 +133,7 @@ class _AdamFamily(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Fill in what a state_dict saved by torch.optim.Adam (or an older adamlab) lacks.
         super().__setstate__(state)
+        self._flat_states = {}  # not pickled (addresses); a loaded or copied state steps the general path
         for group in self.param_groups:
             for key in FLAGS:
                 group.setdefault(key, False)
@@ -218,14 +224,19 @@ class _AdamFamily(Optimizer):
             ordinal = self._ordinals()[id(p)]
         return torch.tensor(lowp.parameter_seed(group["rounding_seed"], ordinal), dtype=torch.int64)
 
-    def _gather(self, group: dict[str, Any]) -> tuple[tuple[list[Any], ...], list[Tensor], lowp.LowPrecision | None]:
+    def _gather(
+        self, group: dict[str, Any], index: int
+    ) -> tuple[tuple[list[Any], ...], list[Tensor], lowp.LowPrecision | None, FlatState | None]:
         """The group's parameters that have a gradient, their gradients and their state, as
-        parallel lists; the parameters whose state this call created (their first step); and
-        the group's :class:`~adamlab.optim.precision.LowPrecision` record (None: plain state).
-        A state stored in another precision than the group's is refused before any state is
-        created (:func:`_check_stored_precision`): a refused step changes nothing.
+        parallel lists; the parameters whose state this call created (their first step); the
+        group's :class:`~adamlab.optim.precision.LowPrecision` record (None: plain state); and
+        its :class:`~adamlab.optim.flat_state.FlatState` where the state tensors are that
+        record's views (checked now, by address), else None. A state stored in another
+        precision than the group's is refused before any state is created
+        (:func:`_check_stored_precision`): a refused step changes nothing.
 
-        Plain code, run every step; the per-parameter work is C-level ``map`` calls."""
+        Plain code, run every step; the per-parameter work is C-level ``map`` calls. ``index``:
+        the group's position in ``param_groups``, where its flat state's record is kept."""
         params = group["params"]
         grads = list(map(_grad, params))
         if all(map(_is_not, grads, repeat(None))):
@@ -237,16 +248,57 @@ class _AdamFamily(Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         states = list(map(self.state.__getitem__, params))  # a defaultdict: {} where new
         new = [] if all(states) else [p for p, s in zip(params, states) if not s]
-        _check_stored_precision(group, params, states)
+        flat = None
         if new:
-            ordinals = self._ordinals() if _needs_seed(group) else {}
-            for p in new:
-                self._init_state(p, group, ordinals.get(id(p)))
-        exp_avgs = list(map(_exp_avg, states))
-        exp_avg_sqs = list(map(_exp_avg_sq, states))
-        maxes = list(map(_max_exp_avg_sq, states)) if group["amsgrad"] else []
-        tensors = (params, grads, exp_avgs, exp_avg_sqs, maxes, list(map(_step, states)))
-        return tensors, new, self._low_precision(group, params, states) if _needs_seed(group) and params else None
+            self._flat_states.pop(index, None)
+            _check_stored_precision(group, params, states)
+            if len(new) == len(params) and _flat_fits(group):  # the whole group's first step
+                flat = self._new_flat_state(index, group, params, states, initial=True)
+            if flat is None:
+                ordinals = self._ordinals() if _needs_seed(group) else {}
+                for p in new:
+                    self._init_state(p, group, ordinals.get(id(p)))
+        tensors = _state_lists(group, params, grads, states)
+        if not new:
+            # a compiled step reads the state as it is (dynamo would guard on every address)
+            flat = None if torch.compiler.is_compiling() else self._flat_states.get(index)
+            if flat is not None and len(params) != len(flat.numels):  # this step, some have no gradient
+                flat = None
+            elif flat is not None and not (_flat_fits(group) and flat.holds(*tensors[2:])):
+                del self._flat_states[index]  # replaced or moved state: the general path from now on
+                flat = None
+            if flat is None or flat.state_dtype in _LOW_DTYPES:
+                _check_stored_precision(group, params, states)
+        low_precision = self._low_precision(group, params, states) if _needs_seed(group) and params else None
+        return tensors, new, low_precision, flat
+
+    def _lay_out_flat(self) -> None:
+        """Copy the state of every group that runs the fused CPU kernel into one buffer per
+        kind (:mod:`adamlab.optim.flat_state`), where every parameter has a state and it
+        fits; for a state this optimizer just made (loaded, or initialized from batches),
+        which no caller holds yet."""
+        for index, group in enumerate(self.param_groups):
+            states = [self.state.get(p) for p in group["params"]]
+            if _flat_fits(group) and all(states):
+                self._new_flat_state(index, group, group["params"], states, initial=False)
+
+    def _new_flat_state(
+        self, index: int, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]], *, initial: bool
+    ) -> FlatState | None:
+        """Lay the state of a group that runs the fused CPU kernel out flat (new, or the
+        loaded one copied in), keeping the record; None where it does not fit (nothing changed)."""
+        if torch.compiler.is_compiling():  # a compiled step keeps plain tensors
+            return None
+        flat = flat_state.build(
+            params,
+            states,
+            moment_dtype=torch.float32 if group["state_precision"] == "fp32" else None,
+            amsgrad=group["amsgrad"],
+            initial=(group["initial_exp_avg_value"], group["initial_accumulator_value"]) if initial else None,
+        )
+        if flat is not None:
+            self._flat_states[index] = flat
+        return flat
 
     def _low_precision(
         self, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]]
@@ -280,10 +332,10 @@ class _AdamFamily(Optimizer):
                 loss = closure()
         # as torch: autograd records the update only with differentiable=True
         with torch.set_grad_enabled(self.defaults["differentiable"]):
-            for group in self.param_groups:
-                tensors, new, low_precision = self._gather(group)
+            for index, group in enumerate(self.param_groups):
+                tensors, new, low_precision, flat = self._gather(group, index)
                 try:
-                    self._step_group(group, tensors, new, low_precision)
+                    self._step_group(group, tensors, new, low_precision, flat)
                 except BaseException:
                     # a group that cannot step (fused=True on meta tensors, ...) keeps no state
                     # created for it that never stepped: those parameters are as if this step
@@ -301,6 +353,7 @@ class _AdamFamily(Optimizer):
         tensors: tuple[Any, ...],
         new: list[Tensor],
         low_precision: lowp.LowPrecision | None = None,
+        flat: FlatState | None = None,
     ) -> None:
         """One step of one group over its gathered tensors: pick the implementation, call it."""
         if not tensors[0]:
@@ -360,6 +413,7 @@ class _AdamFamily(Optimizer):
             bias_correction=group["bias_correction"],
             capturable=group["capturable"],
             low_precision=low_precision,
+            flat_state=flat,
         )
 
     def initialize_moments(self, batches: Iterable[Any], *, first_moment: bool = False) -> int:
@@ -467,6 +521,27 @@ class _AdamFamily(Optimizer):
                     # would then write into the state_dict the caller passed in. Own our state.
                     if torch.is_tensor(value) and value is saved.get(k):
                         state[k] = value.clone()
+        self._lay_out_flat()
+
+
+def _state_lists(
+    group: dict[str, Any], params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]]
+) -> tuple[list[Any], ...]:
+    """The parallel lists every implementation takes: θ, g, v, s, max s (with amsgrad, else
+    empty) and the step counts."""
+    maxes = list(map(_max_exp_avg_sq, states)) if group["amsgrad"] else []
+    return params, grads, list(map(_exp_avg, states)), list(map(_exp_avg_sq, states)), maxes, list(map(_step, states))
+
+
+def _flat_fits(group: dict[str, Any]) -> bool:
+    """Whether the group's state is laid out flat (:mod:`adamlab.optim.flat_state`): it asks
+    for the fused kernel, with plain state (no seeds), not capturable."""
+    return (
+        group["fused"] is True
+        and not group["capturable"]
+        and group["state_precision"] in (None, "fp32")
+        and not group["stochastic_rounding"]
+    )
 
 
 def _layout(t: Tensor) -> str:
