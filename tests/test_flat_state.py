@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import importlib.util
 import io
 import weakref
 
@@ -213,3 +214,47 @@ def test_compiled_steps_after_eager_ones_equal_eager_steps():
     for p, q in zip(params, twin):
         assert torch.equal(p, q)
         assert torch.equal(opts[0].state[p]["exp_avg_sq"], opts[1].state[q]["exp_avg_sq"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_the_triton_kernel_steps_a_flat_state_as_it_steps_plain_tensors(amsgrad, monkeypatch):
+    """The Triton kernel (under its interpreter) with a flat state's record reads only θ and
+    g and gives the same numbers, bit for bit, as with the same state as plain tensors."""
+    from adamlab.optim import flat_state, triton_fused
+
+    hyper = dict(
+        lr=0.05, beta1=0.9, beta2=0.99, eps=1e-3, weight_decay=0.0, decoupled_weight_decay=False,
+        amsgrad=amsgrad, maximize=False, bias_correction=True, capturable=False,
+    )  # fmt: skip
+    runs = []
+    for flat in (True, False):
+        params = [p.detach().clone() for p in _params()]
+        states = [{} for _ in params]
+        record = flat_state.build(params, states, moment_dtype=None, amsgrad=amsgrad, initial=(0.0, 1e-6))
+        assert record is not None
+        if not flat:  # the same values as separate tensors
+            states = [{k: v.clone() for k, v in s.items()} for s in states]
+            record = None
+        lists = [
+            [s[k] for s in states]
+            for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+            if amsgrad or k != "max_exp_avg_sq"
+        ]
+        exp_avgs, exp_avg_sqs, *maxes, steps = lists
+        with monkeypatch.context() as m:
+            if flat:
+                m.setattr(triton_fused, "_groups", lambda *a, **k: pytest.fail("the state tensors were read"))
+            for seed in range(3):
+                gen = torch.Generator().manual_seed(seed)
+                grads = [torch.randn(p.shape, generator=gen) for p in params]
+                triton_fused.interpreted_update(
+                    "yogi", params, grads, exp_avgs, exp_avg_sqs, maxes[0] if maxes else [], steps, **hyper,
+                    flat_state=record,
+                )  # fmt: skip
+        runs.append((params, states))
+    (p1, s1), (p2, s2) = runs
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+    for a, b in zip(s1, s2):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert a["step"].item() == 3

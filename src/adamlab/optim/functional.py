@@ -144,8 +144,8 @@ def adam_family_update(
     ``low_precision`` (:class:`~adamlab.optim.precision.LowPrecision`) is passed on only when
     given: the moments are stored in bf16 or 8 bits, or bfloat16 parameters are rounded
     stochastically. ``flat_state`` (:class:`~adamlab.optim.flat_state.FlatState`: the state
-    tensors are its views, checked by the caller) goes to the fused CPU kernel only, which
-    then reads no state tensor; the others take the tensors as they are."""
+    tensors are its views, checked by the caller) goes to the fused kernels only, which then
+    read no state tensor's metadata; the others take the tensors as they are."""
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")
     if bias_correction == "recursive" and implementation.startswith("fused"):
@@ -157,9 +157,9 @@ def adam_family_update(
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
         )
     update = get_implementation(implementation)
-    extra: dict[str, Any] = (
-        {"flat_state": flat_state} if flat_state is not None and implementation == "fused_cpu" else {}
-    )
+    extra: dict[str, Any] = {}
+    if flat_state is not None and implementation.startswith("fused"):
+        extra["flat_state"] = flat_state
     if low_precision is not None:
         if implementation == "differentiable":
             raise ValueError("low-precision state and stochastic rounding do not support differentiable=True")

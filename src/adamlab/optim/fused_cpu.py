@@ -143,7 +143,7 @@ def _fused_cpu_update(
         0, 0, rule == "yogi", bool(amsgrad), bool(maximize), bool(decoupled_weight_decay),
     ]  # fmt: skip
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
-    if flat_state is not None and _fits_flat(flat_state, params, grads):
+    if flat_state is not None and flat_state.device.type == "cpu" and flat_state.fits(params, grads):
         # the state is the record's views (checked by address by the caller): its rows and
         # step addresses are the record's; only θ and g are read
         table = _table(params + grads, flat_state.numels)
@@ -232,21 +232,6 @@ _data_ptr = Tensor.data_ptr
 _ONE = {1}
 _F32 = {torch.float32}
 _NOT_COUNTS = frozenset((torch.bool, torch.complex32, torch.complex64, torch.complex128))
-
-
-def _fits_flat(flat: FlatState, params: list[Tensor], grads: list[Tensor]) -> bool:
-    """Whether θ and g fit the flat state's record: CPU, dense, of its sizes and parameter
-    dtype (then every address the kernel walks is checked). C-level maps over both lists."""
-    both = params + grads
-    numels = flat.numels
-    return (
-        len(params) == len(numels)
-        and list(map(_numel, params)) == numels
-        and list(map(_numel, grads)) == numels
-        and set(map(_dtype, both)) == {flat.param_dtype}
-        and all(map(_is_cpu, both))
-        and all(map(_is_contiguous, both))
-    )
 
 
 def _options(values: list[Any], p_dtype: torch.dtype, s_dtype: torch.dtype) -> bytes:

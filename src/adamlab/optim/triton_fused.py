@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 from array import array
+from collections.abc import Iterable
 from itertools import accumulate, repeat
 from operator import add, floordiv
 from types import ModuleType
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor
 
 from adamlab._moments import coefficients
+from adamlab.optim.flat_state import FlatState
 from adamlab.optim.precision import LowPrecision
 
 # One program per BLOCK elements; 4 warps move 16 bytes per load per thread in float32.
@@ -213,23 +215,7 @@ def _table(
     tensors = [lst if whole else [lst[i] for i in index] for lst in lists]
     if any(map(Tensor.is_complex, tensors[0])):
         tensors = [[_real(t) for t in lst] for lst in tensors[:5]] + [tensors[5]]
-    table = array("q")
-    for lst in tensors:  # rows 0..5: addresses
-        table.extend(map(_data_ptr, lst))
-        table.append(0)
-    # every address a multiple of 16: the lowest byte of each (a slice of the table's bytes)
-    # mapped through `& 15` must be all zeros -- bytes operations, no call per address
-    low_bytes = table.tobytes()[_LOW_BYTE : 8 * 5 * (n + 1) : 8]
-    aligned = low_bytes.translate(_LOW_FOUR_BITS).count(0) == len(low_bytes)
-    numels = list(map(_numel, tensors[0]))
-    table.extend(numels)  # row 6
-    table.append(0)
-    # row 7: first chunks, a running sum of ceil(numel / BLOCK); an empty tensor still gets
-    # one program (it advances the tensor's step count). C-level maps, no per-tensor statement.
-    chunks = map(max, map(floordiv, map(add, numels, repeat(block - 1)), repeat(block)), repeat(1))
-    table.extend(accumulate(chunks, initial=0))
-    n_chunks = table[-1]
-    table.frombytes(bytes(8 * (n + 1)))  # row 8: the counters, zeros
+    table, n_chunks, aligned = _assemble([map(_data_ptr, lst) for lst in tensors], list(map(_numel, tensors[0])), block)
     if low_precision is not None:
         lp = low_precision
         table.extend(lp.seeds if whole else [lp.seeds[i] for i in index])  # row 9
@@ -238,6 +224,45 @@ def _table(
             table.extend(map(_data_ptr, absmax if whole else [absmax[i] for i in index]) if absmax else repeat(0, n))
             table.append(0)
     return table, n_chunks, aligned
+
+
+def _assemble(addresses: list[Iterable[int]], numels: list[int], block: int) -> tuple[array, int, bool]:
+    """Rows 0..8 of the table from the six address rows (θ, g, v, s, max s, step; n ints
+    each) and the sizes; the number of chunks; whether the addresses of rows 0..4 are all
+    16-byte aligned."""
+    n = len(numels)
+    table = array("q")
+    for row in addresses:  # rows 0..5: addresses
+        table.extend(row)
+        table.append(0)
+    # every address a multiple of 16: the lowest byte of each (a slice of the table's bytes)
+    # mapped through `& 15` must be all zeros -- bytes operations, no call per address
+    low_bytes = table.tobytes()[_LOW_BYTE : 8 * 5 * (n + 1) : 8]
+    aligned = low_bytes.translate(_LOW_FOUR_BITS).count(0) == len(low_bytes)
+    table.extend(numels)  # row 6
+    table.append(0)
+    # row 7: first chunks, a running sum of ceil(numel / BLOCK); an empty tensor still gets
+    # one program (it advances the tensor's step count). C-level maps, no per-tensor statement.
+    chunks = map(max, map(floordiv, map(add, numels, repeat(block - 1)), repeat(block)), repeat(1))
+    table.extend(accumulate(chunks, initial=0))
+    n_chunks = table[-1]
+    table.frombytes(bytes(8 * (n + 1)))  # row 8: the counters, zeros
+    return table, n_chunks, aligned
+
+
+def _flat_launch(
+    flat: FlatState, params: list[Tensor], grads: list[Tensor], amsgrad: bool
+) -> tuple[tuple, tuple[array, int, bool]] | None:
+    """The one launch of a step whose state is ``flat``'s views (checked by the caller), its
+    (device, dtypes) and table, reading only θ and g; None where they do not fit the record."""
+    if not flat.fits(params, grads) or flat.param_dtype not in _SUPPORTED_SET or flat.state_dtype not in _SUPPORTED_SET:
+        return None
+    n = len(params)
+    rows = flat.rows
+    v, s = rows[:n], rows[n : 2 * n]
+    addresses = [map(_data_ptr, params), map(_data_ptr, grads), v, s, rows[2 * n :] if amsgrad else s, flat.steps]
+    key = (params[0].device, flat.param_dtype, flat.param_dtype, flat.state_dtype)
+    return key, _assemble(addresses, flat.numels, BLOCK)
 
 
 def _update(
@@ -263,6 +288,7 @@ def _update(
     grad_scale: Tensor | None = None,
     found_inf: Tensor | None = None,
     low_precision: LowPrecision | None = None,
+    flat_state: FlatState | None = None,
 ) -> None:
     if not params:
         return
@@ -285,13 +311,19 @@ def _update(
     lists = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else exp_avg_sqs, state_steps)
     moments = 0 if low_precision is None else MOMENTS[low_precision.precision]
     block = low_precision.block_size if moments == 2 else BLOCK
-    groups = _groups(lists, _STATE_DTYPES[moments])
+    fast = None if flat_state is None or moments else _flat_launch(flat_state, params, grads, amsgrad)
+    if fast is not None:  # the state is flat_state's views: one launch, θ and g read
+        launches = [(fast[0], range(len(params)), fast[1])]
+    else:
+        launches = [
+            (key, index, _table(lists, index, block, low_precision))
+            for key, index in _groups(lists, _STATE_DTYPES[moments]).items()
+        ]
     lr_on_device = isinstance(lr, Tensor)
     # w1 = 1-β1 and w2 = 1-β2 do not depend on t (no "recursive" here): computed once, in
     # float64, so that 1-β2 keeps its digits; the kernel derives step_size and bc2_sqrt from t.
     k = coefficients(1.0, lr=1.0, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
-    for (device, p_dtype, g_dtype, s_dtype), index in groups.items():
-        table, n_chunks, aligned = _table(lists, index, block, low_precision)
+    for (device, p_dtype, g_dtype, s_dtype), index, (table, n_chunks, aligned) in launches:
         table = torch.frombuffer(table, dtype=torch.int64).to(device)
         dummy = table  # stands in for absent pointer arguments; never read
         lr_t = _on(lr, device) if lr_on_device else None
