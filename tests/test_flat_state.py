@@ -36,6 +36,11 @@ def _grads(params, seed):
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
 
 
+def _storage(t):
+    """The address of the memory ``t`` lies in (its storage's)."""
+    return t.untyped_storage().data_ptr()
+
+
 @pytest.fixture
 def general_path_refused(monkeypatch):
     """While active, the general path's state checks raise: a step that passes took the
@@ -59,8 +64,8 @@ def test_state_is_views_of_one_buffer_per_kind_with_torchs_keys_shapes_and_dtype
     opt.step()
     torch_opt.step()
     for key in ("exp_avg", "exp_avg_sq", "step") + (("max_exp_avg_sq",) if amsgrad else ()):
-        bases = {id(opt.state[p][key]._base) for p in params}
-        assert len(bases) == 1 and None not in {opt.state[p][key]._base for p in params}, key
+        assert len({_storage(opt.state[p][key]) for p in params}) == 1, key
+        assert all(opt.state[p][key]._base is None for p in params)  # not views: their own version counters
     for p, q in zip(params, theirs):
         mine, ref = opt.state[p], torch_opt.state[q]
         assert list(mine) == list(ref)
@@ -99,7 +104,7 @@ def test_the_short_path_equals_the_general_path_bit_for_bit():
         assert torch.equal(p, q)
         for key in opts[0].state[p]:
             assert torch.equal(opts[0].state[p][key], opts[1].state[q][key]), key
-        assert opts[1].state[q]["exp_avg"]._base is None  # the copies stayed copies
+        assert _storage(opts[1].state[q]["exp_avg"]) == opts[1].state[q]["exp_avg"].data_ptr()  # copies stayed copies
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
@@ -140,7 +145,7 @@ def test_a_loaded_state_is_copied_into_one_buffer_per_kind(general_path_refused)
     saved.step()
     sd = copy.deepcopy(saved.state_dict())
     opt.load_state_dict(sd)
-    assert len({id(opt.state[p]["exp_avg"]._base) for p in params}) == 1
+    assert len({_storage(opt.state[p]["exp_avg"]) for p in params}) == 1
     for i, p in enumerate(params):
         for key, value in sd["state"][i].items():
             assert torch.equal(opt.state[p][key], value)
@@ -173,12 +178,12 @@ def test_a_parameter_without_gradient_keeps_the_layout_for_later_steps(monkeypat
     assert [opt.state[p]["step"].item() for p in params] == [3, 2, 3, 3]
 
 
-def test_the_buffers_go_with_the_last_view():
+def test_the_storages_go_with_the_last_state_tensor():
     params = _params()
     opt = adamlab.Adam(params, fused=True)
     _grads(params, 0)
     opt.step()
-    bases = [weakref.ref(opt.state[params[0]][k]._base) for k in ("exp_avg", "exp_avg_sq", "step")]
+    bases = [weakref.ref(opt.state[params[0]][k].untyped_storage()) for k in ("exp_avg", "exp_avg_sq", "step")]
     opt.state.clear()
     gc.collect()
     assert all(r() is None for r in bases)
@@ -194,7 +199,7 @@ def test_moments_initialized_from_batches_are_laid_out_flat(general_path_refused
     opt.initialize_moments(batches)
     expected = [(b0 * b0 + b1 * b1) / 2 for b0, b1 in zip(*batches)]
     for p, s in zip(params, expected):
-        assert opt.state[p]["exp_avg_sq"]._base is opt.state[params[0]]["exp_avg_sq"]._base
+        assert _storage(opt.state[p]["exp_avg_sq"]) == _storage(opt.state[params[0]]["exp_avg_sq"])
         torch.testing.assert_close(opt.state[p]["exp_avg_sq"], s)
     _grads(params, 4)
     opt.step()  # the short path (the general one is refused by the fixture)
@@ -258,3 +263,52 @@ def test_the_triton_kernel_steps_a_flat_state_as_it_steps_plain_tensors(amsgrad,
     for a, b in zip(s1, s2):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert a["step"].item() == 3
+
+
+def test_a_state_storage_freed_under_the_layout_is_refused_before_anything_changes():
+    """Offloading a moment by freeing its storage (``untyped_storage().resize_(0)``): the
+    tensors of the other parameters share that storage, at offsets, so their addresses point
+    at nothing. torch refuses such a step; so does adamlab, naming it, and nothing moves.
+    Restored to its size, the state steps again."""
+    params = _params()
+    opt = adamlab.Adam(params, lr=0.1, fused=True)
+    _grads(params, 0)
+    opt.step()
+    storage = opt.state[params[1]]["exp_avg"].untyped_storage()
+    nbytes = storage.nbytes()
+    theta = [p.detach().clone() for p in params]
+    storage.resize_(0)
+    params[0].grad = None  # the parameter at offset 0 (address 0) does not step
+    with pytest.raises(RuntimeError, match="lost its memory"):
+        opt.step()
+    assert all(torch.equal(p, t) for p, t in zip(params, theta))
+    assert all(opt.state[p]["step"].item() == 1 for p in params)
+    storage.resize_(nbytes)
+    for p in params:
+        opt.state[p]["exp_avg"].zero_()
+    opt.step()
+    assert [opt.state[p]["step"].item() for p in params] == [1, 2, 2, 2]
+
+
+def test_state_tensors_keep_their_own_autograd_version_counters():
+    """As torch's separate state tensors: a graph that saved one parameter's s still
+    back-propagates after another parameter's s is changed in place (EWC-style penalties)."""
+    params = _params()
+    opt = adamlab.Adam(params, fused=True)
+    _grads(params, 0)
+    opt.step()
+    penalty = (opt.state[params[0]]["exp_avg_sq"] * params[0] ** 2).sum()
+    opt.state[params[1]]["exp_avg_sq"].zero_()
+    penalty.backward()
+    assert params[0].grad is not None
+
+
+def test_the_benchmarks_update_only_row_steps_the_flat_state():
+    from adamlab.bench.gpu import update_only
+
+    params = _params()
+    opt = adamlab.Yogi(params, fused=True)
+    _grads(params, 0)
+    step = update_only(opt)  # one opt.step(), then the update alone
+    step()
+    assert all(opt.state[p]["step"].item() == 2 for p in params)

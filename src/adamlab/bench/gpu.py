@@ -150,8 +150,9 @@ def update_only(opt: Any) -> Callable[[], None]:
 
     opt.step()  # create the state
     group = opt.param_groups[0]
-    tensors, _ = opt._gather(group)
-    update = get_implementation(choose(group["fused"], group["foreach"], tensors[0][0].device))
+    tensors, _, _, flat = opt._gather(group, 0)
+    name = choose(group["fused"], group["foreach"], tensors[0][0].device)
+    update = get_implementation(name)
     hyper = dict(
         lr=group["lr"],
         beta1=group["betas"][0],
@@ -164,6 +165,8 @@ def update_only(opt: Any) -> Callable[[], None]:
         bias_correction=group["bias_correction"],
         capturable=group["capturable"],
     )
+    if flat is not None and name.startswith("fused"):  # the state is laid out flat: as step() passes it
+        hyper["flat_state"] = flat
     return lambda: update(opt._rule, *tensors, **hyper)
 
 

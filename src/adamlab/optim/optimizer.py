@@ -248,25 +248,30 @@ class _AdamFamily(Optimizer):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         states = list(map(self.state.__getitem__, params))  # a defaultdict: {} where new
         new = [] if all(states) else [p for p, s in zip(params, states) if not s]
+        # where the group's state was laid out flat (flat_state): a storage freed under it is
+        # refused here, before anything changes. A compiled step reads the state as it is.
+        record = None if torch.compiler.is_compiling() else self._flat_states.get(index)
+        usable = record is not None and record.check(f"param_groups[{index}]")
+        if record is not None and usable is None:
+            del self._flat_states[index]
         flat = None
         if new:
-            self._flat_states.pop(index, None)
             _check_stored_precision(group, params, states)
             if len(new) == len(params) and _flat_fits(group):  # the whole group's first step
                 flat = self._new_flat_state(index, group, params, states, initial=True)
             if flat is None:
+                if record is not None:
+                    record.usable = False
                 ordinals = self._ordinals() if _needs_seed(group) else {}
                 for p in new:
                     self._init_state(p, group, ordinals.get(id(p)))
         tensors = _state_lists(group, params, grads, states)
         if not new:
-            # a compiled step reads the state as it is (dynamo would guard on every address)
-            flat = None if torch.compiler.is_compiling() else self._flat_states.get(index)
-            if flat is not None and len(params) != len(flat.numels):  # this step, some have no gradient
-                flat = None
-            elif flat is not None and not (_flat_fits(group) and flat.holds(*tensors[2:])):
-                del self._flat_states[index]  # replaced or moved state: the general path from now on
-                flat = None
+            if usable and len(params) == len(record.numels):  # (some without a gradient: not this step)
+                if _flat_fits(group) and record.holds(*tensors[2:]):
+                    flat = record
+                else:  # an entry replaced or moved: the general path from now on
+                    record.usable = False
             if flat is None or flat.state_dtype in _LOW_DTYPES:
                 _check_stored_precision(group, params, states)
         low_precision = self._low_precision(group, params, states) if _needs_seed(group) and params else None

@@ -2,10 +2,12 @@
 
 The kernel is in :mod:`adamlab.optim.triton_kernel`; this module checks the tensors, builds
 the step's table of addresses and sizes (see the kernel's docstring), and launches the kernel
-the ordinary way, ``kernel[grid](...)``. Nothing is remembered between steps: every step
-reads every address anew, so new gradients, ``p.data = ...``, replaced state tensors and new
-hyperparameters need no special care. Triton is imported on first use, so adamlab imports and
-runs everything else without it.
+the ordinary way, ``kernel[grid](...)``. Nothing is remembered here between steps: every
+step reads every address anew, so new gradients, ``p.data = ...``, replaced state tensors and
+new hyperparameters need no special care. Given ``flat_state`` (a
+:class:`~adamlab.optim.flat_state.FlatState` whose tensors the optimizer has just found in
+the state, by address), the state's table rows are the record's and only θ and g are read.
+Triton is imported on first use, so adamlab imports and runs everything else without it.
 
 The same code runs on CPU tensors under Triton's interpreter (:func:`interpreted_update`),
 which is how the test suite checks the kernel without a GPU.
