@@ -36,6 +36,7 @@ from __future__ import annotations
 import weakref
 from array import array
 from itertools import accumulate
+from operator import call
 
 import torch
 from torch import Tensor
@@ -48,6 +49,7 @@ _dtype = Tensor.dtype.__get__
 _numel = Tensor.numel
 _get_device = Tensor.get_device  # -1 on the CPU
 _is_contiguous = Tensor.is_contiguous
+_storage_data_ptr = torch.UntypedStorage.data_ptr
 
 
 class FlatState:
@@ -86,6 +88,11 @@ class FlatState:
         it was), False (for good: a storage moved or went; kept to guard the others), None
         (no storage is referred to any more: forget it). ``RuntimeError`` (naming ``where``)
         where a storage still referred to has lost memory its tensors span."""
+        try:  # the usual case in C-level maps: every storage alive where it was
+            if list(map(_storage_data_ptr, map(call, self._storages))) == self._bases:
+                return self.usable
+        except TypeError:  # a storage gone (None has no data_ptr)
+            pass
         gone = 0
         for ref, base, nbytes in zip(self._storages, self._bases, self._nbytes):
             storage = ref()
