@@ -2,7 +2,7 @@
 
 The layout must be invisible to users -- torch's keys, shapes and dtypes, the same numbers
 as the general path, checkpoints, copies -- and the step must take the short path (reading
-no state tensor's metadata) only while the state tensors are the layout's views. The
+no state tensor's metadata) only while the state tensors are the layout's own. The
 changes-between-steps guarantees are in test_step_cache.py, which runs over this path too.
 """
 
@@ -54,7 +54,7 @@ def general_path_refused(monkeypatch):
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("state_precision", [None, "fp32"])
-def test_state_is_views_of_one_buffer_per_kind_with_torchs_keys_shapes_and_dtypes(amsgrad, state_precision):
+def test_state_shares_one_storage_per_kind_with_torchs_keys_shapes_and_dtypes(amsgrad, state_precision):
     params = _params(torch.bfloat16 if state_precision else torch.float32)
     opt = adamlab.Adam(params, fused=True, amsgrad=amsgrad, state_precision=state_precision)
     theirs = [p.detach().clone().requires_grad_() for p in params]

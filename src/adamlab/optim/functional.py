@@ -144,7 +144,7 @@ def adam_family_update(
     ``low_precision`` (:class:`~adamlab.optim.precision.LowPrecision`) is passed on only when
     given: the moments are stored in bf16 or 8 bits, or bfloat16 parameters are rounded
     stochastically. ``flat_state`` (:class:`~adamlab.optim.flat_state.FlatState`: the state
-    tensors are its views, checked by the caller) goes to the fused kernels only, which then
+    tensors are its own, checked by the caller) goes to the fused kernels only, which then
     read no state tensor's metadata; the others take the tensors as they are."""
     if rule not in ("adam", "yogi"):
         raise ValueError(f"Unknown rule: {rule!r} (expected 'adam' or 'yogi')")

@@ -144,7 +144,7 @@ def _fused_cpu_update(
     ]  # fmt: skip
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, bias_correction=bias_correction)
     if flat_state is not None and flat_state.device.type == "cpu" and flat_state.fits(params, grads):
-        # the state is the record's views (checked by address by the caller): its rows and
+        # the state is the record's tensors (checked by address by the caller): its rows and
         # step addresses are the record's; only θ and g are read
         table = _table(params + grads, flat_state.numels)
         table.extend(flat_state.rows)

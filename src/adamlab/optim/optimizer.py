@@ -9,7 +9,7 @@ A step reads every parameter's gradient and state anew (as ``torch.optim.Adam`` 
 new gradients, ``p.data = ...``, replaced or cleared state, a loaded checkpoint and new
 hyperparameters take effect at the next step by construction. One thing is kept between
 steps, and checked at each: where a fused CPU group's state lives
-(:mod:`adamlab.optim.flat_state`: its tensors are views into one buffer per kind, recognised
+(:mod:`adamlab.optim.flat_state`: its tensors share one storage per kind and are recognised
 by address), which spares the step reading every state tensor's metadata.
 """
 
@@ -231,7 +231,7 @@ class _AdamFamily(Optimizer):
         parallel lists; the parameters whose state this call created (their first step); the
         group's :class:`~adamlab.optim.precision.LowPrecision` record (None: plain state); and
         its :class:`~adamlab.optim.flat_state.FlatState` where the state tensors are that
-        record's views (checked now, by address), else None. A state stored in another
+        record's tensors (checked now, by address), else None. A state stored in another
         precision than the group's is refused before any state is created
         (:func:`_check_stored_precision`): a refused step changes nothing.
 

@@ -255,7 +255,7 @@ def _assemble(addresses: list[Iterable[int]], numels: list[int], block: int) -> 
 def _flat_launch(
     flat: FlatState, params: list[Tensor], grads: list[Tensor], amsgrad: bool
 ) -> tuple[tuple, tuple[array, int, bool]] | None:
-    """The one launch of a step whose state is ``flat``'s views (checked by the caller), its
+    """The one launch of a step whose state is ``flat``'s tensors (checked by the caller), its
     (device, dtypes) and table, reading only θ and g; None where they do not fit the record."""
     if not flat.fits(params, grads) or flat.param_dtype not in _SUPPORTED_SET or flat.state_dtype not in _SUPPORTED_SET:
         return None
@@ -314,7 +314,7 @@ def _update(
     moments = 0 if low_precision is None else MOMENTS[low_precision.precision]
     block = low_precision.block_size if moments == 2 else BLOCK
     fast = None if flat_state is None or moments else _flat_launch(flat_state, params, grads, amsgrad)
-    if fast is not None:  # the state is flat_state's views: one launch, θ and g read
+    if fast is not None:  # the state is flat_state's tensors: one launch, θ and g read
         launches = [(fast[0], range(len(params)), fast[1])]
     else:
         launches = [
