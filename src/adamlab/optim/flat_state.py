@@ -83,10 +83,10 @@ class FlatState:
         self._nbytes = [s.nbytes() for s in storages]
         self.usable = True
 
-    def check(self, where: str) -> bool | None:
+    def check(self, group_index: int) -> bool | None:
         """Whether the record may be read this step: True (usable, every storage alive where
         it was), False (for good: a storage moved or went; kept to guard the others), None
-        (no storage is referred to any more: forget it). ``RuntimeError`` (naming ``where``)
+        (no storage is referred to any more: forget it). ``RuntimeError`` (naming the group)
         where a storage still referred to has lost memory its tensors span."""
         try:  # the usual case in C-level maps: every storage alive where it was
             if list(map(_storage_data_ptr, map(call, self._storages))) == self._bases:
@@ -102,9 +102,10 @@ class FlatState:
             elif storage.data_ptr() != base:
                 if storage.nbytes() < nbytes:
                     raise RuntimeError(
-                        f"the optimizer state of {where} lost its memory: with fused=True its tensors share one "
-                        f"storage per kind, and one was resized to {storage.nbytes()} of its {nbytes} bytes "
-                        "(untyped_storage().resize_); restore its size, or load a state_dict, before stepping"
+                        f"the optimizer state of param_groups[{group_index}] lost its memory: with fused=True its "
+                        f"tensors share one storage per kind, and one was resized to {storage.nbytes()} of its "
+                        f"{nbytes} bytes (untyped_storage().resize_); restore its size, or load a state_dict, "
+                        "before stepping"
                     )
                 self.usable = False  # reallocated at least as large: its tensors followed it, the record did not
         return None if gone == len(self._storages) else self.usable

@@ -251,7 +251,7 @@ class _AdamFamily(Optimizer):
         # where the group's state was laid out flat (flat_state): a storage freed under it is
         # refused here, before anything changes. A compiled step reads the state as it is.
         record = None if torch.compiler.is_compiling() else self._flat_states.get(index)
-        usable = record is not None and record.check(f"param_groups[{index}]")
+        usable = record is not None and record.check(index)
         if record is not None and usable is None:
             del self._flat_states[index]
         flat = None
@@ -278,10 +278,10 @@ class _AdamFamily(Optimizer):
         return tensors, new, low_precision, flat
 
     def _lay_out_flat(self) -> None:
-        """Copy the state of every group that runs the fused CPU kernel into one buffer per
-        kind (:mod:`adamlab.optim.flat_state`), where every parameter has a state and it
-        fits; for a state this optimizer just made (loaded, or initialized from batches),
-        which no caller holds yet."""
+        """Copy the state of every group with ``fused=True`` into one storage per kind
+        (:mod:`adamlab.optim.flat_state`), where every parameter has a state and it fits; for
+        a state this optimizer just made (loaded, or initialized from batches), which no
+        caller holds yet."""
         for index, group in enumerate(self.param_groups):
             states = [self.state.get(p) for p in group["params"]]
             if _flat_fits(group) and all(states):
@@ -290,8 +290,8 @@ class _AdamFamily(Optimizer):
     def _new_flat_state(
         self, index: int, group: dict[str, Any], params: list[Tensor], states: list[dict[str, Any]], *, initial: bool
     ) -> FlatState | None:
-        """Lay the state of a group that runs the fused CPU kernel out flat (new, or the
-        loaded one copied in), keeping the record; None where it does not fit (nothing changed)."""
+        """Lay the state of a group with ``fused=True`` out flat (new, or the loaded one copied
+        in), keeping the record; None where it does not fit (nothing changed)."""
         if torch.compiler.is_compiling():  # a compiled step keeps plain tensors
             return None
         flat = flat_state.build(
