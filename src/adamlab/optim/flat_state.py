@@ -60,7 +60,7 @@ class FlatState:
     a storage moved); the record is then kept only to refuse a step over freed memory."""
 
     __slots__ = (
-        "_bases", "_dtypes", "_nbytes", "_storages", "amsgrad", "device", "numels", "param_dtype", "rows",
+        "_bases", "_devices", "_dtypes", "_nbytes", "_storages", "amsgrad", "device", "numels", "param_dtype", "rows",
         "state_dtype", "steps", "usable",
     )  # fmt: skip
 
@@ -72,6 +72,7 @@ class FlatState:
         self._dtypes = {param_dtype}
         self.state_dtype = buffers[0].dtype
         self.device = buffers[0].device
+        self._devices = {_device_index(self.device)}  # what get_device() says of its tensors
         self.amsgrad = len(entries) == 3
         self.rows = array("q")
         for kind in entries:
@@ -113,9 +114,8 @@ class FlatState:
     def holds(
         self, exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], maxes: list[Tensor], steps: list[Tensor]
     ) -> bool:
-        """Whether these state tensors are this record's, by address (:meth:`check` first)."""
-        if len(steps) != len(self.numels) or len(maxes) != (len(steps) if self.amsgrad else 0):
-            return False
+        """Whether these state tensors are this record's, by address (:meth:`check` first);
+        lists of other lengths (amsgrad turned on or off, other parameters) never match."""
         rows = array("q", map(_data_ptr, exp_avgs))
         rows.extend(map(_data_ptr, exp_avg_sqs))
         rows.extend(map(_data_ptr, maxes))
@@ -131,7 +131,7 @@ class FlatState:
             and list(map(_numel, params)) == numels
             and list(map(_numel, grads)) == numels
             and set(map(_dtype, both)) == self._dtypes
-            and set(map(_get_device, both)) == {_device_index(self.device)}
+            and set(map(_get_device, both)) == self._devices
             and all(map(_is_contiguous, both))
         )
 

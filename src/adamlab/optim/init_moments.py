@@ -175,7 +175,7 @@ def initialize_moments(optimizer: Optimizer, batches: Iterable[Batch], *, first_
             _fill(state, "max_exp_avg_sq", sq_sums[i] / counts[i], block)
         if first_moment:
             _fill(state, "exp_avg", sums[i] / counts[i], block)
-    lay_out = getattr(optimizer, "_lay_out_flat", None)  # adamlab's: fused CPU state in one buffer per kind
+    lay_out = getattr(optimizer, "_lay_out_flat", None)  # adamlab's: fused=True state in one storage per kind
     if lay_out is not None:
         lay_out()
     return k
